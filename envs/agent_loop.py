@@ -1,0 +1,139 @@
+"""The agent loop: one episode of (prompt -> policy turn -> parse tool calls -> env.step) -> Trajectory.
+
+Everything that can go wrong inside an episode (a turn cut by length, the turn budget, the
+wall-clock timeout, an environment that raises) ends the episode with a recorded finish reason and
+reward reason; it never propagates. Only tokens the policy generated carry loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from envs.chat import ChatCodec
+from envs.core import Environment, Message, reward_reason
+from envs.dataset import Task
+from envs.parsing import parse_assistant
+from rollout.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicyTurn:
+    """What a policy produced for one assistant turn (token ids include the closing EOS if any)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" | "length"
+    policy_version: int
+
+
+@dataclass
+class TurnContext:
+    prompt_token_ids: list[int]
+    history: list[Message]
+    env: Environment
+    max_tokens: int
+
+
+class TurnPolicy(Protocol):
+    async def act(self, ctx: TurnContext) -> PolicyTurn: ...
+
+
+@dataclass
+class EpisodeLimits:
+    max_turns: int = 6
+    max_new_tokens: int = 96
+    max_model_len: int = 768
+    timeout_s: float = 120.0
+
+
+@dataclass
+class _EpisodeState:
+    tokens: list[int] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    history: list[Message] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    turns: int = 0
+    tool_calls: int = 0
+    invalid_calls: int = 0
+    reward: float = 0.0
+    reason: str = "in_progress"
+    finish: str = "budget"
+    truncated: bool = False
+
+    def extend(self, ids: list[int], generated: bool, logprobs: list[float] | None = None) -> None:
+        self.tokens += ids
+        self.mask += [1 if generated else 0] * len(ids)
+        self.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
+
+
+async def run_episode(env: Environment, task: Task, group_id: str, policy: TurnPolicy,
+                      codec: ChatCodec, limits: EpisodeLimits) -> Trajectory:
+    """Run one episode to its end and return the trajectory; never raises for episode failures."""
+    state = _EpisodeState()
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(_play(env, policy, codec, limits, state), timeout=limits.timeout_s)
+    except asyncio.TimeoutError:
+        state.finish, state.reason, state.truncated = "timeout", "timeout", True
+        state.reward = 0.0
+        logger.warning("episode %s timed out after %.0fs", task.id, time.monotonic() - started)
+    except Exception as err:  # noqa: BLE001 - one failing episode must not kill the worker
+        state.finish, state.reason, state.reward = "error", "env_error", 0.0
+        logger.warning("episode %s failed: %s: %s", task.id, type(err).__name__, err)
+    finally:
+        await _close_quietly(env)
+    return Trajectory(
+        task_id=task.id, group_id=group_id, env_name=task.env_name, token_ids=state.tokens,
+        loss_mask=state.mask, sampler_logprobs=state.logprobs, reward=float(state.reward),
+        reward_reason=state.reason, finish_reason=state.finish, policy_versions=state.versions,
+        difficulty=task.difficulty, num_turns=state.turns, num_tool_calls=state.tool_calls,
+        num_invalid_tool_calls=state.invalid_calls, truncated=state.truncated,
+        messages=[m.to_chat() for m in state.history])
+
+
+async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, limits: EpisodeLimits,
+                state: _EpisodeState) -> None:
+    observations, _tools = await env.reset()
+    state.history = list(observations)
+    state.extend(codec.prompt_tokens(observations), generated=False)
+    while state.turns < limits.max_turns:
+        room = limits.max_model_len - len(state.tokens)
+        if room <= 0:
+            state.finish, state.reason, state.truncated = "length", "context_exhausted", True
+            return
+        turn = await policy.act(TurnContext(state.tokens, state.history, env,
+                                            min(limits.max_new_tokens, room)))
+        state.turns += 1
+        state.versions.append(turn.policy_version)
+        state.extend(turn.token_ids, generated=True, logprobs=turn.logprobs)
+        if turn.finish_reason == "length":
+            # The turn never closed: what it would have said is unknown, so the episode ends here.
+            state.finish, state.reason, state.truncated = "length", "truncated_length", True
+            return
+        action = parse_assistant(codec.assistant_text(turn.token_ids))
+        state.tool_calls += len(action.tool_calls) + (1 if action.parse_error else 0)
+        observations, reward, done, truncated = await env.step(action)
+        state.invalid_calls += sum(1 for m in observations if m.is_error)
+        state.history.append(action)
+        if done or truncated:
+            state.reward, state.reason = float(reward), reward_reason(reward)
+            state.finish, state.truncated = ("env_done" if done else "budget"), bool(truncated)
+            state.history += observations
+            return
+        state.extend(codec.continuation_tokens(state.history, observations), generated=False)
+        state.history += observations
+    state.finish, state.reason, state.truncated = "budget", "budget_exceeded", True
+
+
+async def _close_quietly(env: Environment) -> None:
+    try:
+        await env.close()
+    except Exception as err:  # noqa: BLE001 - closing is best effort
+        logger.debug("env.close failed: %s", err)

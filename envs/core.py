@@ -1,0 +1,100 @@
+"""The environment contract: typed messages, tool calls, rewards with reasons, and `Environment`.
+
+Shaped after Aviary: `reset()` gives the first observations and the tools the agent may call,
+`step(action)` executes the agent's tool calls and returns observations, a reward, and whether the
+episode ended (`done`) or was cut short (`truncated`). Every reward carries a reason.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from envs.tools import Tool
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass
+class ToolCall:
+    """One call the model asked for: `name(**arguments)`, identified by `id`."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass
+class Message:
+    """A chat message. Assistant messages may carry tool calls; tool messages answer one call.
+
+    `parse_error` is set on an assistant message whose text looked like a tool call but could not
+    be parsed (malformed JSON, missing name, ...): the environment turns it into an error
+    observation instead of crashing. `is_error` marks a tool message that reports a failed call
+    (unknown tool, bad arguments, the tool raised or timed out); agent loops count these.
+    """
+
+    role: Role
+    content: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
+    parse_error: str | None = None
+    is_error: bool = False
+
+    def to_chat(self) -> dict[str, Any]:
+        """The dict a Hugging Face chat template expects."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_dict() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
+
+class Reward(float):
+    """A float reward that remembers why it was given (`correct`, `wrong_value`, `tool_error`, ...).
+
+    Being a float keeps `step()` a plain 4-tuple, as in Aviary, while the reason travels with it.
+    """
+
+    reason: str
+
+    def __new__(cls, value: float, reason: str) -> "Reward":
+        obj = super().__new__(cls, value)
+        obj.reason = reason
+        return obj
+
+    def __reduce__(self):  # keep the reason across pickling (Ray)
+        return (Reward, (float(self), self.reason))
+
+
+NO_REWARD = Reward(0.0, "in_progress")
+
+
+def reward_reason(reward: float) -> str:
+    """The reason attached to a reward; plain floats (e.g. from adapters) have none recorded."""
+    return getattr(reward, "reason", "unspecified")
+
+
+class Environment(abc.ABC):
+    """One episode of a task. Subclasses implement `reset` and `step`; instances are not reused."""
+
+    @abc.abstractmethod
+    async def reset(self) -> tuple[list[Message], list["Tool"]]:
+        """Start the episode: first observations (usually one user message) and the tools."""
+
+    @abc.abstractmethod
+    async def step(self, action: Message) -> tuple[list[Message], float, bool, bool]:
+        """Act: returns (observations, reward, done, truncated)."""
+
+    async def close(self) -> None:
+        """Release resources (HTTP sessions, subprocesses). Default: nothing to release."""

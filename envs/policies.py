@@ -1,0 +1,51 @@
+"""Turn policies the agent loop can drive: the sampler (vLLM workers) and the reference solver.
+
+The reference solver produces demonstrations for behaviour cloning through the very same agent
+loop and chat rendering as RL, so SFT and GRPO see identically formatted episodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Awaitable, Callable
+
+from actors.router import GenerationRouter
+from actors.types import SamplingSpec
+from envs.agent_loop import PolicyTurn, TurnContext
+from envs.chat import ChatCodec
+from envs.core import Environment, Message
+from envs.parsing import format_tool_call
+
+ReferencePolicy = Callable[[Environment, list[Message]], Awaitable[Message]]
+
+
+def render_action(action: Message) -> str:
+    """Canonical assistant text for an action: its content followed by its tool calls."""
+    return action.content + "".join(format_tool_call(call) for call in action.tool_calls)
+
+
+class SamplerTurnPolicy:
+    """Samples turns from the generation workers (token ids in, token ids + logprobs out)."""
+
+    def __init__(self, router: GenerationRouter, spec: SamplingSpec):
+        self.router = router
+        self.spec = spec
+
+    async def act(self, ctx: TurnContext) -> PolicyTurn:
+        out = await self.router.generate(ctx.prompt_token_ids, replace(self.spec, max_tokens=ctx.max_tokens))
+        return PolicyTurn(out.token_ids, out.logprobs, out.finish_reason, out.policy_version)
+
+
+class ReferenceTurnPolicy:
+    """Plays the environment's reference solver, tokenized as the model would have produced it."""
+
+    def __init__(self, solver: ReferencePolicy, codec: ChatCodec):
+        self.solver = solver
+        self.codec = codec
+
+    async def act(self, ctx: TurnContext) -> PolicyTurn:
+        action = await self.solver(ctx.env, ctx.history)
+        ids = self.codec.encode(render_action(action)) + [self.codec.eos_token_id]
+        if len(ids) > ctx.max_tokens:
+            return PolicyTurn(ids[: ctx.max_tokens], [0.0] * ctx.max_tokens, "length", -1)
+        return PolicyTurn(ids, [0.0] * len(ids), "stop", -1)
