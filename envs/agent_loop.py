@@ -100,7 +100,8 @@ async def run_episode(env: Environment, task: Task, group_id: str, policy: TurnP
 
 async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, limits: EpisodeLimits,
                 state: _EpisodeState) -> None:
-    observations, _tools = await env.reset()
+    observations, tools = await env.reset()
+    codec = codec.with_tools(tools)
     state.history = list(observations)
     state.extend(codec.prompt_tokens(observations), generated=False)
     while state.turns < limits.max_turns:

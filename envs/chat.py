@@ -24,6 +24,10 @@ class ChatCodec:
         self.eos_token_id: int = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
         self.eos_text: str = tokenizer.eos_token
 
+    def with_tools(self, tools: list[Any]) -> "ChatCodec":
+        """A codec whose prompts declare `tools` (objects with an OpenAI `.schema`)."""
+        return ChatCodec(self.tokenizer, [t.schema for t in tools])
+
     def _render(self, messages: list[Message], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
             [m.to_chat() for m in messages], tools=self.tools, tokenize=False,

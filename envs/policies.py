@@ -14,14 +14,9 @@ from actors.types import SamplingSpec
 from envs.agent_loop import PolicyTurn, TurnContext
 from envs.chat import ChatCodec
 from envs.core import Environment, Message
-from envs.parsing import format_tool_call
+from envs.parsing import format_assistant
 
 ReferencePolicy = Callable[[Environment, list[Message]], Awaitable[Message]]
-
-
-def render_action(action: Message) -> str:
-    """Canonical assistant text for an action: its content followed by its tool calls."""
-    return action.content + "".join(format_tool_call(call) for call in action.tool_calls)
 
 
 class SamplerTurnPolicy:
@@ -45,7 +40,7 @@ class ReferenceTurnPolicy:
 
     async def act(self, ctx: TurnContext) -> PolicyTurn:
         action = await self.solver(ctx.env, ctx.history)
-        ids = self.codec.encode(render_action(action)) + [self.codec.eos_token_id]
+        ids = self.codec.encode(format_assistant(action)) + [self.codec.eos_token_id]
         if len(ids) > ctx.max_tokens:
             return PolicyTurn(ids[: ctx.max_tokens], [0.0] * ctx.max_tokens, "length", -1)
         return PolicyTurn(ids, [0.0] * len(ids), "stop", -1)

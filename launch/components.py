@@ -1,0 +1,105 @@
+"""Factories that turn the validated config into the run's actors and settings objects.
+
+Kept apart from `launch.train` so tests, `labrl eval` and benchmarks build the same actors the
+same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import ray
+
+from actors.generation import GenerationWorker
+from actors.router import GenerationRouter
+from actors.types import EngineConfig, SamplingSpec
+from envs.agent_loop import EpisodeLimits
+from envs.pool import EnvWorkerPool
+from envs.worker import EnvWorkerSettings
+from launch.config import LabrlConfig
+from models.loading import load_tokenizer, resolve_model_path
+from models.tiny import TinyModelSpec, save_tiny_model
+from trainers.grpo.losses import PolicyLossConfig
+from trainers.group import PolicyTrainerGroup
+from trainers.policy_trainer import TrainerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_model(cfg: LabrlConfig, run_dir: Path) -> str:
+    """The initial policy directory: the configured model, or a freshly built tiny one."""
+    if cfg.model.path is not None:
+        return resolve_model_path(cfg.model.path)
+    m = cfg.model
+    spec = TinyModelSpec(hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
+                         num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
+                         max_position_embeddings=max(1024, cfg.generation.max_model_len), seed=cfg.seed)
+    return str(save_tiny_model(run_dir / "init_model", spec))
+
+
+def cpus_requested(cfg: LabrlConfig) -> float:
+    return (cfg.generation.num_workers * cfg.generation.cpus_per_worker
+            + cfg.rollout.num_env_workers * cfg.rollout.cpus_per_env_worker
+            + cfg.trainer.num_ranks * cfg.trainer.cpus_per_rank)
+
+
+def gpus_requested(cfg: LabrlConfig) -> float:
+    return (cfg.generation.num_workers * cfg.generation.gpus_per_worker
+            + cfg.trainer.num_ranks * cfg.trainer.gpus_per_rank)
+
+
+def sampling_spec(cfg: LabrlConfig, model_dir: str, temperature: float | None = None) -> SamplingSpec:
+    tok = load_tokenizer(model_dir)
+    return SamplingSpec(max_tokens=cfg.generation.max_new_tokens,
+                        temperature=cfg.generation.temperature if temperature is None else temperature,
+                        top_p=cfg.generation.top_p,
+                        stop_token_ids=[tok.convert_tokens_to_ids(tok.eos_token)])
+
+
+def episode_limits(cfg: LabrlConfig) -> EpisodeLimits:
+    return EpisodeLimits(max_turns=cfg.env.max_turns, max_new_tokens=cfg.generation.max_new_tokens,
+                         max_model_len=cfg.generation.max_model_len, timeout_s=cfg.env.episode_timeout_s)
+
+
+def make_generation_workers(cfg: LabrlConfig, model_dir: str) -> list:
+    g = cfg.generation
+    engine = EngineConfig(model_path=model_dir, max_model_len=g.max_model_len, kv_cache_gb=g.kv_cache_gb,
+                          gpu_memory_utilization=g.gpu_memory_utilization,
+                          tensor_parallel_size=g.tensor_parallel_size, enforce_eager=g.enforce_eager,
+                          dtype=cfg.model.dtype, seed=cfg.seed)
+    workers = [GenerationWorker.as_actor(engine, num_cpus=g.cpus_per_worker, num_gpus=g.gpus_per_worker,
+                                         name_suffix=str(i)) for i in range(g.num_workers)]
+    return workers
+
+
+def make_env_pool(cfg: LabrlConfig, model_dir: str, router: GenerationRouter | None) -> EnvWorkerPool:
+    settings = EnvWorkerSettings(env_name=cfg.env.name, tokenizer_path=model_dir,
+                                 sampling=sampling_spec(cfg, model_dir), limits=episode_limits(cfg),
+                                 max_concurrent_episodes=cfg.rollout.max_concurrent_episodes)
+    return EnvWorkerPool(cfg.rollout.num_env_workers, settings, router,
+                         num_cpus=cfg.rollout.cpus_per_env_worker)
+
+
+def loss_config(cfg: LabrlConfig) -> PolicyLossConfig:
+    g = cfg.grpo
+    return PolicyLossConfig(clip_low=g.clip_low, clip_high=g.clip_high, agg_mode=g.agg_mode,
+                            kl_coef=g.kl_coef, entropy_coef=g.entropy_coef,
+                            importance_sampling=g.importance_sampling)
+
+
+def make_trainer(cfg: LabrlConfig, model_dir: str) -> PolicyTrainerGroup:
+    t = cfg.trainer
+    settings = TrainerSettings(model_path=model_dir, zero_stage=t.zero_stage, lr=t.lr,
+                               weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
+                               grad_clip=t.grad_clip, micro_batch_tokens=t.micro_batch_tokens,
+                               gradient_checkpointing=t.gradient_checkpointing, seed=cfg.seed)
+    return PolicyTrainerGroup(settings, num_ranks=t.num_ranks, cpus_per_rank=t.cpus_per_rank,
+                              gpus_per_rank=t.gpus_per_rank)
+
+
+def wait_ready(handles: list, what: str, timeout_s: float) -> None:
+    try:
+        ray.get([h.ready.remote() for h in handles], timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"{what} not ready after {timeout_s:.0f}s") from None

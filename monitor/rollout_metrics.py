@@ -1,0 +1,61 @@
+"""Metrics of a batch of trajectories: what to watch for collapse and truncation.
+
+Names follow the `rollout/` and `env/<name>/` namespaces used across labrl's W&B runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from statistics import fmean, pstdev
+
+from rollout.trajectory import Trajectory
+
+
+def success_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Rate and half-width of its normal-approximation 95% confidence interval."""
+    if n == 0:
+        return 0.0, 0.0
+    p = successes / n
+    return p, z * math.sqrt(max(p * (1 - p), 1e-12) / n)
+
+
+def rollout_metrics(trajs: list[Trajectory], current_version: int | None = None,
+                    prefix: str = "rollout") -> dict[str, float]:
+    if not trajs:
+        return {}
+    rewards = [t.reward for t in trajs]
+    lengths = [t.num_generated_tokens for t in trajs]
+    tool_calls = sum(t.num_tool_calls for t in trajs)
+    out = {
+        f"{prefix}/num_trajectories": float(len(trajs)),
+        f"{prefix}/reward_mean": fmean(rewards),
+        f"{prefix}/reward_std": pstdev(rewards),
+        f"{prefix}/reward_min": min(rewards),
+        f"{prefix}/reward_max": max(rewards),
+        f"{prefix}/success_rate": fmean(t.success for t in trajs),
+        f"{prefix}/response_length_mean": fmean(lengths),
+        f"{prefix}/response_length_max": float(max(lengths)),
+        f"{prefix}/truncation_rate": fmean(t.finish_reason == "length" for t in trajs),
+        f"{prefix}/natural_termination_rate": fmean(t.finish_reason == "env_done" for t in trajs),
+        f"{prefix}/turns_mean": fmean(t.num_turns for t in trajs),
+        f"{prefix}/tool_calls_mean": tool_calls / len(trajs),
+        f"{prefix}/invalid_tool_call_rate": sum(t.num_invalid_tool_calls for t in trajs) / max(1, tool_calls),
+    }
+    for reason, count in Counter(t.reward_reason for t in trajs).items():
+        out[f"{prefix}/reason/{reason}"] = float(count)
+    for finish, count in Counter(t.finish_reason for t in trajs).items():
+        out[f"{prefix}/finish/{finish}"] = float(count)
+    if current_version is not None:
+        ages = [current_version - t.policy_version for t in trajs]
+        out[f"{prefix}/staleness_mean"] = fmean(ages)
+        out[f"{prefix}/staleness_max"] = float(max(ages))
+        for age, count in Counter(ages).items():
+            out[f"{prefix}/staleness_hist/{age}"] = float(count)
+    by_env: dict[tuple[str, int], list[Trajectory]] = defaultdict(list)
+    for t in trajs:
+        by_env[(t.env_name, t.difficulty)].append(t)
+    for (env, level), group in by_env.items():
+        out[f"env/{env}/d{level}/reward_mean"] = fmean(t.reward for t in group)
+        out[f"env/{env}/d{level}/success_rate"] = fmean(t.success for t in group)
+    return out

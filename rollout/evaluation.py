@@ -1,0 +1,42 @@
+"""Evaluate the current policy on held-out tasks through the env workers: pass@1 with a 95% CI."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tqdm import tqdm
+
+from envs.dataset import Task
+from envs.pool import EnvWorkerPool
+from monitor.rollout_metrics import rollout_metrics, success_interval
+from rollout.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
+
+
+def run_tasks(pool: EnvWorkerPool, tasks: list[Task], samples_per_task: int = 1, reference: bool = False,
+              timeout_s: float = 1800.0, desc: str = "eval", progress: bool = True) -> list[Trajectory]:
+    """Play every task `samples_per_task` times; returns trajectories in task order."""
+    for i, task in enumerate(tasks):
+        pool.submit(task, samples_per_task, f"{desc}-{task.id}", reference=reference, order=i)
+    results: dict[int, list[Trajectory]] = {}
+    deadline = time.monotonic() + timeout_s
+    with tqdm(total=len(tasks), desc=desc, disable=not progress) as bar:
+        while len(results) < len(tasks):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{desc}: {len(results)}/{len(tasks)} tasks finished after {timeout_s:.0f}s")
+            for job, trajs in pool.collect(timeout_s=1.0, num_returns=len(tasks) - len(results)):
+                results[job.tags["order"]] = trajs
+                bar.update(1)
+    return [t for i in range(len(tasks)) for t in results[i]]
+
+
+def evaluate(pool: EnvWorkerPool, tasks: list[Task], label: str, progress: bool = True) -> dict[str, float]:
+    """pass@1 on `tasks` (one sample each) with its 95% confidence half-width, plus rollout metrics."""
+    trajs = run_tasks(pool, tasks, desc=f"eval {label}", progress=progress)
+    rate, half_width = success_interval(sum(t.success for t in trajs), len(trajs))
+    metrics = rollout_metrics(trajs, prefix=f"eval_{label}")
+    metrics.update({f"eval_{label}/pass@1": rate, f"eval_{label}/ci95": half_width})
+    logger.info("held-out success %s: %.3f +- %.3f (n=%d)", label, rate, half_width, len(trajs))
+    return metrics

@@ -1,0 +1,137 @@
+"""The asynchronous GRPO pipeline: generation runs ahead of training by at most `max_staleness` steps.
+
+Batch k (its groups of G episodes each) is submitted to the env workers once the policy version is
+at least k - max_staleness, so while the trainer works on batch k the workers already play batch
+k+1 .. k+s with the weights they have. Each step: collect batch k -> drop stale groups -> group
+advantages -> one optimizer step -> sync weights to every generation worker (version += 1).
+With max_staleness = 0 this is the synchronous, on-policy loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from envs.dataset import Task
+from envs.pool import EnvWorkerPool
+from monitor.rollout_metrics import rollout_metrics
+from rollout.buffer import RolloutBuffer
+from rollout.trajectory import Trajectory
+from trainers.batching import TrainSample
+from trainers.grpo.advantages import compute_advantages
+
+logger = logging.getLogger(__name__)
+
+
+class TaskStream:
+    """Deterministic, resumable order of training tasks: a seeded shuffle per epoch."""
+
+    def __init__(self, tasks: list[Task], seed: int):
+        if not tasks:
+            raise ValueError("no training tasks")
+        self.tasks, self.seed, self.position = tasks, seed, 0
+
+    def next(self) -> Task:
+        epoch, offset = divmod(self.position, len(self.tasks))
+        order = list(range(len(self.tasks)))
+        random.Random(self.seed + epoch).shuffle(order)
+        self.position += 1
+        return self.tasks[order[offset]]
+
+
+@dataclass
+class PipelineSettings:
+    num_steps: int
+    batch_size: int
+    group_size: int
+    max_staleness: int
+    advantage_estimator: str = "grpo"
+    collect_timeout_s: float = 600.0
+
+
+def to_train_samples(groups: list[list[Trajectory]], estimator: str) -> list[TrainSample]:
+    """Group-relative advantages (one scalar per trajectory) turned into trainer samples."""
+    trajs = [t for g in groups for t in g]
+    rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
+    index = torch.tensor([i for i, g in enumerate(groups) for _ in g], dtype=torch.long)
+    advantages = compute_advantages(estimator, rewards, index)
+    return [TrainSample(token_ids=t.token_ids, loss_mask=t.loss_mask, sampler_logprobs=t.sampler_logprobs,
+                        advantage=float(a)) for t, a in zip(trajs, advantages)]
+
+
+class GRPOPipeline:
+    """Drives env workers, the rollout buffer, the trainer and weight sync for `num_steps` steps.
+
+    `train_fn(samples) -> metrics` runs one optimizer step; `sync_fn(version) -> metrics` pushes
+    the new weights to every generation worker. Both block; the env workers keep playing meanwhile.
+    """
+
+    def __init__(self, settings: PipelineSettings, pool: EnvWorkerPool, tasks: TaskStream,
+                 train_fn: Callable[[list[TrainSample]], dict[str, float]],
+                 sync_fn: Callable[[int], dict[str, float]],
+                 log_fn: Callable[[dict[str, float], int], None]):
+        self.s = settings
+        self.pool, self.tasks = pool, tasks
+        self.train_fn, self.sync_fn, self.log_fn = train_fn, sync_fn, log_fn
+        self.buffer = RolloutBuffer(settings.max_staleness)
+        self.version = 0
+        self.submitted_batches = 0
+
+    @property
+    def groups_per_batch(self) -> int:
+        return self.s.batch_size // self.s.group_size
+
+    def _submit_ahead(self) -> None:
+        while (self.submitted_batches < self.s.num_steps
+               and self.submitted_batches <= self.version + self.s.max_staleness):
+            k = self.submitted_batches
+            for g in range(self.groups_per_batch):
+                task = self.tasks.next()
+                self.pool.submit(task, self.s.group_size, f"b{k}-g{g}-{task.id}", batch_index=k)
+            self.submitted_batches += 1
+
+    def _collect(self, batch_index: int) -> None:
+        deadline = time.monotonic() + self.s.collect_timeout_s
+        while self.buffer.num_groups(batch_index) < self.groups_per_batch:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_index}: only {self.buffer.num_groups(batch_index)}/"
+                                   f"{self.groups_per_batch} groups after {self.s.collect_timeout_s:.0f}s "
+                                   "(env workers or generation workers hung?)")
+            for job, trajs in self.pool.collect(timeout_s=1.0, num_returns=1):
+                self.buffer.add_group(job.tags["batch_index"], trajs)
+
+    def step(self, step: int) -> dict[str, float]:
+        t0 = time.monotonic()
+        self._submit_ahead()
+        self._collect(step)
+        t_collected = time.monotonic()
+        groups = self.buffer.take(step, self.version)
+        trajs = [t for g in groups for t in g]
+        metrics = rollout_metrics(trajs, current_version=self.version)
+        if groups:
+            metrics.update(self.train_fn(to_train_samples(groups, self.s.advantage_estimator)))
+            self.buffer.mark_trained(trajs)
+        t_trained = time.monotonic()
+        metrics.update(self.sync_fn(self.version + 1))
+        self.version += 1
+        self.buffer.accounting.check(self.buffer.num_buffered)
+        metrics.update(self.buffer.accounting.metrics(self.buffer.num_buffered, self._in_flight()))
+        metrics.update({"timing/wait_rollout_s": t_collected - t0, "timing/train_s": t_trained - t_collected,
+                        "timing/sync_s": time.monotonic() - t_trained, "timing/step_s": time.monotonic() - t0,
+                        "policy_version": float(self.version)})
+        return metrics
+
+    def _in_flight(self) -> int:
+        return sum(job.group_size for job in self.pool.jobs.values())
+
+    def run(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        for step in range(self.s.num_steps):
+            metrics = self.step(step)
+            self.log_fn(metrics, step)
+            if on_step is not None:
+                on_step(step, metrics)
