@@ -1,0 +1,58 @@
+"""k1/k2/k3, KL-in-reward, gather_logprobs and token_entropy by hand."""
+
+import math
+
+import pytest
+import torch
+
+from trainers.grpo.losses import gather_logprobs, kl_in_reward, kl_penalty, token_entropy
+
+LP = torch.tensor([[-1.0, -2.0]])
+REF = torch.tensor([[-1.5, -1.0]])  # d = log pi - log ref = [0.5, -1.0]
+
+
+def test_kl_estimators():
+    torch.testing.assert_close(kl_penalty(LP, REF, "k1"), torch.tensor([[0.5, -1.0]]))
+    # d^2 / 2
+    torch.testing.assert_close(kl_penalty(LP, REF, "k2"), torch.tensor([[0.125, 0.5]]))
+    # exp(-d) - 1 + d: exp(-0.5) - 0.5 = 0.10653066 ; exp(1) - 2 = 0.71828183
+    torch.testing.assert_close(kl_penalty(LP, REF, "k3"), torch.tensor([[0.10653066, 0.71828183]]))
+    assert kl_penalty(LP, LP, "k3").abs().max().item() == 0.0
+    with pytest.raises(ValueError):
+        kl_penalty(LP, REF, "k4")
+
+
+def test_kl_in_reward():
+    # k1, both tokens: 1 - 0.1 * (0.5 - 1.0) = 1.05 ; only the first token: 1 - 0.1 * 0.5 = 0.95
+    out = kl_in_reward(torch.tensor([1.0, 1.0]), LP.repeat(2, 1), REF.repeat(2, 1),
+                       torch.tensor([[1, 1], [1, 0]]), 0.1, "k1")
+    torch.testing.assert_close(out, torch.tensor([1.05, 0.95]))
+    # k3: 1 - 0.1 * (0.10653066 + 0.71828183) = 0.91751875
+    out = kl_in_reward(torch.tensor([1.0]), LP, REF, torch.ones(1, 2), 0.1, "k3")
+    assert out.item() == pytest.approx(0.91751875)
+
+
+def test_gather_logprobs_and_entropy():
+    # logits [0, ln 3] -> p = [1/4, 3/4]; log p = [-1.38629436, -0.28768207]
+    # H = 0.25 * 1.38629436 + 0.75 * 0.28768207 = 0.56233514
+    logits = torch.tensor([[[0.0, math.log(3)], [math.log(3), 0.0]]])
+    targets = torch.tensor([[1, 1]])
+    torch.testing.assert_close(gather_logprobs(logits, targets), torch.tensor([[-0.28768207, -1.38629436]]))
+    torch.testing.assert_close(token_entropy(logits), torch.tensor([[0.56233514, 0.56233514]]))
+    # temperature 2 on doubled logits is the same distribution
+    torch.testing.assert_close(gather_logprobs(2 * logits, targets, temperature=2.0),
+                               torch.tensor([[-0.28768207, -1.38629436]]))
+
+
+def test_logits_fp32_chunking_and_grad():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11)
+    targets = torch.randint(0, 11, (3, 5))
+    ref = torch.log_softmax(logits.double(), -1).gather(-1, targets[..., None]).squeeze(-1)
+    for chunk in (1, 4, 1000):
+        torch.testing.assert_close(gather_logprobs(logits, targets, chunk_rows=chunk).double(), ref)
+    out = gather_logprobs(logits.bfloat16(), targets)
+    assert out.dtype == torch.float32 and token_entropy(logits.bfloat16()).dtype == torch.float32
+    x = logits.clone().requires_grad_(True)
+    (gather_logprobs(x, targets, chunk_rows=4).sum() + token_entropy(x, chunk_rows=4).sum()).backward()
+    assert torch.isfinite(x.grad).all()

@@ -1,0 +1,1 @@
+"""Trainers: the policy-optimisation side of labrl (pure math in `trainers.grpo`)."""
