@@ -89,9 +89,15 @@ def format_number(value: float, digits: int = 6) -> str:
     return format(value, f".{digits}g")
 
 
-def parse_number(text: str) -> float | None:
-    """A float from a tool output such as `58.44` or `F=12.5` (the last `=`-separated part)."""
+def parse_number(text: str) -> int | float | None:
+    """The number in a tool output such as `58.44`, `72` or `F=12.5` (after the last `=`), as an
+    int when it is written as one, so a demonstration repeats it exactly as it was observed."""
+    part = text.rsplit("=", 1)[-1].strip()
     try:
-        return float(text.rsplit("=", 1)[-1].strip())
+        return int(part)
+    except ValueError:
+        pass
+    try:
+        return float(part)
     except ValueError:
         return None

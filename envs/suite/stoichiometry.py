@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from envs.core import Environment, Message, Reward
 from envs.dataset import Task, TaskDataset
 from envs.registry import EnvSpec, register_env
-from envs.safe_math import format_number
+from envs.safe_math import format_number, parse_number
 from envs.suite.common import calc, check_number
 from envs.tool_env import ToolEnvironment, make_action, successful_results
 from envs.tools import Tool
@@ -180,7 +180,7 @@ async def reference_policy(env: Environment, history: list[Message]) -> Message:
     results = [out for c, out in successful_results(history, "calc") if c.arguments.get("expr") == expr]
     if not results:
         return make_action(("calc", {"expr": expr}))
-    return make_action(("submit", {"answer": float(results[-1])}))
+    return make_action(("submit", {"answer": parse_number(results[-1])}))
 
 
 def make_dataset(num_train: int, num_heldout: int, difficulties: Sequence[int] = DIFFICULTIES,
