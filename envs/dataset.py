@@ -8,9 +8,12 @@ content (not just by id): a held-out task that also appears in training measures
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Literal, Sequence
+
+logger = logging.getLogger(__name__)
 
 Split = Literal["train", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "heldout")
@@ -62,11 +65,14 @@ class TaskDataset:
                  max_attempts_factor: int = 50) -> "TaskDataset":
         """Draw tasks with `generator(rng, difficulty)`, spread evenly over `difficulties`.
 
-        Held-out tasks are drawn first; no training task has the same content `key` (default: all
-        of `data`) as a held-out one, and no key repeats within a split. Each task's `seed` is drawn
-        from the dataset seed, so the same arguments always give the same tasks, and the held-out
-        tasks of a difficulty depend only on (seed, difficulty, num_heldout). Raises ValueError
-        when a difficulty has too few distinct tasks for the counts asked.
+        Held-out tasks are drawn first and are distinct by content `key` (default: all of
+        `data`); no training task shares a key with a held-out one. Training keys are distinct too
+        until a difficulty runs out of new ones; then training tasks may repeat (never a held-out
+        one), with a warning, because a small task space should not stop a long run. Each task's
+        `seed` is drawn from the dataset seed, so the same arguments always give the same tasks,
+        and the held-out tasks of a difficulty depend only on (seed, difficulty, num_heldout).
+        Raises ValueError when a difficulty has too few distinct tasks for the held-out split or
+        none left for training.
         """
         if not difficulties:
             raise ValueError("at least one difficulty level is needed")
@@ -78,21 +84,30 @@ class TaskDataset:
             # One stream per difficulty, held-out first: the held-out tasks do not change when
             # num_train or the other difficulty levels change.
             master = random.Random(f"{env_name}:{seed}:{difficulty}")
-            seen: set[Any] = set()
+            heldout_keys: set[Any] = set()
             for split in ("heldout", "train"):
                 want = per_split[split][d_index]
-                attempts, count = 0, 0
+                seen: set[Any] = set()
+                attempts, count, repeats = 0, 0, False
                 while count < want:
                     attempts += 1
                     if attempts > max_attempts_factor * want + 100:
-                        raise ValueError(f"{env_name}: difficulty {difficulty} has too few distinct "
-                                         f"tasks for {want} {split} tasks")
+                        if split == "heldout" or not seen:
+                            raise ValueError(f"{env_name}: difficulty {difficulty} has too few "
+                                             f"distinct tasks for {want} {split} tasks")
+                        if not repeats:
+                            logger.warning("%s: difficulty %d has only %d distinct training tasks "
+                                           "(asked for %d); repeating them", env_name, difficulty,
+                                           len(seen), want)
+                        repeats = True
                     task_seed = master.getrandbits(63)
                     data = generator(random.Random(task_seed), difficulty)
                     k = key_fn(data)
-                    if k in seen:
+                    if k in heldout_keys or (k in seen and not repeats):
                         continue
                     seen.add(k)
+                    if split == "heldout":
+                        heldout_keys.add(k)
                     index = len(drawn[split])
                     drawn[split].append(Task(id=f"{env_name}/{split}/d{difficulty}/{index:05d}",
                                              env_name=env_name, split=split, difficulty=difficulty,

@@ -19,7 +19,7 @@ MAX_ABS_VALUE = 1e100
 
 _BINOPS: dict[type[ast.operator], Callable[[float, float], float]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.truediv, ast.Pow: operator.pow, ast.BitXor: operator.pow,
+    ast.Div: operator.truediv, ast.Pow: operator.pow,
 }
 _UNARY: dict[type[ast.unaryop], Callable[[float], float]] = {
     ast.USub: operator.neg, ast.UAdd: operator.pos,
@@ -36,8 +36,8 @@ def parse_expression(text: str, max_chars: int = MAX_EXPR_CHARS) -> ast.expr:
         raise CalcError("expression must be a string")
     if len(text) > max_chars:
         raise CalcError(f"expression too long (> {max_chars} chars)")
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
+    try:  # '^' means power here, with the precedence of '**' (as sympy's convert_xor reads it)
+        tree = ast.parse(text.strip().replace("^", "**"), mode="eval")
     except SyntaxError:
         raise CalcError("invalid expression") from None
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
@@ -58,7 +58,7 @@ def evaluate_node(node: ast.expr, names: dict[str, float] | None = None) -> floa
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
         left = evaluate_node(node.left, names)
         right = evaluate_node(node.right, names)
-        if isinstance(node.op, (ast.Pow, ast.BitXor)) and abs(right) > MAX_ABS_EXPONENT:
+        if isinstance(node.op, ast.Pow) and abs(right) > MAX_ABS_EXPONENT:
             raise CalcError("exponent too large")
         try:
             value = _BINOPS[type(node.op)](left, right)

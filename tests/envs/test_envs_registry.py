@@ -61,9 +61,16 @@ def test_dataset_indexing_splits_and_ids() -> None:
         ds.tasks("test")  # type: ignore[arg-type]
 
 
-def test_dataset_refuses_impossible_counts() -> None:
+def test_small_task_spaces() -> None:
+    """11 distinct tasks at level 1: held-out must be distinct; training may repeat, never held-out."""
     with pytest.raises(ValueError, match="too few distinct"):
-        TaskDataset.generate("toy", _gen, num_train=30, num_heldout=0, difficulties=(1,), seed=0)
+        TaskDataset.generate("toy", _gen, num_train=0, num_heldout=12, difficulties=(1,), seed=0)
+    with pytest.raises(ValueError, match="too few distinct"):
+        TaskDataset.generate("toy", _gen, num_train=5, num_heldout=11, difficulties=(1,), seed=0)
+    ds = TaskDataset.generate("toy", _gen, num_train=40, num_heldout=4, difficulties=(1,), seed=0)
+    train = [t.data["a"] for t in ds.tasks("train")]
+    held = {t.data["a"] for t in ds.tasks("heldout")}
+    assert len(train) == 40 and set(train) == set(range(11)) - held
 
 
 def test_dataset_seed_changes_tasks() -> None:

@@ -13,7 +13,7 @@ from envs.tool_env import make_action
 
 
 @pytest.mark.parametrize("expr, value", [
-    ("2*1.008+15.999", 18.015), ("(3+4)^2", 49.0), ("-2**2", -4.0), ("10/4", 2.5), ("+3 - -2", 5.0),
+    ("2*1.008+15.999", 18.015), ("(3+4)^2", 49.0), ("2*3^2", 18.0), ("-2**2", -4.0), ("10/4", 2.5), ("+3 - -2", 5.0),
     ("1e3*2", 2000.0),
 ])
 def test_calculator_arithmetic(expr: str, value: float) -> None:
