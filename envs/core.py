@@ -29,6 +29,12 @@ class ToolCall:
         return {"id": self.id, "type": "function",
                 "function": {"name": self.name, "arguments": self.arguments}}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ToolCall":
+        """Inverse of `to_dict` (also accepts the flat form `{"id", "name", "arguments"}`)."""
+        fn = d.get("function", d)
+        return cls(id=str(d.get("id", "")), name=fn["name"], arguments=dict(fn.get("arguments") or {}))
+
 
 @dataclass
 class Message:
@@ -58,6 +64,20 @@ class Message:
         if self.name is not None:
             out["name"] = self.name
         return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-serialisable (for HTTP environments and logs); see `from_dict`."""
+        return {"role": self.role, "content": self.content,
+                "tool_calls": [c.to_dict() for c in self.tool_calls],
+                "tool_call_id": self.tool_call_id, "name": self.name,
+                "parse_error": self.parse_error, "is_error": self.is_error}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Message":
+        return cls(role=d["role"], content=d.get("content") or "",
+                   tool_calls=[ToolCall.from_dict(c) for c in d.get("tool_calls") or []],
+                   tool_call_id=d.get("tool_call_id"), name=d.get("name"),
+                   parse_error=d.get("parse_error"), is_error=bool(d.get("is_error", False)))
 
 
 class Reward(float):
