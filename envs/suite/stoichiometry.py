@@ -19,8 +19,8 @@ from typing import Any, Sequence
 from envs.core import Environment, Message, Reward
 from envs.dataset import Task, TaskDataset
 from envs.registry import EnvSpec, register_env
-from envs.safe_math import format_number, parse_number
-from envs.suite.common import calc, check_number
+from envs.safe_math import format_number
+from envs.suite.common import calc, calc_then_submit, check_number
 from envs.tool_env import ToolEnvironment, make_action, successful_results
 from envs.tools import Tool
 
@@ -176,11 +176,7 @@ async def reference_policy(env: Environment, history: list[Message]) -> Message:
     missing = [e for e in needed if e not in known]
     if missing:
         return make_action(*[("mass", {"el": e}) for e in missing])
-    expr = env.solution_expression(known)
-    results = [out for c, out in successful_results(history, "calc") if c.arguments.get("expr") == expr]
-    if not results:
-        return make_action(("calc", {"expr": expr}))
-    return make_action(("submit", {"answer": parse_number(results[-1])}))
+    return calc_then_submit(history, env.solution_expression(known))
 
 
 def make_dataset(num_train: int, num_heldout: int, difficulties: Sequence[int] = DIFFICULTIES,

@@ -15,9 +15,8 @@ from typing import Any, Callable, Sequence
 from envs.core import Environment, Message, Reward
 from envs.dataset import Task, TaskDataset
 from envs.registry import EnvSpec, register_env
-from envs.safe_math import parse_number
-from envs.suite.common import calc, check_number
-from envs.tool_env import ToolEnvironment, make_action, successful_results
+from envs.suite.common import calc, calc_then_submit, check_number
+from envs.tool_env import ToolEnvironment
 from envs.tools import Tool
 
 NAME = "calculator_word_problems"
@@ -125,11 +124,7 @@ async def reference_policy(env: Environment, history: list[Message]) -> Message:
     """Evaluate the problem's expression with `calc`, then submit what `calc` returned."""
     if not isinstance(env, WordProblemEnv):
         raise TypeError(f"{NAME} reference policy needs a WordProblemEnv, got {type(env).__name__}")
-    expr = env.task.data["expr"]
-    results = [out for c, out in successful_results(history, "calc") if c.arguments.get("expr") == expr]
-    if not results:
-        return make_action(("calc", {"expr": expr}))
-    return make_action(("submit", {"answer": parse_number(results[-1])}))
+    return calc_then_submit(history, env.task.data["expr"])
 
 
 def make_dataset(num_train: int, num_heldout: int, difficulties: Sequence[int] = DIFFICULTIES,

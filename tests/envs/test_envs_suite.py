@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import string
 
 import pytest
 
@@ -42,6 +43,8 @@ def test_difficulty_one_is_short(name: str) -> None:
         assert 2 <= len(calls) <= 4, record.transcript()
         assert all(len(m.content) <= 40 for m in record.messages if m.role == "tool"), record.transcript()
         assert all(len(t.name) <= 8 for t in record.tools)
+        printable = set(string.printable)  # the tiny model's vocabulary
+        assert all(set(m.content) <= printable for m in record.messages), record.transcript()
 
 
 @pytest.mark.parametrize("name", ENV_NAMES)
