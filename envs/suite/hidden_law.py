@@ -13,12 +13,10 @@ Difficulty 3: half-integer exponents, k with one decimal, 1% noise.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import random
 from typing import Any, Sequence
-
-import sympy
-from sympy.parsing.sympy_parser import parse_expr, standard_transformations
 
 from envs.core import Environment, Message, Reward
 from envs.dataset import Task, TaskDataset
@@ -35,10 +33,6 @@ REL_TOL = 0.05
 PROBE_AT = 4  # the reference solver's second probe value: 4^a is exact for half-integer a
 MAX_EXPR = 100
 MAX_EXPONENT = 10.0
-X, Y = sympy.Symbol("x", positive=True), sympy.Symbol("y", positive=True)
-_SYMPY_LOCALS = {"x": X, "y": Y, "sqrt": sympy.sqrt}
-_SYMPY_GLOBALS = {"Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational,
-                  "Symbol": sympy.Symbol, "__builtins__": {}}
 _ALLOWED_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.USub, ast.UAdd)
 
 
@@ -70,18 +64,43 @@ def check_expression_text(text: str) -> None:
             raise CalcError(f"'{type(node).__name__}' is not allowed")
 
 
-def parse_law(text: str) -> sympy.Expr:
-    """A sympy expression in x, y from model text that passed `check_expression_text`."""
+@functools.cache
+def _sympy() -> Any:
+    """sympy, imported on first use: it takes about a second, which other environments need not pay."""
+    import sympy
+
+    return sympy
+
+
+def _symbols() -> tuple[Any, Any]:
+    sympy = _sympy()
+    return sympy.Symbol("x", positive=True), sympy.Symbol("y", positive=True)
+
+
+def parse_law(text: str) -> Any:
+    """A sympy expression in x, y from model text that passed `check_expression_text`.
+
+    parse_expr evaluates its input, so it only ever sees text whose AST was whitelisted above,
+    with names resolved in a namespace that has no builtins.
+    """
     check_expression_text(text)
-    expr = parse_expr(text.replace("^", "**"), local_dict=dict(_SYMPY_LOCALS),
-                      global_dict=dict(_SYMPY_GLOBALS), transformations=standard_transformations)
-    if not isinstance(expr, sympy.Expr) or not expr.free_symbols <= {X, Y}:
+    sympy = _sympy()
+    from sympy.parsing.sympy_parser import parse_expr, standard_transformations
+
+    x, y = _symbols()
+    local_dict = {"x": x, "y": y, "sqrt": sympy.sqrt}
+    global_dict = {"Integer": sympy.Integer, "Float": sympy.Float, "Rational": sympy.Rational,
+                   "Symbol": sympy.Symbol, "__builtins__": {}}
+    expr = parse_expr(text.replace("^", "**"), local_dict=local_dict, global_dict=global_dict,
+                      transformations=standard_transformations)
+    if not isinstance(expr, sympy.Expr) or not expr.free_symbols <= {x, y}:
         raise CalcError("expression must use only x and y")
     return expr
 
 
-def _value(expr: sympy.Expr, x: float, y: float) -> float:
-    value = complex(expr.subs({X: x, Y: y}).evalf())
+def _value(expr: Any, x: float, y: float) -> float:
+    sx, sy = _symbols()
+    value = complex(expr.subs({sx: x, sy: y}).evalf())
     return value.real if abs(value.imag) < 1e-12 else math.nan
 
 
