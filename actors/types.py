@@ -1,0 +1,65 @@
+"""Plain data crossing actor boundaries: what the env workers ask for and what they get back.
+
+These are dataclasses (not vLLM types) so that env workers and the trainer never import vLLM; they
+pickle cheaply through Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+GenFinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class SamplingSpec:
+    """How to sample one completion (token-in/token-out: stops are token ids, never strings)."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop_token_ids: list[int] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens <= 0:
+            raise ValueError(f"SamplingSpec.max_tokens must be > 0, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingSpec.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingSpec.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GenerationOutput:
+    """One completion.
+
+    `logprobs[i]` is the log-probability of `token_ids[i]` under the model's *raw* distribution
+    (log_softmax of the unmodified logits, i.e. temperature 1, no top-p), which is what the trainer
+    recomputes; `policy_version` is the weight version that produced every token of it.
+    """
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: GenFinishReason
+    policy_version: int
+
+
+@dataclass
+class EngineConfig:
+    """Settings of one vLLM engine (one GenerationWorker).
+
+    `kv_cache_gb` is the CPU KV cache (VLLM_CPU_KVCACHE_SPACE); on GPUs `gpu_memory_utilization`
+    applies instead. fp32 + eager is the CPU default; GPU runs would use bfloat16 and
+    enforce_eager=False.
+    """
+
+    model_path: str
+    max_model_len: int
+    kv_cache_gb: float = 1.0
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = True
+    dtype: str = "float32"
+    seed: int = 0

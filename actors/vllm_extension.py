@@ -1,0 +1,143 @@
+"""Worker extension injected into vLLM's worker processes (`worker_extension_cls=` this class).
+
+Everything that must run next to the model weights lives here and is reached through
+`engine.collective_rpc("labrl_...")`. Only plain Python values cross that boundary (tensors did not
+survive collective_rpc arguments on the CPU backend; bytes, lists and dicts do).
+
+Why in-place reload and not `model.load_weights`: on the CPU backend linear weights are repacked for
+oneDNN after loading and their `weight_loader`s are gone; vLLM's layer-wise reload restores the
+loadable layout, loads, re-runs the post-load processing and copies into the original storage. The
+one-shot path (`labrl_reload_shm`) uses `model_runner.reload_weights`; streaming transports split the
+same lifecycle into begin / load bucket / finish calls.
+
+This module is imported inside vLLM's worker process: the repository root must be on that
+process's PYTHONPATH (GenerationWorker sets it before building the engine).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def refresh_tied_layers(model) -> list[str]:
+    """Re-run post-load processing of layers that share a weight with another layer.
+
+    With tied embeddings vLLM's `lm_head.weight` *is* `embed_tokens.weight`. The in-place reload
+    loads the embedding (whose storage lm_head shares, so the raw values are right) but sees no
+    weights for lm_head and only puts its old tensors back; on the CPU backend lm_head's GEMM uses a
+    weight packed at load time, so logits kept coming from the OLD embedding (measured: logprob
+    errors of 1.6 nats after one perturbed sync). Re-processing the sharing layers re-packs them.
+    """
+    import torch
+
+    owners: dict[int, list[tuple[str, object]]] = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.nn.Parameter) and weight.numel() > 0:
+            owners.setdefault(weight.data_ptr(), []).append((name, module))
+    refreshed = []
+    for modules in owners.values():
+        if len(modules) < 2:
+            continue
+        for name, module in modules:
+            method = getattr(module, "quant_method", None)
+            if method is not None and hasattr(method, "process_weights_after_loading"):
+                method.process_weights_after_loading(module)
+                refreshed.append(name)
+    return refreshed
+
+
+class LabrlWorkerExtension:
+    """Mixed into vLLM's Worker class; `self` is the vLLM worker (has model_runner, vllm_config)."""
+
+    # ---- one-shot reload from shared memory (CPU) -------------------------------------------
+    def labrl_stage_shm(self, payload: dict[str, Any]) -> int:
+        """Map the segments and build the views; touches no weights, so failing here is harmless."""
+        from actors.weight_sync.shm import ShmMappings
+
+        maps = getattr(self, "_labrl_shm", None)
+        if maps is None:
+            maps = self._labrl_shm = ShmMappings()
+        self._labrl_staged = maps.weights(payload)
+        return len(self._labrl_staged)
+
+    def labrl_reload_shm(self) -> dict[str, Any]:
+        staged = getattr(self, "_labrl_staged", None)
+        if not staged:
+            raise RuntimeError("labrl_reload_shm called without labrl_stage_shm")
+        from vllm.config import set_current_vllm_config
+
+        self._labrl_staged = None
+        start = time.perf_counter()
+        with set_current_vllm_config(self.vllm_config):
+            self.model_runner.reload_weights(weights_iterator=iter(staged))
+            refresh_tied_layers(self.model_runner.get_model())
+        del staged
+        aliased = self._labrl_shm.aliased(self.model_runner.get_model())
+        if aliased:
+            raise RuntimeError(f"after reload, model tensors alias the shared-memory staging area "
+                               f"(a loader kept a view instead of copying): {aliased[:5]}")
+        return {"reload_s": time.perf_counter() - start, "pid": os.getpid()}
+
+    # ---- streaming reload (NCCL, CUDA IPC) ---------------------------------------------------
+    def labrl_begin_update(self) -> None:
+        """Put every layer back into its loadable (checkpoint) layout; loads are buffered per layer
+        and each layer is re-processed as soon as all its weights have arrived."""
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        with set_current_vllm_config(self.vllm_config):
+            initialize_layerwise_reload(self.model_runner.get_model())
+        self._labrl_streaming = True
+
+    def labrl_finish_update(self) -> None:
+        """Process layers still pending and drop caches derived from the old weights."""
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        with set_current_vllm_config(self.vllm_config):
+            finalize_layerwise_reload(self.model_runner.get_model(), self.vllm_config.model_config)
+            refresh_tied_layers(self.model_runner.get_model())
+        for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
+            fn = getattr(self.model_runner, reset, None)
+            if callable(fn):
+                fn()
+        self._labrl_streaming = False
+
+    def _labrl_load(self, weights) -> None:
+        from vllm.config import set_current_vllm_config
+
+        if not getattr(self, "_labrl_streaming", False):
+            raise RuntimeError("labrl_begin_update must be called before loading weight buckets")
+        with set_current_vllm_config(self.vllm_config):
+            self.model_runner.get_model().load_weights(weights)
+
+    def labrl_nccl_init(self, info: dict[str, Any]) -> None:
+        from actors.weight_sync.nccl import worker_join_group
+
+        self._labrl_nccl = worker_join_group(info, self.parallel_config.rank)
+
+    def labrl_load_nccl(self, bucket: dict[str, Any]) -> None:
+        from actors.weight_sync.nccl import worker_receive_bucket
+
+        self._labrl_load(worker_receive_bucket(self._labrl_nccl, bucket, self.device))
+
+    def labrl_nccl_close(self) -> None:
+        group = getattr(self, "_labrl_nccl", None)
+        if group is not None:
+            del self._labrl_nccl
+
+    def labrl_load_ipc(self, bucket: dict[str, Any]) -> None:
+        from actors.weight_sync.cuda_ipc import worker_open_bucket
+
+        self._labrl_load(worker_open_bucket(bucket, self.device))
+
+    # ---- introspection used by tests and health checks ---------------------------------------
+    def labrl_worker_info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "device": str(getattr(self, "device", "cpu")),
+                "rank": int(self.parallel_config.rank)}

@@ -1,0 +1,39 @@
+"""Cheap stand-ins for GenerationWorker (no vLLM) to test senders' and the router's failure paths."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import ray
+
+from actors.generation_control import WorkerUnhealthyError
+from actors.types import GenerationOutput, SamplingSpec
+
+
+@ray.remote(num_cpus=0)
+class FakeWorker:
+    def __init__(self, name: str, spec: dict, behaviour: str = "ok") -> None:
+        self.name, self.spec, self.behaviour = name, spec, behaviour
+        self.calls = 0
+
+    async def describe(self) -> dict:
+        return {"name": self.name, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "version": 0, "healthy": True, "weight_spec": self.spec, "optional_names": [],
+                "tensor_parallel_size": 1}
+
+    async def update_weights(self, transport, payload, version, timeout_s=300.0) -> dict:
+        if self.behaviour == "hang":
+            await asyncio.sleep(3600)
+        return {"version": version, "pause_s": 0.0, "reload_s": 0.0}
+
+    async def generate(self, prompt_token_ids: list[int], spec: SamplingSpec) -> GenerationOutput:
+        self.calls += 1
+        if self.behaviour == "unhealthy":
+            raise WorkerUnhealthyError(f"{self.name} is unhealthy: test")
+        await asyncio.sleep(0.01)
+        return GenerationOutput(token_ids=[1] * spec.max_tokens, logprobs=[-1.0] * spec.max_tokens,
+                                finish_reason="length", policy_version=0)
+
+    async def num_calls(self) -> int:
+        return self.calls

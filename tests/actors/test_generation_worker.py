@@ -1,0 +1,181 @@
+"""End-to-end tests of GenerationWorker + shm weight sync against one real vLLM engine.
+
+One module-scoped engine (start-up ~30-60 s on this machine) serves every test; tests run in file
+order and the last one kills the worker.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+import torch
+
+from actors.generation import GenerationWorker
+from actors.types import EngineConfig, SamplingSpec
+from actors.weight_sync import WeightSyncError, make_sender
+
+MAX_MODEL_LEN = 256
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def worker(ray_local, tiny_model_dir):
+    handle = GenerationWorker.as_actor(EngineConfig(model_path=tiny_model_dir, max_model_len=MAX_MODEL_LEN,
+                                                    kv_cache_gb=1.0), name="test-gen-0")
+    assert ray.get(handle.ready.remote(), timeout=600) == 0
+    yield handle
+    try:
+        ray.get(handle.shutdown.remote(), timeout=60)
+    except Exception:  # noqa: BLE001 - the last test kills it
+        pass
+    ray.kill(handle)
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_model_dir):
+    from transformers import Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from models.loading import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def sender(worker):
+    s = make_sender("shm", [worker], bucket_bytes=256 << 10, timeout_s=TIMEOUT)
+    yield s
+    s.close()
+
+
+def hf_logprobs(model, token_ids: list[int]) -> list[float]:
+    with torch.no_grad():
+        logits = model(torch.tensor([token_ids])).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return [0.0] + [logp[i, t].item() for i, t in enumerate(token_ids[1:])]
+
+
+def perturb(model, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def sample_ids(tokenizer, text="<|im_start|>user\nBalance H2 + O2 -> H2O<|im_end|>\n<|im_start|>assistant\n"):
+    return tokenizer(text)["input_ids"]
+
+
+def test_concurrent_generate_batches(worker, tokenizer):
+    prompt = sample_ids(tokenizer)
+    spec = lambda n: SamplingSpec(max_tokens=n, temperature=1.0, seed=n)  # noqa: E731
+    t0 = time.perf_counter()
+    single = ray.get(worker.generate.remote(prompt, spec(32)), timeout=TIMEOUT)
+    single_s = time.perf_counter() - t0
+    assert len(single.token_ids) == 32 and single.finish_reason == "length" and single.policy_version == 0
+    n = 24
+    t0 = time.perf_counter()
+    outs = ray.get([worker.generate.remote(prompt, spec(8 + i)) for i in range(n)], timeout=TIMEOUT)
+    batch_s = time.perf_counter() - t0
+    for i, out in enumerate(outs):
+        assert len(out.token_ids) == len(out.logprobs) == 8 + i
+        assert out.finish_reason == "length"
+        assert all(lp <= 0.0 for lp in out.logprobs)
+    # batched: far less than running the requests one after another
+    assert batch_s < 0.5 * n * single_s, (batch_s, single_s)
+
+
+def test_stop_token_and_length_clamp(worker, tokenizer):
+    prompt = sample_ids(tokenizer)
+    every_token = list(range(len(tokenizer)))
+    out = ray.get(worker.generate.remote(prompt, SamplingSpec(max_tokens=16, stop_token_ids=every_token)),
+                  timeout=TIMEOUT)
+    assert out.finish_reason == "stop"
+    assert len(out.token_ids) == 1 and len(out.logprobs) == 1  # the stop token is returned
+    long_prompt = prompt * (MAX_MODEL_LEN // len(prompt))
+    room = MAX_MODEL_LEN - len(long_prompt)
+    out = ray.get(worker.generate.remote(long_prompt, SamplingSpec(max_tokens=500)), timeout=TIMEOUT)
+    assert len(out.token_ids) == room and out.finish_reason == "length"
+
+
+def test_sampled_logprobs_are_raw(worker, tokenizer):
+    """At temperature 0.5 the returned logprobs must be those of the temperature-1 model."""
+    prompt = sample_ids(tokenizer)
+    out = ray.get(worker.generate.remote(prompt, SamplingSpec(max_tokens=20, temperature=0.5, seed=1)),
+                  timeout=TIMEOUT)
+    full = ray.get(worker.prompt_logprobs.remote(prompt + out.token_ids), timeout=TIMEOUT)
+    assert torch.allclose(torch.tensor(out.logprobs), torch.tensor(full[len(prompt):]), atol=1e-4)
+
+
+def test_sync_new_weights_matches_hf(worker, sender, hf_model, tokenizer):
+    ids = sample_ids(tokenizer) + tokenizer("The answer is 2 H2 + O2 -> 2 H2O")["input_ids"]
+    before = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
+    assert max(abs(a - b) for a, b in zip(before, hf_logprobs(hf_model, ids))) < 1e-3  # same start
+    perturb(hf_model, seed=1)
+    stats = sender.send(hf_model.named_parameters(), version=1)
+    assert stats.version == 1 and stats.num_buckets > 1
+    assert stats.bytes == sum(p.numel() * 4 for p in hf_model.parameters())
+    assert ray.get(worker.policy_version.remote()) == 1
+    after = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
+    want = hf_logprobs(hf_model, ids)
+    assert max(abs(a - b) for a, b in zip(after, want)) < 1e-3
+    assert max(abs(a - b) for a, b in zip(after, before)) > 1e-2  # the weights really changed
+
+
+def test_generation_during_sync_is_paused_and_versioned(worker, sender, hf_model, tokenizer):
+    prompt = sample_ids(tokenizer)
+    refs = [worker.generate.remote(prompt, SamplingSpec(max_tokens=48, seed=i)) for i in range(16)]
+    time.sleep(0.2)
+    perturb(hf_model, seed=2)
+    stats = sender.send(hf_model.named_parameters(), version=2)
+    later = [worker.generate.remote(prompt, SamplingSpec(max_tokens=8, seed=i)) for i in range(4)]
+    outs = ray.get(refs + later, timeout=TIMEOUT)
+    assert {o.policy_version for o in outs} <= {1, 2}
+    assert all(o.policy_version == 2 for o in outs[-4:])
+    assert all(len(o.token_ids) == 48 for o in outs[:16])
+    assert stats.generation_pause_s > 0
+    ids = prompt + outs[0].token_ids
+    got = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
+    assert max(abs(a - b) for a, b in zip(got, hf_logprobs(hf_model, ids))) < 1e-3
+
+
+def test_failed_sync_keeps_old_version(worker, sender, hf_model, tokenizer):
+    ids = sample_ids(tokenizer)
+    served = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
+    params = dict(hf_model.named_parameters())
+    consumed = []
+
+    def wrong_shape():
+        for name, p in params.items():
+            consumed.append(name)
+            yield name, (p[:-1] if name.endswith("mlp.up_proj.weight") else p) + 1.0
+
+    with pytest.raises(WeightSyncError, match="shape"):
+        sender.send(wrong_shape(), version=3)
+    assert len(consumed) == len(params)  # drained: ZeRO-3 gathers on other ranks stay in step
+    with pytest.raises(WeightSyncError, match="not sent"):
+        sender.send(((n, p + 1.0) for n, p in params.items() if "layers.1." not in n), version=3)
+    with pytest.raises(WeightSyncError, match="unknown parameter"):
+        sender.send([("model.bogus.weight", torch.zeros(3))] + list(params.items()), version=3)
+    # the worker's own check, should a sender skip validation
+    bad = {"segments": [], "entries": [[0, "model.norm.weight", [7], "float32", 0, 28]]}
+    with pytest.raises(ValueError, match="test-gen-0 refused the weight update"):
+        ray.get(worker.update_weights.remote("shm", bad, 3), timeout=TIMEOUT)
+    assert ray.get(worker.policy_version.remote()) == 2
+    assert ray.get(worker.health.remote())["healthy"]
+    assert ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT) == served
+
+
+def test_sync_to_killed_worker_names_it(worker, sender, hf_model):
+    ray.kill(worker)
+    time.sleep(1.0)
+    start = time.perf_counter()
+    with pytest.raises(WeightSyncError, match=r"worker\[0\].*test-gen-0.*died"):
+        sender.send(hf_model.named_parameters(), version=4)
+    assert time.perf_counter() - start < TIMEOUT
