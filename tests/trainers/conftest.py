@@ -1,0 +1,91 @@
+"""Fixtures for the trainer tests: a tiny policy on disk, one Ray cluster per test module, and
+helpers (served as the `th` fixture: test modules cannot import sibling helper modules here).
+
+The model is deliberately minute (2 layers, 64 hidden) so DeepSpeed start-up, not compute,
+dominates the run time.
+"""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import ray
+import torch
+
+from models.tiny import TinyModelSpec, save_tiny_model
+from trainers.batching import MicroBatch, TrainSample, collate
+from trainers.grpo.losses import PolicyLossConfig, gather_logprobs, policy_loss
+
+TINY = TinyModelSpec(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                     num_kv_heads=2, max_position_embeddings=256, seed=1)
+
+
+def make_samples(seed: int, n: int, vocab: int = 100, min_len: int = 6,
+                 max_len: int = 40) -> list[TrainSample]:
+    """Random episodes: a prompt (mask 0) then a response (mask 1), varied lengths, noisy
+    sampler logprobs (so importance weights are not all 1) and signed advantages."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = rng.randint(min_len, max_len)
+        prompt = rng.randint(2, min_len - 1)
+        out.append(TrainSample(token_ids=[rng.randint(7, vocab - 1) for _ in range(length)],
+                               loss_mask=[0] * prompt + [1] * (length - prompt),
+                               sampler_logprobs=[-4.6 + rng.gauss(0, 0.05) for _ in range(length)],
+                               advantage=rng.gauss(0, 1)))
+    return out
+
+
+def reference_steps(model_dir: str, batches: list[list[TrainSample]], cfg: PolicyLossConfig,
+                    lr: float, weight_decay: float, grad_clip: float) -> dict[str, torch.Tensor]:
+    """Plain PyTorch, one process, whole batch in one forward: what every trainer layout must
+    reproduce (on-policy: old logprobs = current, one optimizer step per batch)."""
+    from transformers import AutoModelForCausalLM
+
+    from trainers.settings import TrainerSettings, make_optimizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    opt = make_optimizer(model, TrainerSettings(model_path=model_dir, lr=lr,
+                                                weight_decay=weight_decay))
+    for samples in batches:
+        b = collate(MicroBatch(samples), model.config.pad_token_id)
+        logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
+        lp = gather_logprobs(logits, b.target_ids)
+        loss, _ = policy_loss(lp, lp.detach(), b.advantages, b.mask, cfg,
+                              sampler_logprobs=b.sampler_logprobs)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        opt.zero_grad()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def assert_params_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
+                        atol: float = 2e-6, rtol: float = 1e-4) -> None:
+    assert set(got) == set(want)
+    worst = max((got[k] - want[k]).abs().max().item() for k in want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=atol, rtol=rtol,
+                                   msg=lambda m, k=k: f"{k}: {m} (worst param diff {worst:.2e})")
+
+
+@pytest.fixture(scope="session")
+def th() -> SimpleNamespace:
+    return SimpleNamespace(make_samples=make_samples, reference_steps=reference_steps,
+                           assert_params_close=assert_params_close)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(save_tiny_model(tmp_path_factory.mktemp("tiny_policy"), TINY))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from cluster.ray_cluster import connect
+
+    connect(None, num_cpus_needed=4, num_cpus=4)
+    yield
+    ray.shutdown()

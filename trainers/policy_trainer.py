@@ -1,0 +1,310 @@
+"""One data-parallel rank of the DeepSpeed policy trainer (a Ray actor; `trainers.group` drives it).
+
+Every public method that touches parameters is collective: the group calls it on all ranks at
+once with work planned on the driver (`trainers.batching`), so the ranks run the same number of
+forwards/backwards and the same parameter gathers in the same order. A rank never decides alone
+how much work it does; that is what keeps ZeRO-2/3 collectives from deadlocking.
+
+One optimizer step per mini-batch: DeepSpeed runs in unmanaged accumulation mode (see
+`trainers.settings`), each micro-batch does `engine.backward`, the mini-batch ends with one
+`engine.step()` (clipping, optimizer, LR schedule). Losses carry global normalisers, and DeepSpeed
+averages gradients over ranks, so the backward loss is multiplied by the world size: the summed
+gradient is then exactly the full-batch gradient, whatever the split.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import socket
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trainers.batching import Collated, MicroBatch, MiniBatchShard, collate
+from trainers.checkpoint import (copy_model_files, iter_full_parameters, load_training_state,
+                                 save_training_state, write_safetensors_shards)
+from trainers.grpo.losses import PolicyLossConfig, gather_logprobs, policy_loss, token_entropy
+from trainers.metrics import MetricState, kind_for
+from trainers.settings import (TrainerSettings, deepspeed_config, make_optimizer,
+                               make_scheduler)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PolicyTrainerRank", "TrainerSettings"]
+
+# Counts policy_loss reports per micro-batch; the trainer reports its own batch-level counts.
+_SKIPPED_LOSS_METRICS = frozenset({"num_tokens", "num_seqs"})
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class PolicyTrainerRank:
+    """A DeepSpeed engine holding this rank's share of the policy (see module docstring)."""
+
+    def __init__(self, settings: TrainerSettings, rank: int, world_size: int) -> None:
+        logging.basicConfig(level=logging.INFO,
+                            format=f"%(asctime)s trainer[{rank}] %(levelname)s %(name)s: %(message)s")
+        self.model_path = settings.model_path
+        self.settings = settings
+        self.rank = rank
+        self.world_size = world_size
+        self.step = 0
+        self.engine: Any = None
+        self.ref_model: torch.nn.Module | None = None
+        self.pad_id = 0
+        self._senders: dict[tuple, Any] = {}
+        if settings.use_gpu:
+            torch.cuda.set_device(0)  # Ray exposes exactly this rank's GPU(s)
+            self.device = torch.device("cuda", 0)
+        else:
+            torch.set_num_threads(max(1, int(settings.cpus_per_rank)))
+            self.device = torch.device("cpu")
+
+    def ready(self) -> bool:
+        return True
+
+    def master_endpoint(self) -> tuple[str, int]:
+        """Rank 0's node IP and a free port, for the torch.distributed rendezvous."""
+        import ray
+
+        return ray.util.get_node_ip_address(), _free_port()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+        """Join the process group, load the HF model and build the DeepSpeed engine."""
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        s = self.settings
+        os.environ.update({"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port),
+                           "RANK": str(self.rank), "WORLD_SIZE": str(self.world_size),
+                           "LOCAL_RANK": "0"})
+        if not s.use_gpu:
+            # DeepSpeed's CPU shared-memory all-reduce only serves its inference path; skipping it
+            # spares every fresh machine a ~100 s gcc build at the first start-up.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        deepspeed.init_distributed(dist_backend="nccl" if s.use_gpu else "gloo",
+                                   auto_mpi_discovery=False, verbose=False,
+                                   timeout=timedelta(seconds=s.dist_timeout_s))
+        torch.manual_seed(s.seed)
+        ds_config = deepspeed_config(s, self.world_size)
+        # Every rank loads the full fp32 model in host memory; deepspeed.initialize partitions
+        # it. (Loading pre-partitioned via HfDeepSpeedConfig needs `accelerate`, not installed.)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32,
+                                                     attn_implementation=s.attn_implementation)
+        model.config.use_cache = False
+        self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        if s.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        n_params = sum(p.numel() for p in model.parameters())
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=make_optimizer(model, s),
+            lr_scheduler=lambda opt: make_scheduler(opt, s), config=ds_config)
+        if s.zero_stage == 0 and s.torch_dtype() == torch.float32:
+            self._record_fp32_grad_norm()
+        logger.info("rank %d/%d ready: %.1fM params, ZeRO-%d, %s, %s", self.rank, self.world_size,
+                    n_params / 1e6, s.zero_stage, s.torch_dtype(), self.device)
+        return {"num_params": n_params, "device": str(self.device)}
+
+    def _record_fp32_grad_norm(self) -> None:
+        """DeepSpeed's plain fp32 path (ZeRO-0) clips but drops the norm it computed; keep it
+        where `get_global_grad_norm()` reads it, as the ZeRO and bf16 optimizers do."""
+        from deepspeed.runtime.utils import clip_grad_norm_
+
+        engine = self.engine
+
+        def clip_and_record() -> None:
+            norm = clip_grad_norm_(parameters=engine.module.parameters(),
+                                   max_norm=engine.gradient_clipping(), mpu=engine.mpu)
+            engine._global_grad_norm = float(norm)
+
+        engine.clip_fp32_gradients = clip_and_record
+
+    # --------------------------------------------------------------- forward
+    def _forward(self, b: Collated, *, entropy: str = "none") -> tuple[Tensor, Tensor | None]:
+        """Per-token logprobs [B, L-1] (and entropy: "none", "no_grad" or "grad")."""
+        logits = self.engine(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                             use_cache=False).logits[:, :-1]
+        logprobs = gather_logprobs(logits, b.target_ids)
+        ent = None
+        if entropy == "grad":
+            ent = token_entropy(logits)
+        elif entropy == "no_grad":
+            with torch.no_grad():
+                ent = token_entropy(logits.detach())
+        return logprobs, ent
+
+    @torch.no_grad()
+    def _logprobs_no_grad(self, batches: list[Collated]) -> list[Tensor]:
+        return [self._forward(b)[0] for b in batches]
+
+    def _ref_logprobs(self, batches: list[Collated], cfg: PolicyLossConfig) -> list[Tensor | None]:
+        """Reference logprobs: from the samples if they carry them; else from a reference model,
+        loaded on first use and only when the KL term is on (it costs a full model copy)."""
+        given = [b.ref_logprobs for b in batches]
+        if cfg.kl_coef == 0 or all(r is not None or b.is_placeholder for r, b in zip(given, batches)):
+            return given
+        if self.ref_model is None:
+            from transformers import AutoModelForCausalLM
+
+            path = self.settings.ref_model_path or self.model_path
+            logger.info("loading reference model from %s (kl_coef=%g)", path, cfg.kl_coef)
+            self.ref_model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=self.settings.torch_dtype()).to(self.device).eval().requires_grad_(False)
+        out: list[Tensor | None] = []
+        with torch.no_grad():
+            for b in batches:
+                logits = self.ref_model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                                        use_cache=False).logits[:, :-1]
+                out.append(gather_logprobs(logits, b.target_ids))
+        return out
+
+    # ------------------------------------------------------------ train step
+    def train_step(self, shards: list[MiniBatchShard], loss_cfg: PolicyLossConfig,
+                   ppo_epochs: int = 1) -> MetricState:
+        """Run `ppo_epochs` passes over this rank's mini-batch shards; one optimizer step each.
+
+        Old logprobs are recomputed with the current weights before the first update. With a
+        single update the "old" policy IS the current one, so the detached logprobs of the update
+        forward are used instead (one forward saved; the first ratio is exactly 1).
+        """
+        t0 = time.perf_counter()
+        self.engine.train()
+        batches = [[collate(mb, self.pad_id).to(self.device) for mb in sh.micro_batches]
+                   for sh in shards]
+        single_update = len(shards) == 1 and ppo_epochs == 1
+        old = None if single_update else [self._logprobs_no_grad(bs) for bs in batches]
+        refs = [self._ref_logprobs(bs, loss_cfg) for bs in batches]
+        t_prep = time.perf_counter()
+        num_updates = len(shards) * ppo_epochs
+        want_entropy = "grad" if loss_cfg.entropy_coef else (
+            "no_grad" if self.settings.log_entropy else "none")
+        state = MetricState()
+        for _ in range(ppo_epochs):
+            for k, (shard, bs) in enumerate(zip(shards, batches)):
+                for j, b in enumerate(bs):
+                    logprobs, ent = self._forward(b, entropy="none" if b.is_placeholder else want_entropy)
+                    if b.is_placeholder:  # keeps ZeRO collectives in step; contributes nothing
+                        self.engine.backward(logprobs.sum() * 0.0, scale_wrt_gas=False)
+                        continue
+                    loss, m = policy_loss(
+                        logprobs, old[k][j] if old is not None else logprobs.detach(), b.advantages,
+                        b.mask, loss_cfg, sampler_logprobs=b.sampler_logprobs, ref_logprobs=refs[k][j],
+                        entropy=ent, token_normalizer=shard.token_normalizer,
+                        seq_normalizer=shard.seq_normalizer)
+                    self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+                    self._record(state, m, num_updates)
+                state.add("train/lr", self.engine.get_lr()[0], "mean")
+                self.engine.step()
+                self.step += 1
+                grad_norm = self.engine.get_global_grad_norm()
+                if grad_norm is not None:
+                    state.add("train/grad_norm", float(grad_norm), "mean")
+        elapsed = time.perf_counter() - t0
+        mbs = [mb for sh in shards for mb in sh.micro_batches]
+        state.add("train/num_tokens", sum(mb.num_tokens for mb in mbs), "sum")
+        state.add("train/num_padded_tokens", sum(mb.padded_tokens for mb in mbs), "sum")
+        state.add("train/num_sequences", sum(len(mb.samples) for mb in mbs), "sum")
+        state.add("train/num_micro_batches", len(mbs), "max")
+        state.add("train/step_time_s", elapsed, "max")
+        state.add("train/old_logprob_time_s", t_prep - t0, "max")
+        state.add("train/peak_memory_gb", _peak_memory_gb(self.device), "max")
+        state.add("train/optimizer_step", float(self.step), "max")
+        return state
+
+    @staticmethod
+    def _record(state: MetricState, m: dict[str, float], num_updates: int) -> None:
+        n_tok = m.get("num_tokens", 0.0)
+        for key, value in m.items():
+            if key in _SKIPPED_LOSS_METRICS:
+                continue
+            kind = kind_for(key)
+            if kind == "sum":  # this micro-batch's share of one update's loss; average over updates
+                state.add(f"train/{key}", value / num_updates, "sum")
+            elif n_tok > 0:
+                state.add(f"train/{key}", value, kind, weight=n_tok)
+
+    # ------------------------------------------------------------- inference
+    @torch.no_grad()
+    def compute_logprobs(self, micro_batches: list[MicroBatch]) -> list[tuple[int, list[float]]]:
+        """`(index, logprobs)` per sequence; logprobs align with token ids (position 0 is 0.0)."""
+        self.engine.eval()
+        out: list[tuple[int, list[float]]] = []
+        for mb in micro_batches:
+            b = collate(mb, self.pad_id).to(self.device)
+            lp = self._forward(b)[0].float().cpu()
+            for row, (idx, s) in enumerate(zip(mb.indices, mb.samples)):
+                out.append((idx, [0.0] + lp[row, : len(s.token_ids) - 1].tolist()))
+        self.engine.train()
+        return out
+
+    # ------------------------------------------------------ full parameters
+    def named_parameters_iter(self, bucket_bytes: int = 256 << 20) -> Iterator[tuple[str, Tensor]]:
+        """Lazy full parameters; collective under ZeRO-3 (see `trainers.checkpoint`). Only rank 0
+        yields anything; the other ranks must exhaust the iterator too."""
+        return iter_full_parameters(self.engine.module, is_source=self.rank == 0,
+                                    bucket_bytes=bucket_bytes)
+
+    def gather_parameters(self) -> dict[str, Tensor] | None:
+        """Full CPU copy of every parameter on rank 0 (None elsewhere): tests and debugging."""
+        params = {n: t.detach().float().cpu().clone() for n, t in self.named_parameters_iter()}
+        return params if self.rank == 0 else None
+
+    def sync_weights(self, receivers: list[Any], version: int, transport: str, bucket_bytes: int,
+                     timeout_s: float) -> Any:
+        """Push full weights to `receivers` from rank 0; every rank must call this together."""
+        params = self.named_parameters_iter(bucket_bytes)
+        if self.rank != 0:
+            for _ in params:
+                pass
+            return None
+        from actors.weight_sync import make_sender
+
+        key = (transport, tuple(getattr(r, "_actor_id", id(r)) for r in receivers), bucket_bytes,
+               timeout_s)
+        if key not in self._senders:
+            self._senders[key] = make_sender(transport, receivers, bucket_bytes, timeout_s)
+        try:
+            return self._senders[key].send(params, version)
+        finally:
+            for _ in params:  # on failure: finish the gathers so the other ranks are not stuck
+                pass
+
+    # ----------------------------------------------------------- persistence
+    def save_checkpoint(self, ckpt_dir: str) -> str:
+        return save_training_state(self.engine, ckpt_dir, self.step, self.rank)
+
+    def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> int:
+        self.step = load_training_state(self.engine, ckpt_dir, self.rank, tag)
+        return self.step
+
+    def export_hf(self, out_dir: str, shard_bytes: int = 4 << 30) -> str:
+        """HF-format weights + the source model's config and tokenizer files (rank 0 writes)."""
+        params = self.named_parameters_iter()
+        if self.rank != 0:
+            for _ in params:
+                pass
+            return out_dir
+        dtype = write_safetensors_shards(params, out_dir, shard_bytes)
+        copy_model_files(self.model_path, out_dir, dtype)
+        logger.info("exported step %d weights to %s", self.step, out_dir)
+        return out_dir
+
+    def get_step(self) -> int:
+        return self.step
