@@ -149,7 +149,11 @@ class ToolEnvironment(Environment):
 
 
 def make_action(*calls: tuple[str, dict[str, Any]], content: str = "") -> Message:
-    """An assistant message calling `calls` in order (ids `call_0`, ...), for reference policies."""
+    """An assistant message calling `calls` in order (ids `call_0`, ...), for reference policies.
+
+    The bundled reference policies make one call a turn: a turn of a tiny character-level model
+    has room for about one call (the default agent loop allows 96 new tokens a turn).
+    """
     return Message(role="assistant", content=content,
                    tool_calls=[ToolCall(id=f"call_{i}", name=name, arguments=dict(args))
                                for i, (name, args) in enumerate(calls)])

@@ -174,7 +174,7 @@ def _probe_points() -> list[tuple[float, float]]:
 
 
 async def reference_policy(env: Environment, history: list[Message]) -> Message:
-    """Probe (1,1), (4,1), (1,4) in one turn; read k and the exponents off the ratios; submit."""
+    """Probe (1,1), (4,1), (1,4), one call a turn; read k and the exponents off the ratios; submit."""
     if not isinstance(env, HiddenLawEnv):
         raise TypeError(f"{NAME} reference policy needs a HiddenLawEnv, got {type(env).__name__}")
     seen: dict[tuple[float, float], float] = {}
@@ -184,7 +184,7 @@ async def reference_policy(env: Environment, history: list[Message]) -> Message:
             seen[(float(call.arguments["x"]), float(call.arguments["y"]))] = float(value)
     missing = [p for p in _probe_points() if p not in seen]
     if missing:
-        return make_action(*[("probe", {"x": x, "y": y}) for x, y in missing])
+        return make_action(("probe", {"x": missing[0][0], "y": missing[0][1]}))
     base = seen[(1, 1)]
     a = round(2 * math.log(seen[(PROBE_AT, 1)] / base) / math.log(PROBE_AT)) / 2
     b = round(2 * math.log(seen[(1, PROBE_AT)] / base) / math.log(PROBE_AT)) / 2

@@ -86,9 +86,9 @@ def _digest_task(rng: random.Random, n_enzymes: int) -> dict[str, Any]:
         copies[enzymes[0]] = 2
     order = [e for e in enzymes for _ in range(copies[e])]
     while True:  # random DNA around the sites, redrawn until no site occurs by chance
-        pieces = [_random_dna(rng, rng.randint(3, 9))]
+        pieces = [_random_dna(rng, rng.randint(2, 6))]
         for name in order:
-            pieces += [ENZYMES[name][0], _random_dna(rng, rng.randint(3, 9))]
+            pieces += [ENZYMES[name][0], _random_dna(rng, rng.randint(2, 6))]
         seq = "".join(pieces)
         counts = {e: len(cut_positions(seq, ENZYMES[e][0], 0)) for e in ENZYMES}
         if all(counts[e] == copies.get(e, 0) for e in ENZYMES):
@@ -103,7 +103,7 @@ def generate_task(rng: random.Random, difficulty: int) -> dict[str, Any]:
         seq = _random_dna(rng, rng.randint(6, 10))
         return {"kind": "revcomp", "seq": seq, "answer": reverse_complement(seq)}
     if difficulty == 2:
-        codons = ["ATG"] + [rng.choice(SENSE_CODONS) for _ in range(rng.randint(1, 3))]
+        codons = ["ATG"] + [rng.choice(SENSE_CODONS) for _ in range(rng.randint(1, 2))]
         codons.append(rng.choice(STOP_CODONS))
         seq = "".join(codons)
         return {"kind": "translate", "seq": seq, "answer": "".join(CODON_TABLE[c] for c in codons[:-1])}
@@ -230,7 +230,7 @@ async def reference_policy(env: Environment, history: list[Message]) -> Message:
         known = {c.arguments.get("c"): out for c, out in successful_results(history, "codon")}
         missing = [c for c in dict.fromkeys(codons) if c not in known]
         if missing:
-            return make_action(*[("codon", {"c": c}) for c in missing])
+            return make_action(("codon", {"c": missing[0]}))
         protein = ""
         for c in codons:
             if known[c] == "*":
@@ -240,12 +240,12 @@ async def reference_policy(env: Environment, history: list[Message]) -> Message:
     sites = {c.arguments.get("enzyme"): out for c, out in successful_results(history, "site")}
     missing = [e for e in d["enzymes"] if e not in sites]
     if missing:
-        return make_action(*[("site", {"enzyme": e}) for e in missing])
+        return make_action(("site", {"enzyme": missing[0]}))
     found = {c.arguments.get("site"): out for c, out in successful_results(history, "cuts")
              if c.arguments.get("seq") == d["seq"]}
     todo = [sites[e] for e in d["enzymes"] if sites[e] not in found]
     if todo:
-        return make_action(*[("cuts", {"seq": d["seq"], "site": s}) for s in todo])
+        return make_action(("cuts", {"seq": d["seq"], "site": todo[0]}))
     all_cuts: list[int] = []
     length = len(d["seq"])
     for e in d["enzymes"]:

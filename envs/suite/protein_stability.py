@@ -197,7 +197,7 @@ def _reference_targets(env: ProteinStabilityEnv) -> list[str]:
 
 
 async def reference_policy(env: Environment, history: list[Message]) -> Message:
-    """Measure the target variants in one turn, then submit the one measured most stable."""
+    """Measure the target variants (one call a turn), then submit the one measured most stable."""
     if not isinstance(env, ProteinStabilityEnv):
         raise TypeError(f"{NAME} reference policy needs a ProteinStabilityEnv, got {type(env).__name__}")
     targets = _reference_targets(env)
@@ -208,7 +208,7 @@ async def reference_policy(env: Environment, history: list[Message]) -> Message:
             measured[call.arguments["muts"]] = float(value)
     missing = [t for t in targets if t not in measured]
     if missing:
-        return make_action(*[("measure", {"muts": t}) for t in missing])
+        return make_action(("measure", {"muts": missing[0]}))
     return make_action(("submit", {"muts": min(targets, key=lambda t: measured[t])}))
 
 

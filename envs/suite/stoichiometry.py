@@ -166,7 +166,7 @@ class StoichiometryEnv(ToolEnvironment):
 
 
 async def reference_policy(env: Environment, history: list[Message]) -> Message:
-    """Look up every missing element mass (one turn), compute with one `calc`, submit its result."""
+    """Look up each element mass (one call a turn), compute with one `calc`, submit its result."""
     if not isinstance(env, StoichiometryEnv):
         raise TypeError(f"{NAME} reference policy needs a StoichiometryEnv, got {type(env).__name__}")
     needed: list[str] = []
@@ -175,7 +175,7 @@ async def reference_policy(env: Environment, history: list[Message]) -> Message:
     known = {c.arguments.get("el"): out for c, out in successful_results(history, "mass")}
     missing = [e for e in needed if e not in known]
     if missing:
-        return make_action(*[("mass", {"el": e}) for e in missing])
+        return make_action(("mass", {"el": missing[0]}))
     return calc_then_submit(history, env.solution_expression(known))
 
 

@@ -7,6 +7,7 @@ import string
 
 import pytest
 
+from envs.parsing import format_assistant
 from envs.registry import get_env_spec, list_envs
 from envs.testing import play_episode, random_policy
 
@@ -40,7 +41,11 @@ def test_difficulty_one_is_short(name: str) -> None:
         record = asyncio.run(play_episode(spec.make_env(task), spec.reference_policy))
         assert len(record.messages[0].content) <= 80, record.messages[0].content
         calls = [c for m in record.messages if m.role == "assistant" for c in m.tool_calls]
-        assert 2 <= len(calls) <= 4, record.transcript()
+        assert 2 <= len(calls) <= 4 and record.turns <= 4, record.transcript()
+        # A turn must fit the default agent loop's 96 new tokens with the tiny tokenizer, where
+        # <tool_call> and </tool_call> are one token each.
+        turns = [format_assistant(m) for m in record.messages if m.role == "assistant"]
+        assert all(len(t) <= 96 for t in turns), record.transcript()
         assert all(len(m.content) <= 40 for m in record.messages if m.role == "tool"), record.transcript()
         assert all(len(t.name) <= 8 for t in record.tools)
         printable = set(string.printable)  # the tiny model's vocabulary
