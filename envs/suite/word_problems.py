@@ -24,7 +24,7 @@ DIFFICULTIES = (1, 2, 3)
 BUDGET = {1: 4, 2: 6, 3: 6}
 
 NAMES = ["Ann", "Bo", "Cy", "Di", "Ed", "Flo", "Gus", "Ivy", "Jo", "Kim", "Lu", "Max"]
-ITEMS = ["pen", "cup", "egg", "box", "card", "book", "ball", "bead", "shell", "coin"]
+ITEMS = ["pen", "cup", "egg", "cap", "card", "book", "ball", "bead", "shell", "coin"]
 
 # A template: rng -> (question, expression). The expression is what the reference solver computes.
 Template = Callable[[random.Random], tuple[str, str]]
