@@ -192,16 +192,21 @@ class GenerationWorker:
         """One-shot update (transport "shm"): validate the whole manifest, pause, reload, resume."""
         if transport != "shm":
             raise ValueError(f"{self.name}: one-shot update_weights supports 'shm', not {transport!r}")
+        deadline = time.monotonic() + timeout_s
+
+        def left() -> float:  # one deadline for all phases, so the sender's timeout stays meaningful
+            return max(0.1, deadline - time.monotonic())
+
         async with self._update_lock:
             self.update.check_can_update(self.version, version)
             check_full_manifest(self.name, [e[1:] for e in payload["entries"]], self.spec, self.optional)
             # Mapping the segments touches nothing in vLLM: a failure here is not fatal.
             await self.ready()
-            await self.update.run(self.engine, "labrl_stage_shm", (payload,), timeout_s,
+            await self.update.run(self.engine, "labrl_stage_shm", (payload,), left(),
                                   f"map shared memory for version {version}", fatal=False)
-            await self.pause(timeout_s)
+            await self.pause(left())
             try:
-                result = await self.update.run(self.engine, "labrl_reload_shm", (), timeout_s,
+                result = await self.update.run(self.engine, "labrl_reload_shm", (), left(),
                                                f"reload to version {version}", fatal=True)
                 self.version = version
             finally:

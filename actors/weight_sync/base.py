@@ -82,6 +82,12 @@ def missing_names(sent: Iterable[str], spec: WeightSpec) -> list[str]:
     return sorted(set(spec) - set(sent))
 
 
+def rpc_deadline(timeout_s: float) -> float:
+    """Workers enforce `timeout_s` themselves (with a message naming the phase); the sender waits a
+    little longer so that message wins, and still catches a worker that is hung or dead."""
+    return timeout_s + min(10.0, max(1.0, 0.2 * timeout_s))
+
+
 def wait_all(refs: dict[str, ray.ObjectRef], timeout_s: float, phase: str) -> dict[str, Any]:
     """`ray.get` every ref with one deadline; raise one error naming every worker that failed.
 

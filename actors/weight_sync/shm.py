@@ -31,13 +31,11 @@ from typing import Any
 import ray
 import torch
 
-from actors.weight_sync.base import SyncStats, WeightSender, WeightSyncError, wait_all
+from actors.weight_sync.base import SyncStats, WeightSender, WeightSyncError, rpc_deadline, wait_all
 from actors.weight_sync.buckets import BucketEntry, pack_buckets, unpack_bucket
 
 logger = logging.getLogger(__name__)
 
-# Margin on top of the workers' own phase timeouts, so their (more precise) error wins the race.
-RPC_MARGIN_S = 30.0
 
 
 @dataclass
@@ -109,7 +107,7 @@ class ShmSender(WeightSender):
             payload = {"segments": segments, "entries": entries}
             refs = {label: r.update_weights.remote("shm", payload, version, self.timeout_s)
                     for label, r in zip(self.labels, self.receivers)}
-            results = wait_all(refs, self.timeout_s + RPC_MARGIN_S,
+            results = wait_all(refs, rpc_deadline(self.timeout_s),
                                f"update_weights to version {version} (drain -> reload -> resume)")
         finally:
             if not self.keep_segments:
@@ -131,7 +129,7 @@ class ShmSender(WeightSender):
             pass
 
     def close(self) -> None:
-        for segment in self._segments:
+        for segment in getattr(self, "_segments", []):
             self._unlink(segment)
         self._segments = []
 

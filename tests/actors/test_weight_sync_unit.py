@@ -1,0 +1,102 @@
+"""Weight-sync and router logic without vLLM: buckets, spec, and failure paths with fake workers."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+
+import pytest
+import ray
+import torch
+
+from actors.router import GenerationRouter, NoWorkerAvailableError
+from actors.types import SamplingSpec
+from actors.weight_sync import WeightSyncError, make_sender
+from actors.weight_sync.buckets import pack_buckets, unpack_bucket
+from actors.weight_sync.spec import read_weight_spec
+from tests.actors.fakes import FakeWorker
+
+SPEC = {"a.weight": ((4, 4), "float32"), "b.bias": ((4,), "float32")}
+
+
+def tensors():
+    return [("a.weight", torch.arange(16.0).view(4, 4)), ("b.bias", torch.ones(4))]
+
+
+def test_pack_unpack_roundtrip_multiple_buckets_and_dtypes():
+    src = [("x", torch.randn(10, 3).t()),  # non-contiguous
+           ("y", torch.arange(7, dtype=torch.int64)),
+           ("z", torch.randn(300, dtype=torch.bfloat16)),  # bigger than a bucket: gets its own
+           ("w", torch.randn(5))]
+    buffers, manifests = {}, {}
+
+    def get_buffer(i, n):
+        buffers[i] = torch.zeros(n, dtype=torch.uint8)
+        return buffers[i]
+
+    num, total = pack_buckets(src, 128, get_buffer, lambda i, buf, entries: manifests.__setitem__(i, entries))
+    assert num == len(manifests) >= 3
+    assert total == sum(t.numel() * t.element_size() for _, t in src)
+    got = dict(kv for i in range(num) for kv in unpack_bucket(buffers[i], manifests[i]))
+    for name, t in src:
+        assert got[name].dtype == t.dtype and torch.equal(got[name], t)
+
+
+def test_weight_spec_of_tied_tiny_model(tiny_model_dir):
+    spec, optional = read_weight_spec(tiny_model_dir)
+    assert "model.embed_tokens.weight" in spec and "lm_head.weight" not in spec
+    assert optional == ["lm_head.weight"]
+    assert spec["model.norm.weight"][1] == "float32"
+
+
+def test_sender_timeout_names_the_hung_worker(ray_local):
+    hung = FakeWorker.remote("hung-one", SPEC, behaviour="hang")
+    ray.get(hung.describe.remote(), timeout=60)  # actor start-up is not what is being timed
+    sender = make_sender("shm", [hung], bucket_bytes=1 << 20, timeout_s=1.0)
+    start = time.perf_counter()
+    with pytest.raises(WeightSyncError, match=r"worker\[0\].*hung-one.*no answer within .* update_weights"):
+        sender.send(tensors(), version=1)
+    assert time.perf_counter() - start < 10
+    sender.close()
+    ray.kill(hung)
+
+
+def test_sender_to_killed_worker_and_dead_at_handshake(ray_local):
+    ok = FakeWorker.remote("fine", SPEC)
+    victim = FakeWorker.remote("victim", SPEC)
+    sender = make_sender("shm", [ok, victim], bucket_bytes=1 << 20, timeout_s=30.0)
+    assert sender.send(tensors(), version=1).num_buckets == 1
+    ray.kill(victim)
+    with pytest.raises(WeightSyncError, match=r"(?s)1 of 2 worker.*worker\[1\].*victim.*died"):
+        sender.send(tensors(), version=2)
+    sender.close()
+    with pytest.raises(WeightSyncError, match=r"worker\[1\].*died during describe"):
+        make_sender("shm", [ok, victim], bucket_bytes=1 << 20, timeout_s=10.0)
+    ray.kill(ok)
+
+
+def test_unknown_transport():
+    with pytest.raises(ValueError, match="unknown weight-sync transport"):
+        make_sender("carrier-pigeon", [object()], 1, 1.0)
+
+
+def test_router_balances_and_fails_over(ray_local):
+    a, b = FakeWorker.remote("a", SPEC), FakeWorker.remote("b", SPEC)
+    dead, sick = FakeWorker.remote("dead", SPEC), FakeWorker.remote("sick", SPEC, behaviour="unhealthy")
+    ray.kill(dead)
+    router = pickle.loads(pickle.dumps(GenerationRouter([dead, sick, a, b])))
+
+    async def many():
+        return await asyncio.gather(*[router.generate([1, 2], SamplingSpec(max_tokens=3)) for _ in range(40)])
+
+    outs = asyncio.run(many())
+    assert all(len(o.token_ids) == 3 for o in outs)
+    assert {f.worker[6:] for f in router.failures()} == {dead._actor_id.hex()[:12], sick._actor_id.hex()[:12]}
+    calls_a, calls_b = ray.get([a.num_calls.remote(), b.num_calls.remote()])
+    assert calls_a + calls_b == 40 and min(calls_a, calls_b) >= 10
+    router.set_workers([dead])
+    with pytest.raises(NoWorkerAvailableError, match="no GenerationWorker left"):
+        asyncio.run(router.generate([1], SamplingSpec(max_tokens=1)))
+    for h in (a, b, sick):
+        ray.kill(h)
