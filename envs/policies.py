@@ -7,14 +7,16 @@ loop and chat rendering as RL, so SFT and GRPO see identically formatted episode
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
-from actors.router import GenerationRouter
 from actors.types import SamplingSpec
 from envs.agent_loop import PolicyTurn, TurnContext
 from envs.chat import ChatCodec
 from envs.core import Environment, Message
 from envs.parsing import format_assistant
+
+if TYPE_CHECKING:
+    from actors.router import GenerationRouter
 
 ReferencePolicy = Callable[[Environment, list[Message]], Awaitable[Message]]
 

@@ -49,7 +49,7 @@ class EnvWorkerPool:
     def _spawn(self):
         return self._actor_cls.remote(self.settings, self.router)
 
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
+    def wait_ready(self, timeout_s: float = 600.0) -> None:
         try:
             ray.get([w.ping.remote() for w in self.workers], timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from actors.router import GenerationRouter
 from actors.types import SamplingSpec
 from envs.agent_loop import EpisodeLimits, TurnPolicy, run_episode
 from envs.chat import ChatCodec
@@ -20,6 +20,9 @@ from envs.policies import ReferenceTurnPolicy, SamplerTurnPolicy
 from envs.registry import get_env_spec
 from models.loading import load_tokenizer
 from rollout.trajectory import Trajectory
+
+if TYPE_CHECKING:
+    from actors.router import GenerationRouter
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ same way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from models.loading import load_tokenizer, resolve_model_path
 from models.tiny import TinyModelSpec, save_tiny_model
 from trainers.grpo.losses import PolicyLossConfig
 from trainers.group import PolicyTrainerGroup
-from trainers.policy_trainer import TrainerSettings
+from trainers.settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +69,8 @@ def make_generation_workers(cfg: LabrlConfig, model_dir: str) -> list:
                           gpu_memory_utilization=g.gpu_memory_utilization,
                           tensor_parallel_size=g.tensor_parallel_size, enforce_eager=g.enforce_eager,
                           dtype=cfg.model.dtype, seed=cfg.seed)
-    workers = [GenerationWorker.as_actor(engine, num_cpus=g.cpus_per_worker, num_gpus=g.gpus_per_worker,
-                                         name_suffix=str(i)) for i in range(g.num_workers)]
-    return workers
+    return [GenerationWorker.as_actor(engine, name=f"gen{i}", num_cpus=g.cpus_per_worker,
+                                      num_gpus=g.gpus_per_worker) for i in range(g.num_workers)]
 
 
 def make_env_pool(cfg: LabrlConfig, model_dir: str, router: GenerationRouter | None) -> EnvWorkerPool:
@@ -90,12 +90,20 @@ def loss_config(cfg: LabrlConfig) -> PolicyLossConfig:
 
 def make_trainer(cfg: LabrlConfig, model_dir: str) -> PolicyTrainerGroup:
     t = cfg.trainer
-    settings = TrainerSettings(model_path=model_dir, zero_stage=t.zero_stage, lr=t.lr,
+    settings = TrainerSettings(model_path=model_dir, num_ranks=t.num_ranks, cpus_per_rank=t.cpus_per_rank,
+                               gpus_per_rank=t.gpus_per_rank, zero_stage=t.zero_stage, lr=t.lr,
                                weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
                                grad_clip=t.grad_clip, micro_batch_tokens=t.micro_batch_tokens,
                                gradient_checkpointing=t.gradient_checkpointing, seed=cfg.seed)
-    return PolicyTrainerGroup(settings, num_ranks=t.num_ranks, cpus_per_rank=t.cpus_per_rank,
-                              gpus_per_rank=t.gpus_per_rank)
+    return PolicyTrainerGroup(settings)
+
+
+def sync_weights(trainer: PolicyTrainerGroup, workers: list, version: int, cfg: LabrlConfig) -> dict[str, float]:
+    """Push the trainer's weights to every generation worker; returns `sync/` metrics."""
+    stats = trainer.sync_weights(workers, version, cfg.sync.transport, cfg.sync.bucket_mb << 20,
+                                 cfg.sync.timeout_s)
+    return {f"sync/{k}": float(v) for k, v in dataclasses.asdict(stats).items()
+            if isinstance(v, (int, float))}
 
 
 def wait_ready(handles: list, what: str, timeout_s: float) -> None:

@@ -18,10 +18,10 @@ import ray
 
 from actors.router import GenerationRouter
 from cluster.ray_cluster import check_resources, connect
-from envs.registry import get_env_spec
+from envs.registry import UnknownEnvironmentError, get_env_spec
 from launch import components as C
 from launch.config import ConfigError, LabrlConfig, load_config
-from models.loading import load_tokenizer
+from models.loading import ModelNotFoundError, load_tokenizer, resolve_model_path
 from monitor.plots import plot_reward_success
 from monitor.run_logger import RunLogger
 from rollout.evaluation import evaluate, run_tasks
@@ -63,6 +63,8 @@ def behaviour_cloning(cfg: LabrlConfig, pool, dataset, model_dir: str, run_dir: 
 
 def train(cfg: LabrlConfig) -> dict[str, float]:
     spec = get_env_spec(cfg.env.name)  # an unknown environment fails before Ray starts
+    if cfg.model.path is not None:
+        resolve_model_path(cfg.model.path)  # so does a missing model
     run_dir = make_run_dir(cfg)
     model_dir = C.prepare_model(cfg, run_dir)
     dataset = spec.make_dataset(cfg.env.num_train_tasks, max(cfg.env.num_heldout_tasks, cfg.eval.num_tasks),
@@ -91,7 +93,7 @@ def train(cfg: LabrlConfig) -> dict[str, float]:
                          advantage_estimator=cfg.grpo.advantage_estimator),
         pool, TaskStream(dataset.tasks("train"), cfg.seed),
         train_fn=lambda samples: trainer.train_step(samples, C.loss_config(cfg)),
-        sync_fn=lambda version: trainer.sync_weights(gen_workers, version, cfg.sync),
+        sync_fn=lambda version: C.sync_weights(trainer, gen_workers, version, cfg),
         log_fn=run_log.log)
     _run_with_progress(pipeline, cfg)
 
@@ -136,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         train(cfg)
+    except (ModelNotFoundError, UnknownEnvironmentError) as err:
+        logger.error("%s", err)
+        return 2
     finally:
         if ray.is_initialized():
             ray.shutdown()

@@ -1,0 +1,71 @@
+"""Bad configs fail before Ray starts, with the offending field named."""
+
+import pytest
+import ray
+
+from launch.config import ConfigError, LabrlConfig, load_config
+from launch.train import main
+from models.loading import ModelNotFoundError, resolve_model_path
+
+
+def test_default_config_loads_and_is_consistent():
+    cfg = load_config()
+    assert isinstance(cfg, LabrlConfig)
+    assert cfg.grpo.batch_size % cfg.grpo.group_size == 0
+    assert cfg.model.path is None and cfg.env.num_heldout_tasks >= 200
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config(None, ["trainer.lr=1e-4", "rollout.max_staleness=0", "env.difficulties=[1,2]"])
+    assert cfg.trainer.lr == pytest.approx(1e-4)
+    assert cfg.rollout.max_staleness == 0
+    assert cfg.env.difficulties == [1, 2]
+
+
+@pytest.mark.parametrize("override, field", [
+    ("trainer.lrr=1e-4", "trainer.lrr"),
+    ("trainer.zero_stage=7", "trainer.zero_stage"),
+    ("grpo.batch_size=many", "grpo.batch_size"),
+    ("generation.temperature=-1", "generation.temperature"),
+    ("nonsense.key=1", "nonsense"),
+])
+def test_invalid_field_is_named(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert field in str(err.value)
+
+
+def test_batch_not_divisible_by_group():
+    with pytest.raises(ConfigError, match=r"grpo.batch_size \(60\) must be divisible by grpo.group_size \(8\)"):
+        load_config(None, ["grpo.batch_size=60"])
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="section.field=value"):
+        load_config(None, ["trainer.lr"])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_rejects_bad_config_before_ray_starts(caplog):
+    assert main(["grpo.group_size=7"]) == 2
+    assert not ray.is_initialized()
+    assert "grpo.batch_size (64) must be divisible by grpo.group_size (7)" in caplog.text
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path, caplog):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelNotFoundError, match="no such directory"):
+        resolve_model_path(str(missing))
+    assert main([f"model.path={missing}"]) == 2
+    assert not ray.is_initialized()
+    assert "no-such-model" in caplog.text
+
+
+def test_unknown_environment_fails_before_ray(caplog):
+    assert main(["env.name=alchemy"]) == 2
+    assert not ray.is_initialized()
+    assert "alchemy" in caplog.text
