@@ -39,9 +39,14 @@ def make_samples(seed: int, n: int, vocab: int = 100, min_len: int = 6,
 
 
 def reference_steps(model_dir: str, batches: list[list[TrainSample]], cfg: PolicyLossConfig,
-                    lr: float, weight_decay: float, grad_clip: float) -> dict[str, torch.Tensor]:
+                    lr: float, weight_decay: float,
+                    grad_clip: float) -> tuple[dict[str, torch.Tensor], list[float], list[float]]:
     """Plain PyTorch, one process, whole batch in one forward: what every trainer layout must
-    reproduce (on-policy: old logprobs = current, one optimizer step per batch)."""
+    reproduce (on-policy: old logprobs = current, one optimizer step per batch).
+
+    Returns the parameters, and per step the pre-clip gradient norm and the loss. Adam's update
+    barely depends on the gradient's scale, so the norms are what catch a mis-scaled gradient.
+    """
     from transformers import AutoModelForCausalLM
 
     from trainers.settings import TrainerSettings, make_optimizer
@@ -49,6 +54,7 @@ def reference_steps(model_dir: str, batches: list[list[TrainSample]], cfg: Polic
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     opt = make_optimizer(model, TrainerSettings(model_path=model_dir, lr=lr,
                                                 weight_decay=weight_decay))
+    norms, losses = [], []
     for samples in batches:
         b = collate(MicroBatch(samples), model.config.pad_token_id)
         logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
@@ -56,14 +62,17 @@ def reference_steps(model_dir: str, batches: list[list[TrainSample]], cfg: Polic
         loss, _ = policy_loss(lp, lp.detach(), b.advantages, b.mask, cfg,
                               sampler_logprobs=b.sampler_logprobs)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)))
+        losses.append(loss.item())
         opt.step()
         opt.zero_grad()
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    return {n: p.detach().clone() for n, p in model.named_parameters()}, norms, losses
 
 
 def assert_params_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor],
-                        atol: float = 2e-6, rtol: float = 1e-4) -> None:
+                        atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """Default tolerance: 1% of the test lr. Adam divides by sqrt(v): where a gradient is ~0 its
+    fp32 rounding (summation order differs across layouts) moves the update by up to that much."""
     assert set(got) == set(want)
     worst = max((got[k] - want[k]).abs().max().item() for k in want)
     for k in want:
