@@ -125,7 +125,8 @@ async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, limits: 
         state.history.append(action)
         if done or truncated:
             state.reward, state.reason = float(reward), reward_reason(reward)
-            state.finish, state.truncated = ("env_done" if done else "budget"), bool(truncated)
+            # A spent budget ends the episode (done) but as truncated: report it as the budget.
+            state.finish, state.truncated = ("budget" if truncated else "env_done"), bool(truncated)
             state.history += observations
             return
         state.extend(codec.continuation_tokens(state.history, observations), generated=False)

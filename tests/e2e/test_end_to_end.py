@@ -1,0 +1,97 @@
+"""The real stack end to end: Ray + vLLM (CPU) generation workers + env workers + DeepSpeed trainer.
+
+No mocks: episodes are played by vLLM through env-worker actors, GRPO steps run in DeepSpeed, and
+the weights are pushed to every generation worker after every step.
+"""
+
+import json
+
+import pytest
+import ray
+
+from actors.router import GenerationRouter
+from cluster.ray_cluster import connect
+from envs.registry import get_env_spec
+from launch import components as C
+from launch.config import load_config
+from launch.train import train
+from rollout.pipeline import GRPOPipeline, PipelineSettings, TaskStream
+
+SMALL = ["sft.num_demos=48", "sft.steps=10", "grpo.num_steps=2", "grpo.batch_size=16",
+         "grpo.group_size=4", "eval.num_tasks=8", "env.num_train_tasks=64", "env.num_heldout_tasks=8",
+         "logging.progress_bar=false", "generation.max_model_len=512", "trainer.zero_stage=1"]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return load_config(None, SMALL + [f"logging.runs_root={root}", "run_name=e2e"])
+
+
+@pytest.fixture(scope="module")
+def cluster(cfg):
+    connect(None, C.cpus_requested(cfg))
+    yield
+    ray.shutdown()
+
+
+def _probe_tokens(cfg, model_dir):
+    from models.loading import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    text = "<|im_start|>user\nMolar mass of NaCl in g/mol?<|im_end|>\n<|im_start|>assistant\n"
+    return tok.encode(text, add_special_tokens=False)
+
+
+def test_grpo_steps_sync_weights_to_generation_workers(cfg, cluster, tmp_path):
+    model_dir = C.prepare_model(cfg, tmp_path)
+    spec = get_env_spec(cfg.env.name)
+    dataset = spec.make_dataset(64, 8, cfg.env.difficulties, 0)
+    gen = C.make_generation_workers(cfg.model_copy(update={"generation": cfg.generation.model_copy(
+        update={"num_workers": 2})}), model_dir)
+    trainer = C.make_trainer(cfg, model_dir)
+    C.wait_ready(gen, "generation workers", 600)
+    pool = C.make_env_pool(cfg, model_dir, GenerationRouter(gen))
+    probe = _probe_tokens(cfg, model_dir)
+    before = ray.get(gen[0].prompt_logprobs.remote(probe))
+
+    pipeline = GRPOPipeline(
+        PipelineSettings(num_steps=2, batch_size=16, group_size=4, max_staleness=1),
+        pool, TaskStream(dataset.tasks("train"), 0),
+        train_fn=lambda s: trainer.train_step(s, C.loss_config(cfg)),
+        sync_fn=lambda v: C.sync_weights(trainer, gen, v, cfg),
+        log_fn=lambda m, step: logged.append(m))
+    logged: list[dict] = []
+    pipeline.run()
+
+    assert [ray.get(w.policy_version.remote()) for w in gen] == [2, 2]
+    after = [ray.get(w.prompt_logprobs.remote(probe)) for w in gen]
+    trainer_lp = trainer.compute_logprobs([probe])[0]
+    assert max(abs(a - b) for a, b in zip(before[1:], after[0][1:])) > 1e-4, "served weights did not change"
+    for served in after:  # both engines serve the trainer's weights
+        assert max(abs(a - b) for a, b in zip(served[1:], trainer_lp[1:])) <= 1e-3
+    for m in logged:
+        assert m["rollout/num_trajectories"] == 16
+        assert m["rollout/staleness_max"] <= 1
+        assert m["sync/bytes"] > 0 and "train/loss" in m
+    assert logged[-1]["policy_version"] == 2
+    acc = pipeline.buffer.accounting
+    assert acc.produced == acc.trained == 32 and not acc.dropped
+    trainer.shutdown()
+    pool.shutdown()
+    for w in gen:
+        ray.get(w.shutdown.remote())
+        ray.kill(w)
+
+
+def test_default_training_entrypoint_writes_a_complete_run_directory(cfg, cluster):
+    summary = train(cfg)
+    run_dir = next(p for p in __import__("pathlib").Path(cfg.logging.runs_root).iterdir())
+    assert (run_dir / "final_model" / "config.json").is_file()
+    assert (run_dir / "reward_success.png").stat().st_size > 0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum("rollout/reward_mean" in r for r in rows) == 2
+    for key in ("eval_sft/pass@1", "eval_grpo/pass@1", "eval_sft/ci95", "grpo/improvement"):
+        assert key in summary
+    assert json.loads((run_dir / "summary.json").read_text())["eval_grpo/pass@1"] == summary["eval_grpo/pass@1"]
+    assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline files missing"
