@@ -65,12 +65,33 @@ class GenerationConfig(Section):
     gpu_memory_utilization: float = Field(0.5, gt=0, lt=1)
     enforce_eager: bool = True
 
+    @model_validator(mode="after")
+    def _check_gpu_layout(self) -> "GenerationConfig":
+        """On GPU every tensor-parallel shard needs its own whole GPU (cluster/placement.py gives
+        each shard a one-GPU bundle); any other count is an engine that cannot start or idles GPUs."""
+        g, tp = self.gpus_per_worker, self.tensor_parallel_size
+        if g > 0 and (g > 1 or tp > 1) and g != tp:
+            raise ValueError(f"generation.gpus_per_worker ({g:g}) must equal generation.tensor_parallel_size "
+                             f"({tp}) on GPU: one GPU per tensor-parallel shard")
+        return self
+
 
 class RolloutConfig(Section):
     num_env_workers: int = Field(2, gt=0)
     cpus_per_env_worker: float = Field(0.25, gt=0)
     max_concurrent_episodes: int = Field(64, gt=0, description="Per env worker.")
     max_staleness: int = Field(1, ge=0, description="Policy versions a trained trajectory may lag; 0 = synchronous.")
+    env_worker_resource: str | None = Field(
+        None, description="Custom Ray resource every env worker requires, e.g. 'cpu_node' to pin them to "
+                          "CPU-only nodes started with `ray start --resources '{\"cpu_node\": 1}'` "
+                          "(each worker takes 0.001 of it). None: any node.")
+
+    @model_validator(mode="after")
+    def _check_resource_name(self) -> "RolloutConfig":
+        if self.env_worker_resource in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ValueError(f"rollout.env_worker_resource must be a custom resource name, not "
+                             f"{self.env_worker_resource!r} (use cpus_per_env_worker for CPUs)")
+        return self
 
 
 class GRPOConfig(Section):
@@ -97,6 +118,19 @@ class TrainerConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     micro_batch_tokens: int = Field(8192, gt=0, description="Token budget of one packed micro-batch.")
     gradient_checkpointing: bool = False
+    num_nodes: int | None = Field(
+        None, gt=0, description="Nodes the ranks span. 1: all ranks on one node (fails fast when no node "
+                                "holds them); None: packed onto as few nodes as Ray finds.")
+
+    @model_validator(mode="after")
+    def _check_rank_layout(self) -> "TrainerConfig":
+        if self.gpus_per_rank > 1:
+            raise ValueError(f"trainer.gpus_per_rank ({self.gpus_per_rank:g}) must be at most 1: a DeepSpeed "
+                             "rank drives one GPU; raise trainer.num_ranks instead")
+        if self.num_nodes is not None and self.num_ranks % self.num_nodes:
+            raise ValueError(f"trainer.num_ranks ({self.num_ranks}) must be divisible by trainer.num_nodes "
+                             f"({self.num_nodes})")
+        return self
 
 
 class SyncConfig(Section):
@@ -122,6 +156,20 @@ class ClusterConfig(Section):
     num_cpus: int | None = Field(None, gt=0, description="Local cluster only; may over-subscribe.")
 
 
+class PlacementConfig(Section):
+    """Where the roles' actors go (cluster/placement.py builds one placement group layout from this).
+
+    disaggregated: generation engines, trainer ranks and env workers hold separate resources.
+    colocated: engine i shares trainer rank i's bundle (and GPU); tensor_parallel_size must be 1.
+    """
+
+    mode: Literal["disaggregated", "colocated"] = "disaggregated"
+    check_fit: bool = Field(True, description="Fail before any actor starts when the cluster cannot hold a "
+                                              "role; set false on autoscaling clusters (nodes appear on demand).")
+    ready_timeout_s: float = Field(600.0, gt=0, description="Wait for placement-group reservations, then fail "
+                                                            "naming the roles still pending.")
+
+
 class LabrlConfig(Section):
     run_name: str = "default"
     seed: int = 0
@@ -136,6 +184,7 @@ class LabrlConfig(Section):
     eval: EvalConfig = EvalConfig()
     logging: LoggingConfig = LoggingConfig()
     cluster: ClusterConfig = ClusterConfig()
+    placement: PlacementConfig = PlacementConfig()
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "LabrlConfig":
@@ -149,6 +198,27 @@ class LabrlConfig(Section):
             raise ValueError("model.hidden_size must be divisible by model.num_heads")
         if self.model.path is None and self.model.num_heads % self.model.num_kv_heads:
             raise ValueError("model.num_heads must be divisible by model.num_kv_heads")
+        return self
+
+
+    @model_validator(mode="after")
+    def _check_colocation(self) -> "LabrlConfig":
+        """Colocated engines live inside trainer ranks' bundles: one engine per rank, one GPU shared."""
+        if self.placement.mode != "colocated":
+            return self
+        g, t = self.generation, self.trainer
+        if g.tensor_parallel_size > 1:
+            raise ValueError("placement.mode=colocated needs generation.tensor_parallel_size=1 (an engine "
+                             "shares a single trainer rank's GPU)")
+        if g.num_workers > t.num_ranks:
+            raise ValueError(f"placement.mode=colocated: generation.num_workers ({g.num_workers}) must not "
+                             f"exceed trainer.num_ranks ({t.num_ranks}): engine i shares rank i's bundle")
+        if (g.gpus_per_worker > 0) != (t.gpus_per_rank > 0):
+            raise ValueError("placement.mode=colocated: set both generation.gpus_per_worker and "
+                             "trainer.gpus_per_rank above 0 (shared GPUs) or both to 0 (CPU)")
+        if g.gpus_per_worker + t.gpus_per_rank > 1 + 1e-9:
+            raise ValueError(f"placement.mode=colocated: generation.gpus_per_worker ({g.gpus_per_worker:g}) + "
+                             f"trainer.gpus_per_rank ({t.gpus_per_rank:g}) must be at most 1 (one shared GPU)")
         return self
 
 
