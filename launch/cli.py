@@ -1,12 +1,12 @@
-"""The `labrl` command: `labrl train [--config FILE] [overrides ...]`."""
+"""The `labrl` command: `labrl {train,profile,eval,report} [options]` (`labrl CMD --help`)."""
 
 from __future__ import annotations
 
 import sys
 
-from launch import train
+from launch import evaluate, profile, report, train
 
-COMMANDS = {"train": train.main}
+COMMANDS = {"train": train.main, "profile": profile.main, "eval": evaluate.main, "report": report.main}
 
 
 def main(argv: list[str] | None = None) -> int:

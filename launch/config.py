@@ -40,6 +40,18 @@ class EnvConfig(Section):
     max_turns: int = Field(6, gt=0, description="Assistant turns per episode before truncation.")
     episode_timeout_s: float = Field(120.0, gt=0)
     tool_timeout_s: float = Field(5.0, gt=0)
+    task_filter_profile: str | None = Field(
+        None, description="Reward profile JSONL (`labrl profile`): training drops tasks whose profiled "
+                          "reward has zero variance (no GRPO signal); see launch/curriculum.py.")
+    curriculum: Literal["shuffle", "easy_first", "hard_first"] = Field(
+        "shuffle", description="Training task order: seeded shuffle, or by profiled pass rate "
+                               "(needs task_filter_profile).")
+
+    @model_validator(mode="after")
+    def _curriculum_needs_profile(self) -> "EnvConfig":
+        if self.curriculum != "shuffle" and self.task_filter_profile is None:
+            raise ValueError(f"env.curriculum={self.curriculum!r} needs env.task_filter_profile")
+        return self
 
 
 class SFTConfig(Section):
@@ -147,8 +159,44 @@ class EvalConfig(Section):
 class LoggingConfig(Section):
     runs_root: str = "runs"
     wandb_project: str = "labrl"
-    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    wandb_mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: W&B files in the run directory (`wandb sync` later); "
+                               "the WANDB_MODE environment variable overrides.")
+    group: str | None = Field(None, description="W&B run group (e.g. one sweep or ablation).")
+    sample_every: int = Field(10, ge=0, description="Log sample trajectories every N GRPO steps "
+                                                     "(W&B table + samples.jsonl); 0 = never.")
+    num_samples: int = Field(4, gt=0, description="Trajectories logged each time.")
     progress_bar: bool = True
+
+
+HealthCheck = Literal["entropy_collapse", "reward_collapse", "truncation", "logprob_mismatch",
+                      "nonfinite_loss"]
+
+
+class MonitorConfig(Section):
+    """Health alarms checked on every GRPO step's metrics (monitor/health.py).
+
+    Each alarm logs a console warning and sends a W&B alert; checks named in `stop_on` also stop
+    the run cleanly (weights exported, summary written). A threshold of null disables its check.
+    """
+
+    enabled: bool = True
+    entropy_min: float | None = Field(0.02, ge=0, description="Alarm when train/entropy (nats) falls below.")
+    reward_std_min: float = Field(1e-6, ge=0, description="Batch reward std at or below this is 'no signal'.")
+    reward_collapse_steps: int = Field(5, gt=0, description="Consecutive no-signal steps before alarming.")
+    reward_drop: float | None = Field(None, gt=0, description="Alarm when the windowed reward mean falls this "
+                                                              "far below its best so far.")
+    reward_window: int = Field(5, gt=0, description="Steps averaged for reward_drop.")
+    truncation_rate_max: float | None = Field(0.5, ge=0, le=1, description="Alarm above this truncation rate.")
+    token_mult_prob_error_max: float | None = Field(1.05, ge=1, description="Sampler/trainer mismatch bound "
+                                                                           "(NeMo RL: healthy < 1.05).")
+    sampler_logprob_diff_max: float | None = Field(None, gt=0, description="Bound on mean |trainer - "
+                                                                          "sampler| logprob per token.")
+    nonfinite_loss_max_consecutive: int = Field(3, gt=0, description="NaN/Inf-loss steps in a row that "
+                                                                     "stop the run (if in stop_on).")
+    stop_on: list[HealthCheck] = Field(default_factory=lambda: ["nonfinite_loss"],
+                                       description="Checks whose alarm stops the run.")
+    repeat_every: int = Field(10, gt=0, description="Steps between repeated alerts of a persisting alarm.")
 
 
 class ClusterConfig(Section):
@@ -185,6 +233,7 @@ class LabrlConfig(Section):
     logging: LoggingConfig = LoggingConfig()
     cluster: ClusterConfig = ClusterConfig()
     placement: PlacementConfig = PlacementConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "LabrlConfig":

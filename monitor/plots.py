@@ -37,3 +37,24 @@ def plot_reward_success(run_dir: Path, summary: dict[str, float] | None = None) 
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_profile_histogram(profiles: list, out: Path) -> Path:
+    """Per-task reward mean, reward std and pass@1 histograms of a reward profile (`TaskProfile`s).
+
+    The std panel is the one that matters for GRPO: the bar at 0 is the tasks that give no signal.
+    """
+    panels = (("reward mean per task", [p.mean for p in profiles]),
+              ("reward std per task (0 = no GRPO signal)", [p.std for p in profiles]),
+              ("pass@1 per task", [p.pass_at_1 for p in profiles]))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (title, values) in zip(axes, panels):
+        ax.hist(values, bins=20, color="tab:blue", alpha=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("tasks")
+    n = profiles[0].n if profiles else 0
+    fig.suptitle(f"reward profile: {len(profiles)} tasks x {n} samples", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)

@@ -1,6 +1,10 @@
 """Metrics of a batch of trajectories: what to watch for collapse and truncation.
 
-Names follow the `rollout/` and `env/<name>/` namespaces used across labrl's W&B runs.
+Names follow the `rollout/` and `env/<name>/` namespaces used across labrl's W&B runs;
+`step_timing_metrics` derives the `timing/` throughput and idle figures of a pipeline step.
+Rates are per trajectory except `invalid_tool_call_rate`, which is per tool call (a long episode
+with one bad call is not "invalid"); reason, finish and staleness counts are absolute numbers so
+they add up across steps.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ def rollout_metrics(trajs: list[Trajectory], current_version: int | None = None,
     tool_calls = sum(t.num_tool_calls for t in trajs)
     out = {
         f"{prefix}/num_trajectories": float(len(trajs)),
+        f"{prefix}/num_generated_tokens": float(sum(lengths)),
         f"{prefix}/reward_mean": fmean(rewards),
         f"{prefix}/reward_std": pstdev(rewards),
         f"{prefix}/reward_min": min(rewards),
@@ -39,6 +44,7 @@ def rollout_metrics(trajs: list[Trajectory], current_version: int | None = None,
         f"{prefix}/truncation_rate": fmean(t.finish_reason == "length" for t in trajs),
         f"{prefix}/natural_termination_rate": fmean(t.finish_reason == "env_done" for t in trajs),
         f"{prefix}/turns_mean": fmean(t.num_turns for t in trajs),
+        f"{prefix}/turns_max": float(max(t.num_turns for t in trajs)),
         f"{prefix}/tool_calls_mean": tool_calls / len(trajs),
         f"{prefix}/invalid_tool_call_rate": sum(t.num_invalid_tool_calls for t in trajs) / max(1, tool_calls),
     }
@@ -52,10 +58,41 @@ def rollout_metrics(trajs: list[Trajectory], current_version: int | None = None,
         out[f"{prefix}/staleness_max"] = float(max(ages))
         for age, count in Counter(ages).items():
             out[f"{prefix}/staleness_hist/{age}"] = float(count)
-    by_env: dict[tuple[str, int], list[Trajectory]] = defaultdict(list)
+    if prefix == "rollout":  # per-environment breakdown of training batches only
+        out.update(env_metrics(trajs))
+    return out
+
+
+def env_metrics(trajs: list[Trajectory]) -> dict[str, float]:
+    """Reward and success per environment, and per environment and difficulty level."""
+    groups: dict[str, list[Trajectory]] = defaultdict(list)
     for t in trajs:
-        by_env[(t.env_name, t.difficulty)].append(t)
-    for (env, level), group in by_env.items():
-        out[f"env/{env}/d{level}/reward_mean"] = fmean(t.reward for t in group)
-        out[f"env/{env}/d{level}/success_rate"] = fmean(t.success for t in group)
+        groups[f"env/{t.env_name}"].append(t)
+        groups[f"env/{t.env_name}/d{t.difficulty}"].append(t)
+    out: dict[str, float] = {}
+    for key, group in groups.items():
+        out[f"{key}/num_trajectories"] = float(len(group))
+        out[f"{key}/reward_mean"] = fmean(t.reward for t in group)
+        out[f"{key}/success_rate"] = fmean(t.success for t in group)
+    return out
+
+
+def step_timing_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Derived `timing/` figures of one pipeline step from the metrics it already reports.
+
+    `idle_s` is the trainer's idle time (waiting for rollouts); `rollout_tokens_per_s` is generated
+    tokens per wall second of the whole step (end-to-end pipeline throughput, not engine speed).
+    """
+    out: dict[str, float] = {}
+    step_s = metrics.get("timing/step_s")
+    wait_s = metrics.get("timing/wait_rollout_s")
+    if wait_s is not None:
+        out["timing/idle_s"] = wait_s
+        if step_s:
+            out["timing/idle_frac"] = wait_s / step_s
+    tokens = metrics.get("rollout/num_generated_tokens")
+    if tokens is not None and step_s:
+        out["timing/rollout_tokens_per_s"] = tokens / step_s
+    if "train/tokens_per_s" in metrics:
+        out["timing/train_tokens_per_s"] = metrics["train/tokens_per_s"]
     return out

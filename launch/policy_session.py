@@ -1,0 +1,123 @@
+"""Shared plumbing of the commands that only *sample* a policy (`labrl profile`, `labrl eval`).
+
+They need the same things as training minus the trainer: the config's dataset (so task ids match
+the training run's), env workers and vLLM generation workers built exactly as `launch.train` builds
+them (`launch.components`), and an output directory with a RunLogger. Keeping this in one place
+means profile and eval cannot drift apart from each other or from training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import ray
+
+from actors.router import GenerationRouter
+from cluster.ray_cluster import check_resources, connect
+from envs.dataset import Task, TaskDataset
+from envs.pool import EnvWorkerPool
+from envs.registry import UnknownEnvironmentError, get_env_spec
+from launch import components as C
+from launch.config import ConfigError, LabrlConfig, load_config
+from models.loading import ModelNotFoundError, resolve_model_path
+from monitor.run_logger import RunLogger
+
+logger = logging.getLogger("labrl")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
+    p.add_argument("--checkpoint", default=None,
+                   help="HF model directory to sample (e.g. RUN_DIR/final_model); default: model.path")
+    p.add_argument("--samples-per-task", "-k", type=int, default=1, help="samples per task (k)")
+    p.add_argument("--num-tasks", type=int, default=None, help="first N tasks of the split")
+    p.add_argument("--out", default=None, help="output directory (default: RUNS_ROOT/<command>-<name>-<time>)")
+    p.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. generation.temperature=0.7")
+    return p
+
+
+@dataclass
+class SamplingRun:
+    cfg: LabrlConfig
+    dataset: TaskDataset
+    pool: EnvWorkerPool
+    out_dir: Path
+    run_log: RunLogger
+    model_dir: str
+
+
+def sampling_cpus(cfg: LabrlConfig) -> float:
+    return (cfg.generation.num_workers * cfg.generation.cpus_per_worker
+            + cfg.rollout.num_env_workers * cfg.rollout.cpus_per_env_worker)
+
+
+def pick_tasks(dataset: TaskDataset, split: str, num_tasks: int | None) -> list[Task]:
+    tasks = dataset.tasks(split)  # type: ignore[arg-type]
+    return tasks[:num_tasks] if num_tasks is not None else tasks
+
+
+@contextmanager
+def sampling_run(cfg: LabrlConfig, command: str, checkpoint: str | None, out: str | None) -> Iterator[SamplingRun]:
+    """Ray, env workers and generation workers for `cfg`'s policy (or `checkpoint`), then cleanup."""
+    spec = get_env_spec(cfg.env.name)
+    model_path = checkpoint or cfg.model.path
+    model_dir = resolve_model_path(model_path) if model_path else None
+    out_dir = Path(out) if out else Path(cfg.logging.runs_root) / (
+        f"{command}-{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out_dir / f"{command}.log")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    if model_dir is None:
+        logger.warning("no --checkpoint and no model.path: sampling a freshly initialised tiny model")
+        model_dir = C.prepare_model(cfg, out_dir)
+    dataset = spec.make_dataset(cfg.env.num_train_tasks, max(cfg.env.num_heldout_tasks, cfg.eval.num_tasks),
+                                cfg.env.difficulties, cfg.seed)
+    run_log = RunLogger(out_dir, {**cfg.model_dump(), "command": command, "checkpoint": model_dir},
+                        cfg.logging.wandb_project, cfg.logging.wandb_mode, f"{command}-{cfg.run_name}",
+                        group=cfg.logging.group)
+    pool = None
+    try:
+        connect(cfg.cluster.address, sampling_cpus(cfg), cfg.cluster.num_cpus)
+        check_resources({"CPU": sampling_cpus(cfg),
+                         "GPU": cfg.generation.num_workers * cfg.generation.gpus_per_worker})
+        pool = C.make_env_pool(cfg, model_dir, router=None)
+        workers = C.make_generation_workers(cfg, model_dir)
+        pool.wait_ready()
+        C.wait_ready(workers, "generation workers", timeout_s=600)
+        pool.set_router(GenerationRouter(workers))
+        yield SamplingRun(cfg, dataset, pool, out_dir, run_log, model_dir)
+    finally:
+        run_log.finish()
+        if pool is not None:
+            pool.shutdown()
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def run_command(argv: list[str] | None, parser: argparse.ArgumentParser,
+                body: Callable[[argparse.Namespace, LabrlConfig], None]) -> int:
+    """Common `main`: logging, config errors and missing models as exit code 2, Ray shut down."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    args = parser.parse_args(argv)
+    if args.samples_per_task < 1:
+        parser.error("--samples-per-task must be >= 1")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        body(args, cfg)
+    except (ConfigError, ModelNotFoundError, UnknownEnvironmentError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 2
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    return 0
