@@ -21,11 +21,15 @@ from cluster.ray_cluster import check_resources, connect
 from envs.registry import UnknownEnvironmentError, get_env_spec
 from launch import components as C
 from launch.config import ConfigError, LabrlConfig, load_config
+from launch.curriculum import training_stream
 from models.loading import ModelNotFoundError, load_tokenizer, resolve_model_path
+from monitor.health import HealthMonitor, HealthStop
 from monitor.plots import plot_reward_success
 from monitor.run_logger import RunLogger
+from monitor.samples import SampleRecorder, TappedPool
+from monitor.step_monitor import StepMonitor
 from rollout.evaluation import evaluate, run_tasks
-from rollout.pipeline import GRPOPipeline, PipelineSettings, TaskStream
+from rollout.pipeline import GRPOPipeline, PipelineSettings
 from trainers.sft import SFTSettings, train_sft
 
 logger = logging.getLogger("labrl")
@@ -72,7 +76,7 @@ def train(cfg: LabrlConfig) -> dict[str, float]:
     connect(cfg.cluster.address, C.cpus_requested(cfg), cfg.cluster.num_cpus)
     check_resources({"CPU": C.cpus_requested(cfg), "GPU": C.gpus_requested(cfg)})
     run_log = RunLogger(run_dir, cfg.model_dump(), cfg.logging.wandb_project, cfg.logging.wandb_mode,
-                        f"{cfg.run_name}-{run_dir.name}")
+                        f"{cfg.run_name}-{run_dir.name}", group=cfg.logging.group)
     summary: dict[str, float] = {}
     pool = C.make_env_pool(cfg, model_dir, router=None)
     pool.wait_ready()
@@ -87,20 +91,25 @@ def train(cfg: LabrlConfig) -> dict[str, float]:
     summary.update(evaluate(pool, heldout, "sft", progress=cfg.logging.progress_bar))
     run_log.log({k: v for k, v in summary.items()}, step=0)
 
+    recorder = SampleRecorder(cfg.logging.sample_every, cfg.logging.num_samples)
     pipeline = GRPOPipeline(
         PipelineSettings(num_steps=cfg.grpo.num_steps, batch_size=cfg.grpo.batch_size,
                          group_size=cfg.grpo.group_size, max_staleness=cfg.rollout.max_staleness,
                          advantage_estimator=cfg.grpo.advantage_estimator),
-        pool, TaskStream(dataset.tasks("train"), cfg.seed),
+        TappedPool(pool, recorder), training_stream(dataset.tasks("train"), cfg),
         train_fn=lambda samples: trainer.train_step(samples, C.loss_config(cfg)),
         sync_fn=lambda version: C.sync_weights(trainer, gen_workers, version, cfg),
-        log_fn=run_log.log)
-    _run_with_progress(pipeline, cfg)
-
-    summary.update(evaluate(pool, heldout, "grpo", progress=cfg.logging.progress_bar))
+        log_fn=StepMonitor(run_log, HealthMonitor(cfg.monitor), recorder))
+    try:
+        _run_with_progress(pipeline, cfg)
+        summary.update(evaluate(pool, heldout, "grpo", progress=cfg.logging.progress_bar))
+        summary["grpo/improvement"] = summary["eval_grpo/pass@1"] - summary["eval_sft/pass@1"]
+    except HealthStop as stop:  # unhealthy run: keep its weights and metrics, skip the final eval
+        logger.error("health alarm stopped the run: %s", stop)
+        summary.update({"health/stopped": 1.0, "health/stopped_at_step": float(stop.alarms[0].step)})
+        trainer.save_checkpoint(str(run_dir / "checkpoint"))
     final_dir = run_dir / "final_model"
     trainer.export_hf(str(final_dir))
-    summary["grpo/improvement"] = summary["eval_grpo/pass@1"] - summary["eval_sft/pass@1"]
     run_log.log(summary, step=cfg.grpo.num_steps)
     plot_reward_success(run_dir, summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -124,7 +133,8 @@ def _run_with_progress(pipeline: GRPOPipeline, cfg: LabrlConfig) -> None:
 
 def _report(summary: dict[str, float], run_dir: Path) -> None:
     logger.info("held-out success after SFT:  %.3f +- %.3f", summary["eval_sft/pass@1"], summary["eval_sft/ci95"])
-    logger.info("held-out success after GRPO: %.3f +- %.3f", summary["eval_grpo/pass@1"], summary["eval_grpo/ci95"])
+    if "eval_grpo/pass@1" in summary:
+        logger.info("held-out success after GRPO: %.3f +- %.3f", summary["eval_grpo/pass@1"], summary["eval_grpo/ci95"])
     logger.info("run directory: %s", run_dir)
 
 
@@ -137,14 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", err)
         return 2
     try:
-        train(cfg)
+        summary = train(cfg)
     except (ModelNotFoundError, UnknownEnvironmentError) as err:
         logger.error("%s", err)
         return 2
     finally:
         if ray.is_initialized():
             ray.shutdown()
-    return 0
+    return 3 if summary.get("health/stopped") else 0  # 3: stopped cleanly by a health alarm
 
 
 if __name__ == "__main__":
