@@ -28,6 +28,8 @@ from launch.config import MonitorConfig
 
 NONFINITE_KEYS = ("train/loss", "train/pg_loss", "train/grad_norm")
 SKIPPED_KEY = "train/nonfinite_skipped"  # counter a trainer may report when it skips a NaN step
+# Every non-finite step is its own event (a skipped update), not a persisting condition.
+ALWAYS_REPORTED = frozenset({"nonfinite_loss"})
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,8 @@ class HealthMonitor:
                 check != "nonfinite_loss"
                 or self.nonfinite_consecutive >= self.cfg.nonfinite_loss_max_consecutive)
             last = self._last_alarm_step.get(check)
-            if not stop and last is not None and step - last < self.cfg.repeat_every:
+            if (not stop and check not in ALWAYS_REPORTED and last is not None
+                    and step - last < self.cfg.repeat_every):
                 continue
             self._last_alarm_step[check] = step
             alarms.append(Alarm(check, step, message, value, threshold, stop))
