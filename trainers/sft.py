@@ -59,7 +59,7 @@ def train_sft(model_dir: str, out_dir: str | Path, demos: list[Trajectory], sett
         raise ValueError("SFT needs at least one demonstration")
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
