@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import ray
+
+from cluster.resources import RoleDemand, fit_problems
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ResourceError(RuntimeError):
-    pass
+    """The cluster cannot hold (or did not reserve in time) what the run asks for."""
 
 
 def connect(address: str | None, num_cpus_needed: float, num_cpus: int | None = None) -> None:
@@ -36,15 +39,37 @@ def connect(address: str | None, num_cpus_needed: float, num_cpus: int | None = 
                  log_to_driver=True)
         logger.info("started a local Ray cluster with %d CPUs", cpus)
     else:
-        ray.init(address=address or "auto", runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+        try:
+            ray.init(address=address or "auto", runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+        except ConnectionError as err:
+            raise ResourceError(f"no running Ray cluster at {address or os.environ.get('RAY_ADDRESS')!r} "
+                                f"({err}); start one (`ray start --head`) or unset cluster.address "
+                                "and RAY_ADDRESS to run on a local cluster") from None
         logger.info("joined Ray cluster at %s", address or os.environ.get("RAY_ADDRESS"))
 
 
-def check_resources(requested: dict[str, float]) -> None:
-    """Fail fast when the cluster cannot ever hold what the run asks for."""
+def alive_node_resources() -> list[dict[str, float]]:
+    """Total resources of every live node (what placement groups are reserved from)."""
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def check_resources(requested: Mapping[str, float] | None = None,
+                    demands: Sequence[RoleDemand] = (), joint: Sequence[RoleDemand] = ()) -> None:
+    """Fail fast when the cluster cannot ever hold what the run asks for.
+
+    `requested`: plain totals (e.g. {"CPU": 6, "GPU": 0}). `demands`: per-role placement requests
+    (`cluster.placement.role_demands(cfg)`), checked per role, all together, per single-node group
+    and per bundle against the live nodes, so the message names the role and the fields to change.
+    `joint`: groups shared by several roles (e.g. trainer + engines on one node), whose
+    single-node constraint is checked once the per-role checks pass.
+    """
     total = ray.cluster_resources()
-    missing = {k: (v, total.get(k, 0.0)) for k, v in requested.items() if v > total.get(k, 0.0) + 1e-9}
-    if missing:
-        parts = ", ".join(f"{k}: need {need:g}, cluster has {have:g}" for k, (need, have) in missing.items())
-        raise ResourceError(f"the cluster cannot fit this run ({parts}); lower the counts in the "
-                            "generation / trainer / rollout sections or add nodes")
+    problems: list[str] = []
+    for k, v in (requested or {}).items():
+        if v > total.get(k, 0.0) + 1e-9:
+            problems.append(f"{k}: need {v:g}, cluster has {total.get(k, 0.0):g}")
+    if demands:
+        problems.extend(fit_problems(demands, alive_node_resources(), joint))
+    if problems:
+        raise ResourceError("the cluster cannot fit this run:\n  - " + "\n  - ".join(problems)
+                            + "\nlower the counts in the generation / trainer / rollout sections or add nodes")

@@ -271,6 +271,16 @@ class LabrlConfig(Section):
         return self
 
 
+    @model_validator(mode="after")
+    def _check_sync_locality(self) -> "LabrlConfig":
+        """shm weight sync reaches only engines on the trainer's node (cluster/placement.py packs
+        trainer ranks and engines onto one node for it)."""
+        if self.sync.transport == "shm" and (self.trainer.num_nodes or 1) > 1:
+            raise ValueError(f"sync.transport=shm keeps the trainer and engines on one node: "
+                             f"trainer.num_nodes ({self.trainer.num_nodes}) must be 1 or unset")
+        return self
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names the offending field."""
 
