@@ -111,3 +111,14 @@ def wait_ready(handles: list, what: str, timeout_s: float) -> None:
         ray.get([h.ready.remote() for h in handles], timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         raise TimeoutError(f"{what} not ready after {timeout_s:.0f}s") from None
+
+
+def stop_generation_workers(workers: list, timeout_s: float = 60.0) -> None:
+    """Shut the vLLM engines down (their worker processes too), then kill the actors."""
+    refs = [w.shutdown.remote() for w in workers]
+    try:
+        ray.get(refs, timeout=timeout_s)
+    except Exception as err:  # noqa: BLE001 - a dead or hung worker is killed below anyway
+        logger.warning("generation worker shutdown: %s", err)
+    for w in workers:
+        ray.kill(w, no_restart=True)

@@ -199,6 +199,12 @@ class MonitorConfig(Section):
     repeat_every: int = Field(10, gt=0, description="Steps between repeated alerts of a persisting alarm.")
 
 
+class CheckpointConfig(Section):
+    """Trainer + driver state for `labrl train --resume RUN_DIR`; also written on SIGTERM/Ctrl-C."""
+
+    every_steps: int = Field(0, ge=0, description="Save every N GRPO steps; 0: only on stop signals.")
+
+
 class ClusterConfig(Section):
     address: str | None = Field(None, description="None: start a local Ray cluster; 'auto': join one.")
     num_cpus: int | None = Field(None, gt=0, description="Local cluster only; may over-subscribe.")
@@ -234,6 +240,7 @@ class LabrlConfig(Section):
     cluster: ClusterConfig = ClusterConfig()
     placement: PlacementConfig = PlacementConfig()
     monitor: MonitorConfig = MonitorConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "LabrlConfig":

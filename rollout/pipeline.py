@@ -74,13 +74,17 @@ class GRPOPipeline:
     def __init__(self, settings: PipelineSettings, pool: EnvWorkerPool, tasks: TaskStream,
                  train_fn: Callable[[list[TrainSample]], dict[str, float]],
                  sync_fn: Callable[[int], dict[str, float]],
-                 log_fn: Callable[[dict[str, float], int], None]):
+                 log_fn: Callable[[dict[str, float], int], None], start_step: int = 0):
         self.s = settings
         self.pool, self.tasks = pool, tasks
         self.train_fn, self.sync_fn, self.log_fn = train_fn, sync_fn, log_fn
         self.buffer = RolloutBuffer(settings.max_staleness)
-        self.version = 0
-        self.submitted_batches = 0
+        # Resuming at step k: policy version k, and the task stream exactly where batch k begins,
+        # so a resumed run trains on the same tasks in the same order as an uninterrupted one.
+        self.start_step = start_step
+        self.version = start_step
+        self.submitted_batches = start_step
+        self.tasks.position = start_step * self.groups_per_batch
 
     @property
     def groups_per_batch(self) -> int:
@@ -130,7 +134,7 @@ class GRPOPipeline:
         return sum(job.group_size for job in self.pool.jobs.values())
 
     def run(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> None:
-        for step in range(self.s.num_steps):
+        for step in range(self.start_step, self.s.num_steps):
             metrics = self.step(step)
             self.log_fn(metrics, step)
             if on_step is not None:
