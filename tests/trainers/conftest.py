@@ -80,10 +80,44 @@ def assert_params_close(got: dict[str, torch.Tensor], want: dict[str, torch.Tens
                                    msg=lambda m, k=k: f"{k}: {m} (worst param diff {worst:.2e})")
 
 
+def set_on_policy(group, samples: list[TrainSample]) -> None:
+    """Make the sampler logprobs the trainer's own (what a perfectly matched sampler returns)."""
+    for s, lp in zip(samples, group.compute_logprobs([s.token_ids for s in samples])):
+        s.sampler_logprobs = lp
+
+
+def assert_logprobs_match_hf(group, model_dir: str, seqs: list[list[int]]) -> None:
+    """The trainer's logprobs equal those of `model_dir` loaded by plain transformers."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    for ids, lp in zip(seqs, group.compute_logprobs(seqs)):
+        t = torch.tensor([ids])
+        want = gather_logprobs(model(input_ids=t).logits[:, :-1], t[:, 1:])[0]
+        assert len(lp) == len(ids) and lp[0] == 0.0
+        torch.testing.assert_close(torch.tensor(lp[1:]), want, atol=1e-5, rtol=1e-5)
+
+
+def check_resume(group, ckpt_dir: str, seed: int, cfg: PolicyLossConfig) -> None:
+    """save -> step B  must equal  save -> step A (elsewhere) -> load -> step B, exactly."""
+    a, b = make_samples(seed, 8), make_samples(seed + 1, 8)
+    group.train_step(a, cfg)
+    step = group.step
+    group.save_checkpoint(ckpt_dir)
+    group.train_step(b, cfg)
+    uninterrupted = group.gather_parameters()
+    group.train_step(a, cfg)  # move away, then come back
+    assert group.load_checkpoint(ckpt_dir) == step
+    group.train_step(b, cfg)
+    assert_params_close(group.gather_parameters(), uninterrupted, atol=0, rtol=0)
+
+
 @pytest.fixture(scope="session")
 def th() -> SimpleNamespace:
     return SimpleNamespace(make_samples=make_samples, reference_steps=reference_steps,
-                           assert_params_close=assert_params_close)
+                           assert_params_close=assert_params_close, set_on_policy=set_on_policy,
+                           assert_logprobs_match_hf=assert_logprobs_match_hf,
+                           check_resume=check_resume)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import pytest
 import ray
 import torch
 
-from trainers.grpo.losses import PolicyLossConfig, gather_logprobs
+from trainers.grpo.losses import PolicyLossConfig
 from trainers.group import PolicyTrainerGroup
 from trainers.settings import TrainerSettings
 
@@ -75,31 +75,14 @@ def test_two_ranks_equal_one_full_batch(group, tiny_model_dir, th):
 
 
 def test_resume_equals_uninterrupted(group, tmp_path, th):
-    a, b = th.make_samples(50, 8), th.make_samples(51, 8)
-    group.train_step(a, CFG)
-    step = group.step
-    group.save_checkpoint(str(tmp_path / "ckpt"))
-    group.train_step(b, CFG)
-    uninterrupted = group.gather_parameters()
-    group.train_step(a, CFG)
-    assert group.load_checkpoint(str(tmp_path / "ckpt")) == step
-    group.train_step(b, CFG)
-    th.assert_params_close(group.gather_parameters(), uninterrupted, atol=0, rtol=0)
+    th.check_resume(group, str(tmp_path / "ckpt"), seed=50, cfg=CFG)
 
 
 def test_sync_and_export_deliver_full_weights(group, receiver, tmp_path, th):
-    from transformers import AutoModelForCausalLM
-
     full = group.gather_parameters()
     stats = group.sync_weights([receiver], version=7, transport="shm", bucket_bytes=16 << 10,
                                timeout_s=60)
     assert stats.version == 7 and stats.num_buckets > 1
     th.assert_params_close(ray.get(receiver.get.remote()), full, atol=0, rtol=0)
-
     out = group.export_hf(str(tmp_path / "hf"))
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    seqs = [s.token_ids for s in th.make_samples(60, 4)]
-    for ids, lp in zip(seqs, group.compute_logprobs(seqs)):
-        t = torch.tensor([ids])
-        want = gather_logprobs(model(input_ids=t).logits[:, :-1], t[:, 1:])[0]
-        torch.testing.assert_close(torch.tensor(lp[1:]), want, atol=1e-5, rtol=1e-5)
+    th.assert_logprobs_match_hf(group, out, [s.token_ids for s in th.make_samples(60, 4)])

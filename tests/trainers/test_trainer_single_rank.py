@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from trainers.grpo.losses import PolicyLossConfig, gather_logprobs
+from trainers.grpo.losses import PolicyLossConfig
 from trainers.group import PolicyTrainerGroup
 from trainers.settings import TrainerSettings
 
@@ -23,16 +22,7 @@ def group(ray_cluster, tiny_model_dir):
 
 
 def test_compute_logprobs_matches_hf(group, tiny_model_dir, th):
-    from transformers import AutoModelForCausalLM
-
-    seqs = [s.token_ids for s in th.make_samples(1, 5)]
-    got = group.compute_logprobs(seqs)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    for ids, lp in zip(seqs, got):
-        t = torch.tensor([ids])
-        want = gather_logprobs(model(input_ids=t).logits[:, :-1], t[:, 1:])[0]
-        assert len(lp) == len(ids) and lp[0] == 0.0
-        torch.testing.assert_close(torch.tensor(lp[1:]), want, atol=1e-5, rtol=1e-5)
+    th.assert_logprobs_match_hf(group, tiny_model_dir, [s.token_ids for s in th.make_samples(1, 5)])
 
 
 def test_on_policy_first_step_and_full_batch_equivalence(group, tiny_model_dir, th):
@@ -40,8 +30,7 @@ def test_on_policy_first_step_and_full_batch_equivalence(group, tiny_model_dir, 
     micro-batches each) equal plain full-batch PyTorch steps."""
     batches = [th.make_samples(10, 12), th.make_samples(11, 12)]
     for samples in batches:
-        for s, lp in zip(samples, group.compute_logprobs([s.token_ids for s in samples])):
-            s.sampler_logprobs = lp
+        th.set_on_policy(group, samples)
     metrics = [group.train_step(batches[0], CFG)]
     first = metrics[0]
     assert first["train/approx_kl"] == 0.0
@@ -60,8 +49,7 @@ def test_on_policy_first_step_and_full_batch_equivalence(group, tiny_model_dir, 
 
 def test_mini_batches_recompute_old_logprobs(group, th):
     samples = th.make_samples(12, 8)
-    for s, lp in zip(samples, group.compute_logprobs([s.token_ids for s in samples])):
-        s.sampler_logprobs = lp
+    th.set_on_policy(group, samples)
     step0 = group.step
     m = group.train_step(samples, CFG, ppo_epochs=2, num_mini_batches=2)
     assert group.step == step0 + 4
@@ -78,29 +66,13 @@ def test_kl_reference_loaded_only_when_needed(group, th):
 
 
 def test_resume_equals_uninterrupted(group, tmp_path, th):
-    a, b = th.make_samples(20, 8), th.make_samples(21, 8)
-    group.train_step(a, CFG)
-    step = group.step
-    group.save_checkpoint(str(tmp_path / "ckpt"))
-    group.train_step(b, CFG)
-    uninterrupted = group.gather_parameters()
-    group.train_step(a, CFG)  # move away, then come back
-    assert group.load_checkpoint(str(tmp_path / "ckpt")) == step
-    group.train_step(b, CFG)
-    th.assert_params_close(group.gather_parameters(), uninterrupted, atol=0, rtol=0)
+    th.check_resume(group, str(tmp_path / "ckpt"), seed=20, cfg=CFG)
 
 
 def test_export_reloads_in_transformers(group, tmp_path, th):
-    from transformers import AutoModelForCausalLM
-
     from models.loading import load_tokenizer
 
     out = group.export_hf(str(tmp_path / "hf"))
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     tok = load_tokenizer(out)
     assert tok.decode(tok("a b\nc")["input_ids"]) == "a b\nc"
-    seqs = [s.token_ids for s in th.make_samples(30, 4)]
-    for ids, lp in zip(seqs, group.compute_logprobs(seqs)):
-        t = torch.tensor([ids])
-        want = gather_logprobs(model(input_ids=t).logits[:, :-1], t[:, 1:])[0]
-        torch.testing.assert_close(torch.tensor(lp[1:]), want, atol=1e-5, rtol=1e-5)
+    th.assert_logprobs_match_hf(group, out, [s.token_ids for s in th.make_samples(30, 4)])
