@@ -63,14 +63,16 @@ def episode_limits(cfg: LabrlConfig) -> EpisodeLimits:
                          max_model_len=cfg.generation.max_model_len, timeout_s=cfg.env.episode_timeout_s)
 
 
-def make_generation_workers(cfg: LabrlConfig, model_dir: str) -> list:
+def make_generation_workers(cfg: LabrlConfig, model_dir: str, indices: list[int] | None = None) -> list:
+    """One GenerationWorker actor per engine (`indices`: only those, e.g. to replace dead ones)."""
     g = cfg.generation
     engine = EngineConfig(model_path=model_dir, max_model_len=g.max_model_len, kv_cache_gb=g.kv_cache_gb,
                           gpu_memory_utilization=g.gpu_memory_utilization,
                           tensor_parallel_size=g.tensor_parallel_size, enforce_eager=g.enforce_eager,
                           dtype=cfg.model.dtype, seed=cfg.seed)
     return [GenerationWorker.as_actor(engine, name=f"gen{i}", num_cpus=g.cpus_per_worker,
-                                      num_gpus=g.gpus_per_worker) for i in range(g.num_workers)]
+                                      num_gpus=g.gpus_per_worker)
+            for i in (range(g.num_workers) if indices is None else indices)]
 
 
 def make_env_pool(cfg: LabrlConfig, model_dir: str, router: GenerationRouter | None) -> EnvWorkerPool:
@@ -104,6 +106,15 @@ def sync_weights(trainer: PolicyTrainerGroup, workers: list, version: int, cfg: 
                                  cfg.sync.timeout_s)
     return {f"sync/{k}": float(v) for k, v in dataclasses.asdict(stats).items()
             if isinstance(v, (int, float))}
+
+
+def answers(actor, timeout_s: float = 10.0) -> bool:
+    """Whether an actor still answers a trivial call (a dead or wedged one does not)."""
+    try:
+        ray.get(actor.policy_version.remote(), timeout=timeout_s)
+        return True
+    except Exception:  # noqa: BLE001 - dead, restarting or hung: all count as gone
+        return False
 
 
 def wait_ready(handles: list, what: str, timeout_s: float) -> None:

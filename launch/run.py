@@ -31,6 +31,7 @@ from rollout.pipeline import GRPOPipeline, PipelineSettings
 from trainers.sft import SFTSettings, train_sft
 
 logger = logging.getLogger("labrl")
+BATCHES_FILE = "batches.jsonl"
 
 
 def make_run_dir(cfg: LabrlConfig) -> Path:
@@ -58,6 +59,8 @@ class TrainingRun:
         self.pool = self.trainer = self.run_log = None
         self.gen_workers: list = []
         self.version = resume.policy_version if resume else 0
+        # Called after every GRPO step with (step, metrics): periodic work and fault-injection tests.
+        self.step_hooks: list = []
 
     # ---- phases -------------------------------------------------------------------------------
     def execute(self) -> dict[str, float]:
@@ -138,9 +141,24 @@ class TrainingRun:
         self._run_with_progress(pipeline)
 
     def _sync(self, version: int) -> dict[str, float]:
+        replaced = self._replace_dead_generation_workers()
         metrics = C.sync_weights(self.trainer, self.gen_workers, version, self.cfg)
+        if replaced:  # route to the new engines only once they serve the current weights
+            self.pool.set_router(GenerationRouter(self.gen_workers))
         self.version = version
+        metrics["fault/generation_workers_replaced"] = float(replaced)
         return metrics
+
+    def _replace_dead_generation_workers(self) -> int:
+        """A generation worker that no longer answers is replaced by a fresh engine."""
+        dead = [i for i, w in enumerate(self.gen_workers) if not C.answers(w)]
+        for i in dead:
+            logger.warning("generation worker %d is gone; starting a replacement", i)
+            self.gen_workers[i] = C.make_generation_workers(self.cfg, self.policy_dir, indices=[i])[0]
+        if dead:
+            C.wait_ready([self.gen_workers[i] for i in dead], "replacement generation workers",
+                         timeout_s=self.cfg.placement.ready_timeout_s)
+        return len(dead)
 
     def _run_with_progress(self, pipeline: GRPOPipeline) -> None:
         from tqdm import tqdm
@@ -152,9 +170,12 @@ class TrainingRun:
                 bar.set_postfix(reward=f"{m.get('rollout/reward_mean', 0):.2f}",
                                 succ=f"{m.get('rollout/success_rate', 0):.2f}")
                 bar.update(1)
+                _append_batch_log(self.run_dir, pipeline.trained_batches[-1], self.version)
                 every = cfg.checkpoint.every_steps
                 if every and (step + 1) % every == 0 and step + 1 < cfg.grpo.num_steps:
                     self.checkpoint()
+                for hook in self.step_hooks:
+                    hook(step, m)
             pipeline.run(on_step)
 
     # ---- state --------------------------------------------------------------------------------
@@ -193,3 +214,10 @@ class TrainingRun:
         if "eval_grpo/pass@1" in s:
             logger.info("held-out success after GRPO: %.3f +- %.3f", s["eval_grpo/pass@1"], s["eval_grpo/ci95"])
         logger.info("run directory: %s", self.run_dir)
+
+
+def _append_batch_log(run_dir: Path, batch: tuple[int, list[str]], version: int) -> None:
+    """batches.jsonl: which tasks each step trained on, to audit data order across resumes."""
+    step, task_ids = batch
+    with open(run_dir / BATCHES_FILE, "a") as f:
+        f.write(json.dumps({"step": step, "policy_version": version, "task_ids": task_ids}) + "\n")

@@ -85,6 +85,7 @@ class GRPOPipeline:
         self.version = start_step
         self.submitted_batches = start_step
         self.tasks.position = start_step * self.groups_per_batch
+        self.trained_batches: list[tuple[int, list[str]]] = []  # (step, task ids), for audits
 
     @property
     def groups_per_batch(self) -> int:
@@ -116,6 +117,7 @@ class GRPOPipeline:
         t_collected = time.monotonic()
         groups = self.buffer.take(step, self.version)
         trajs = [t for g in groups for t in g]
+        self.trained_batches.append((step, [g[0].task_id for g in groups]))
         metrics = rollout_metrics(trajs, current_version=self.version)
         if groups:
             metrics.update(self.train_fn(to_train_samples(groups, self.s.advantage_estimator)))
