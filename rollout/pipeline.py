@@ -115,7 +115,7 @@ class GRPOPipeline:
         self._submit_ahead()
         self._collect(step)
         t_collected = time.monotonic()
-        groups = self.buffer.take(step, self.version)
+        groups = self._without_failed_episodes(self.buffer.take(step, self.version))
         trajs = [t for g in groups for t in g]
         self.trained_batches.append((step, [g[0].task_id for g in groups]))
         metrics = rollout_metrics(trajs, current_version=self.version)
@@ -131,6 +131,20 @@ class GRPOPipeline:
                         "timing/sync_s": time.monotonic() - t_trained, "timing/step_s": time.monotonic() - t0,
                         "policy_version": float(self.version)})
         return metrics
+
+    def _without_failed_episodes(self, groups: list[list[Trajectory]]) -> list[list[Trajectory]]:
+        """Groups with an infrastructure failure (engine died, env raised) are dropped, counted.
+
+        Their zero rewards say nothing about the policy; training on them would punish it for a
+        crash. The whole group goes, since its baseline would be biased by the missing members.
+        """
+        kept = []
+        for group in groups:
+            if any(t.finish_reason == "error" for t in group):
+                self.buffer.drop(group, "episode_error")
+            else:
+                kept.append(group)
+        return kept
 
     def _in_flight(self) -> int:
         return sum(job.group_size for job in self.pool.jobs.values())
