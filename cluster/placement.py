@@ -386,7 +386,8 @@ def _wait_ready(plan: PlacementPlan, groups: dict[str, PlacementGroup], timeout_
         waiting = sorted(refs[r] for r in pending)
         lines = [f"{key}: {plan.groups[key].label}, {plan.groups[key].strategy} "
                  f"{fmt(plan.groups[key].total())}" for key in waiting]
-        available = {k: v for k, v in ray.available_resources().items() if not k.startswith("node:")}
+        available = {k: v for k, v in ray.available_resources().items()
+                     if not k.startswith("node:") and "_group_" not in k and k not in ("memory", "object_store_memory")}
         raise ResourceError(f"placement groups not reserved after {time.monotonic() - start:.0f}s "
                             f"(placement.ready_timeout_s={timeout_s:g}):\n  - " + "\n  - ".join(lines)
                             + f"\ncluster resources still free: {fmt(available)}; other jobs may hold them")
