@@ -49,12 +49,16 @@ class PolicyTrainerGroup:
                     placement_group, placement_group_bundle_index=bundle_offset + r)
             self.ranks.append(actor_cls.options(**opts).remote(settings, r, n))
         t0 = time.perf_counter()
-        addr, port = self._wait([self.ranks[0].master_endpoint.remote()],
-                                "rank 0 start-up (actor scheduling; enough CPUs/GPUs free?)",
-                                settings.setup_timeout_s)[0]
-        self.info = self._all("setup", "DeepSpeed setup (process group rendezvous at "
-                              f"{addr}:{port}, model load, deepspeed.initialize)",
-                              settings.setup_timeout_s, addr, port)[0]
+        try:
+            addr, port = self._wait([self.ranks[0].master_endpoint.remote()],
+                                    "rank 0 start-up (actor scheduling; enough CPUs/GPUs free?)",
+                                    settings.setup_timeout_s)[0]
+            self.info = self._all("setup", "DeepSpeed setup (process group rendezvous at "
+                                  f"{addr}:{port}, model load, deepspeed.initialize)",
+                                  settings.setup_timeout_s, addr, port)[0]
+        except BaseException:
+            self.shutdown()  # do not leave half-started ranks holding CPUs/GPUs
+            raise
         logger.info("%s: %d rank(s) ready in %.1fs (ZeRO-%d, %.1fM params)", name, n,
                     time.perf_counter() - t0, settings.zero_stage, self.info["num_params"] / 1e6)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+import ray
 
 from trainers.grpo.losses import PolicyLossConfig
 from trainers.group import PolicyTrainerGroup
@@ -76,3 +79,18 @@ def test_export_reloads_in_transformers(group, tmp_path, th):
     tok = load_tokenizer(out)
     assert tok.decode(tok("a b\nc")["input_ids"]) == "a b\nc"
     th.assert_logprobs_match_hf(group, out, [s.token_ids for s in th.make_samples(30, 4)])
+
+
+@ray.remote(num_cpus=0)
+def _sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_waits_name_what_hung(ray_cluster):
+    g = PolicyTrainerGroup.__new__(PolicyTrainerGroup)  # only the waiting logic, no ranks
+    g.name = "policy_trainer"
+    fast = _sleep.remote(0.0)
+    ray.get(fast)  # worker start-up is slow on a busy machine; only the sleeper may be late
+    with pytest.raises(TimeoutError, match=r"export_hf to /x did not finish within 3s on rank\(s\) \[1\]"):
+        g._wait([fast, _sleep.remote(30.0)], "export_hf to /x", 3.0)
