@@ -1,12 +1,13 @@
-"""The `labrl` command: `labrl {train,profile,eval,report} [options]` (`labrl CMD --help`)."""
+"""The `labrl` command: `labrl {train,profile,eval,report,scale} [options]` (`labrl CMD --help`)."""
 
 from __future__ import annotations
 
 import sys
 
-from launch import evaluate, profile, report, train
+from launch import evaluate, profile, report, scale, train
 
-COMMANDS = {"train": train.main, "profile": profile.main, "eval": evaluate.main, "report": report.main}
+COMMANDS = {"train": train.main, "profile": profile.main, "eval": evaluate.main, "report": report.main,
+            "scale": scale.main}
 
 
 def main(argv: list[str] | None = None) -> int:
