@@ -46,7 +46,8 @@ __all__ = ["EXTENSION", "GenerationWorker", "PauseMode", "WorkerUnhealthyError"]
 class GenerationWorker:
     """See the module docstring. All public methods are async (Ray async actor)."""
 
-    def __init__(self, config: EngineConfig, name: str | None = None, pause_mode: PauseMode = "wait") -> None:
+    def __init__(self, config: EngineConfig, name: str | None = None, pause_mode: PauseMode = "wait",
+                 cpu_direct_reload: bool = True) -> None:
         from models.loading import resolve_model_path
 
         self.config = config
@@ -59,6 +60,11 @@ class GenerationWorker:
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         if REPO_ROOT not in paths:
             os.environ["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, *paths])
+        # Weight reloads allocate fresh layer tensors every sync; on this VM first-touch 4 KiB page
+        # faults run at ~0.5-1 GB/s, huge pages at ~3-4 GB/s (measured). PyTorch's CPU allocator
+        # asks for transparent huge pages for big blocks when this is set (inherited by vLLM).
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+        self.cpu_direct_reload = cpu_direct_reload
         self.engine: Any = None
         self.gate = EngineGate(self.name, pause_mode)
         self.update = UpdateState(self.name)
@@ -69,20 +75,26 @@ class GenerationWorker:
 
     @classmethod
     def as_actor(cls, config: EngineConfig, *, name: str | None = None, num_cpus: float = 1,
-                 num_gpus: float = 0, pause_mode: PauseMode = "wait", **ray_options: Any) -> Any:
+                 num_gpus: float = 0, pause_mode: PauseMode = "wait", cpu_direct_reload: bool = True,
+                 **ray_options: Any) -> Any:
         """Create the Ray actor; `ray_options` go to `.options()` (e.g. scheduling_strategy)."""
         ray_options.setdefault("max_concurrency", 4096)
         actor_cls = ray.remote(cls)
         return actor_cls.options(num_cpus=num_cpus, num_gpus=num_gpus, **ray_options).remote(
-            config, name=name, pause_mode=pause_mode)
+            config, name=name, pause_mode=pause_mode, cpu_direct_reload=cpu_direct_reload)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def ready(self) -> int:
         """Build the engine if needed; return the served policy version."""
         async with self._start_lock:
             if self.engine is None:
-                self.engine = self._build_engine()
-                await self.engine.collective_rpc("labrl_worker_info")
+                from vllm.platforms import current_platform
+
+                engine = self._build_engine()
+                await engine.collective_rpc("labrl_worker_info")
+                if self.cpu_direct_reload and current_platform.is_cpu():
+                    await engine.collective_rpc("labrl_prepare_direct_reload")
+                self.engine = engine
         return self.version
 
     def _build_engine(self) -> Any:
@@ -202,17 +214,22 @@ class GenerationWorker:
             check_full_manifest(self.name, [e[1:] for e in payload["entries"]], self.spec, self.optional)
             # Mapping the segments touches nothing in vLLM: a failure here is not fatal.
             await self.ready()
+            t0 = time.perf_counter()
             await self.update.run(self.engine, "labrl_stage_shm", (payload,), left(),
                                   f"map shared memory for version {version}", fatal=False)
-            await self.pause(left())
+            t1 = time.perf_counter()
+            drain_s = await self.pause(left())
+            t2 = time.perf_counter()
             try:
                 result = await self.update.run(self.engine, "labrl_reload_shm", (), left(),
                                                f"reload to version {version}", fatal=True)
                 self.version = version
             finally:
+                t3 = time.perf_counter()
                 pause_s = await self.resume()
         logger.info("%s: now serving version %d (paused %.3f s)", self.name, version, pause_s)
-        return {"version": version, "pause_s": pause_s, "reload_s": result[0]["reload_s"]}
+        return {"version": version, "pause_s": pause_s, "map_s": t1 - t0, "drain_s": drain_s,
+                "reload_rpc_s": t3 - t2, "reload_s": result[0]["reload_s"]}
 
     async def begin_update(self, version: int, timeout_s: float = 300.0) -> None:
         """Streaming update, step 1: pause and put vLLM's layers into loadable form."""

@@ -66,6 +66,17 @@ class LabrlWorkerExtension:
         self._labrl_staged = maps.weights(payload)
         return len(self._labrl_staged)
 
+    def labrl_prepare_direct_reload(self) -> int:
+        """CPU only, once at start-up: plain linear weights so syncs need no repacking."""
+        from vllm.config import set_current_vllm_config
+
+        from actors.cpu_direct_reload import convert_to_plain_linear
+
+        with set_current_vllm_config(self.vllm_config):
+            converted = convert_to_plain_linear(self.model_runner.get_model(), self.vllm_config)
+        self._labrl_direct = True
+        return len(converted)
+
     def labrl_reload_shm(self) -> dict[str, Any]:
         staged = getattr(self, "_labrl_staged", None)
         if not staged:
@@ -74,9 +85,15 @@ class LabrlWorkerExtension:
 
         self._labrl_staged = None
         start = time.perf_counter()
+        model = self.model_runner.get_model()
         with set_current_vllm_config(self.vllm_config):
-            self.model_runner.reload_weights(weights_iterator=iter(staged))
-            refresh_tied_layers(self.model_runner.get_model())
+            if getattr(self, "_labrl_direct", False):
+                from actors.cpu_direct_reload import direct_load
+
+                direct_load(model, iter(staged))
+            else:
+                self.model_runner.reload_weights(weights_iterator=iter(staged))
+                refresh_tied_layers(model)
         del staged
         aliased = self._labrl_shm.aliased(self.model_runner.get_model())
         if aliased:

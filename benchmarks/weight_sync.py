@@ -1,0 +1,160 @@
+"""Benchmark: trainer -> GenerationWorker weight sync over shared memory vs the memcpy floor.
+
+For each model size a random Qwen2 is built and saved locally (no downloads), one GenerationWorker
+(vLLM) serves it, and the driver (standing in for the trainer's rank 0) syncs perturbed weights
+several times. The floor is `bytes / memcpy bandwidth`, with memcpy measured in the same run on a
+warm buffer of the same size. Correctness is checked on every size (vLLM prompt logprobs vs HF).
+
+    .venv/bin/python benchmarks/weight_sync.py --sizes 10M,100M,500M --repeats 3
+
+Prints a table and one JSON line (prefixed `JSON `). Timings on a shared 2-core VM drift a lot:
+compare numbers from one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from actors.generation import GenerationWorker  # noqa: E402
+from actors.types import EngineConfig, SamplingSpec  # noqa: E402
+from actors.weight_sync import make_sender  # noqa: E402
+
+# hidden, intermediate, layers, heads, kv_heads, vocab  (tied embeddings, fp32)
+SHAPES = {
+    "10M": (256, 1024, 8, 4, 2, 8192),
+    "100M": (768, 3072, 10, 12, 4, 16384),
+    "500M": (1280, 5120, 19, 20, 4, 32000),
+}
+
+
+def build_model(size: str, path: Path) -> int:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    hidden, inter, layers, heads, kv, vocab = SHAPES[size]
+    config = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=512,
+                         tie_word_embeddings=True, torch_dtype="float32")
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(path, safe_serialization=True)
+    n = sum(p.numel() for p in model.parameters())
+    del model
+    return n
+
+
+def memcpy_gbps(nbytes: int, repeats: int = 5) -> float:
+    """Best-of-N copy bandwidth between two warm buffers of `nbytes` (the floor's denominator)."""
+    src = torch.ones(nbytes // 4)
+    dst = torch.zeros_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best / 1e9
+
+
+def run_size(size: str, repeats: int, bucket_mb: int, kv_gb: float, gen: bool, direct: bool) -> dict:
+    from transformers import Qwen2ForCausalLM
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"labrl-bench-{size}-"))
+    try:
+        n_params = build_model(size, workdir)
+        t = time.perf_counter()
+        worker = GenerationWorker.as_actor(EngineConfig(model_path=str(workdir), max_model_len=128, kv_cache_gb=kv_gb),
+                                           name=f"bench-{size}", cpu_direct_reload=direct)
+        ray.get(worker.ready.remote(), timeout=900)
+        startup_s = time.perf_counter() - t
+        info = ray.get(worker.describe.remote())
+        result = {"size": size, "mode": "direct" if direct else "layerwise", "params": n_params, "startup_s": round(startup_s, 1),
+                  "engine_build_s": round(info["startup_s"], 1)}
+        if gen:
+            spec = SamplingSpec(max_tokens=64)
+            ray.get([worker.generate.remote([1, 2, 3, 4], spec) for _ in range(8)])
+            t = time.perf_counter()
+            outs = ray.get([worker.generate.remote([1, 2, 3, 4 + i], spec) for i in range(64)])
+            result["gen_tokens_per_s"] = round(sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t))
+        model = Qwen2ForCausalLM.from_pretrained(workdir, dtype=torch.float32).eval()
+        sender = make_sender("shm", [worker], bucket_bytes=bucket_mb << 20, timeout_s=600)
+        stats = []
+        for version in range(1, repeats + 1):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1.001)
+            stats.append(sender.send(model.named_parameters(), version=version))
+        ids = [1, 5, 9, 2, 7, 3, 8, 6]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+        want = [0.0] + [logp[i, t].item() for i, t in enumerate(ids[1:])]
+        got = ray.get(worker.prompt_logprobs.remote(ids))
+        total = stats[0].bytes
+        gbps = memcpy_gbps(total)
+        floor_s = total / gbps / 1e9
+        steady = stats[1:] or stats
+        med = statistics.median(s.seconds for s in steady)
+        result.update({
+            "bytes": total, "buckets": stats[0].num_buckets, "memcpy_gbps": round(gbps, 2),
+            "floor_s": round(floor_s, 3), "first_sync_s": round(stats[0].seconds, 3),
+            "sync_s": round(med, 3), "stage_s": round(statistics.median(s.stage_s for s in steady), 3),
+            "apply_s": round(statistics.median(s.apply_s for s in steady), 3),
+            "pause_s": round(statistics.median(s.generation_pause_s for s in steady), 3),
+            "sync_gbps": round(total / med / 1e9, 2), "ratio_vs_floor": round(med / floor_s, 2),
+            "max_logprob_err": float(max(abs(a - b) for a, b in zip(got, want)))})
+        sender.close()
+        ray.get(worker.shutdown.remote(), timeout=120)
+        ray.kill(worker)
+        del model
+        return result
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10M,100M,500M")
+    parser.add_argument("--repeats", type=int, default=3, help="syncs per size; the first one maps fresh pages")
+    parser.add_argument("--bucket-mb", type=int, default=256)
+    parser.add_argument("--kv-gb", type=float, default=1.0)
+    parser.add_argument("--gen", action="store_true", help="also measure generation tokens/s (64 x 64 tokens)")
+    parser.add_argument("--modes", default="direct",
+                        help="comma list of CPU reload modes: direct (plain weights, default) and/or layerwise "
+                             "(vLLM's in-place reload with oneDNN repacking)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    rows = []
+    for size in args.sizes.split(","):
+        for mode in args.modes.split(","):
+            rows.append(run_size(size.strip(), args.repeats, args.bucket_mb, args.kv_gb, args.gen,
+                                 mode.strip() == "direct"))
+            print(f"done {size} {mode}: {rows[-1]}", flush=True)
+    ray.shutdown()
+    cols = ["size", "mode", "params", "bytes", "buckets", "startup_s", "first_sync_s", "sync_s", "stage_s", "apply_s",
+            "pause_s", "memcpy_gbps", "floor_s", "sync_gbps", "ratio_vs_floor", "max_logprob_err"]
+    if args.gen:
+        cols.insert(5, "gen_tokens_per_s")
+    widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows)) for c in cols]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(f"{r.get(c, '')}".ljust(w) for c, w in zip(cols, widths)))
+    print("JSON " + json.dumps({"benchmark": "weight_sync_shm", "bucket_mb": args.bucket_mb, "results": rows}))
+
+
+if __name__ == "__main__":
+    main()
