@@ -2,7 +2,7 @@
 
 Names follow the `rollout/` and `env/<name>/` namespaces used across labrl's W&B runs;
 `step_timing_metrics` derives the `timing/` throughput and idle figures of a pipeline step.
-Rates are per trajectory except `invalid_tool_call_rate`, which is per tool call (a long episode
+Rates are per trajectory except `invalid_tool_call_rate`, which is per attempted tool call (a long episode
 with one bad call is not "invalid"); reason, finish and staleness counts are absolute numbers so
 they add up across steps.
 """
@@ -46,7 +46,7 @@ def rollout_metrics(trajs: list[Trajectory], current_version: int | None = None,
         f"{prefix}/turns_mean": fmean(t.num_turns for t in trajs),
         f"{prefix}/turns_max": float(max(t.num_turns for t in trajs)),
         f"{prefix}/tool_calls_mean": tool_calls / len(trajs),
-        f"{prefix}/invalid_tool_call_rate": sum(t.num_invalid_tool_calls for t in trajs) / max(1, tool_calls),
+        f"{prefix}/invalid_tool_call_rate": invalid_tool_call_rate(trajs),
     }
     for reason, count in Counter(t.reward_reason for t in trajs).items():
         out[f"{prefix}/reason/{reason}"] = float(count)
@@ -75,6 +75,17 @@ def env_metrics(trajs: list[Trajectory]) -> dict[str, float]:
         out[f"{key}/reward_mean"] = fmean(t.reward for t in group)
         out[f"{key}/success_rate"] = fmean(t.success for t in group)
     return out
+
+
+def invalid_tool_call_rate(trajs: list[Trajectory]) -> float:
+    """Failed calls per attempted call, in [0, 1].
+
+    The agent loop counts parsed calls (+1 per unparseable turn) as tool calls, but error
+    observations (including "no tool call" turns) as invalid calls, so invalid can exceed calls
+    within an episode; an episode's attempts are therefore max(calls, invalid).
+    """
+    attempts = sum(max(t.num_tool_calls, t.num_invalid_tool_calls) for t in trajs)
+    return sum(t.num_invalid_tool_calls for t in trajs) / max(1, attempts)
 
 
 def step_timing_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -42,6 +42,12 @@ def test_termination_turns_and_tools(batch):
     assert m["rollout/finish/length"] == 1 and m["rollout/finish/env_done"] == 2
 
 
+def test_invalid_tool_call_rate_stays_a_rate():
+    # 5 turns without any parseable call: 5 error observations, 0 counted calls
+    trajs = [traj(0.0, tool_calls=0, invalid=5), traj(1.0, tool_calls=3, invalid=1)]
+    assert rollout_metrics(trajs)["rollout/invalid_tool_call_rate"] == pytest.approx(6 / 8)
+
+
 def test_truncation_rate_equals_length_stopped_fraction():
     for n_len in range(0, 6):
         trajs = [traj(0.0, finish="length") for _ in range(n_len)] + [traj(1.0) for _ in range(8 - n_len)]
