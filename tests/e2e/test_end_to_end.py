@@ -30,7 +30,7 @@ def cfg(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(cfg):
-    connect(None, C.cpus_requested(cfg))
+    connect(None, C.cpus_requested(cfg) + 1)  # one more engine than the config: the first test runs two
     yield
     ray.shutdown()
 
@@ -52,6 +52,7 @@ def test_grpo_steps_sync_weights_to_generation_workers(cfg, cluster, tmp_path):
     trainer = C.make_trainer(cfg, model_dir)
     C.wait_ready(gen, "generation workers", 600)
     pool = C.make_env_pool(cfg, model_dir, GenerationRouter(gen))
+    pool.wait_ready()
     probe = _probe_tokens(cfg, model_dir)
     before = ray.get(gen[0].prompt_logprobs.remote(probe))
 
