@@ -197,7 +197,15 @@ class GenerationWorker:
 
     async def resume(self) -> float:
         """Admit requests again; returns how long generation was paused."""
-        return await self.gate.resume(self.engine)
+        return self.gate.resume()
+
+    async def _resume_after_reload(self) -> float:
+        """Cached prefixes hold KV computed with the old weights: drop them, then admit requests."""
+        try:
+            await asyncio.wait_for(self.engine.reset_prefix_cache(), 60.0)
+        except Exception as err:  # noqa: BLE001 - stale cache must not serve silently
+            self.update.mark_unhealthy(f"could not clear the prefix cache after a reload: {err}")
+        return self.gate.resume()
 
     async def update_weights(self, transport: str, payload: dict[str, Any], version: int,
                              timeout_s: float = 300.0) -> dict[str, Any]:
@@ -212,24 +220,22 @@ class GenerationWorker:
         async with self._update_lock:
             self.update.check_can_update(self.version, version)
             check_full_manifest(self.name, [e[1:] for e in payload["entries"]], self.spec, self.optional)
-            # Mapping the segments touches nothing in vLLM: a failure here is not fatal.
             await self.ready()
-            t0 = time.perf_counter()
-            await self.update.run(self.engine, "labrl_stage_shm", (payload,), left(),
-                                  f"map shared memory for version {version}", fatal=False)
-            t1 = time.perf_counter()
             drain_s = await self.pause(left())
-            t2 = time.perf_counter()
+            t0 = time.perf_counter()
             try:
-                result = await self.update.run(self.engine, "labrl_reload_shm", (), left(),
-                                               f"reload to version {version}", fatal=True)
+                result = (await self.update.run(self.engine, "labrl_reload_shm", (payload,), left(),
+                                                f"reload to version {version}", fatal=True))[0]
+                if result.get("refused"):  # failed before any weight was touched: not fatal
+                    raise RuntimeError(f"{self.name} refused the weight update (still serving version "
+                                       f"{self.version}): {result['refused']}")
                 self.version = version
             finally:
-                t3 = time.perf_counter()
-                pause_s = await self.resume()
+                reload_rpc_s = time.perf_counter() - t0
+                pause_s = await self._resume_after_reload()
         logger.info("%s: now serving version %d (paused %.3f s)", self.name, version, pause_s)
-        return {"version": version, "pause_s": pause_s, "map_s": t1 - t0, "drain_s": drain_s,
-                "reload_rpc_s": t3 - t2, "reload_s": result[0]["reload_s"]}
+        return {"version": version, "pause_s": pause_s, "drain_s": drain_s, "reload_rpc_s": reload_rpc_s,
+                "reload_s": result["reload_s"]}
 
     async def begin_update(self, version: int, timeout_s: float = 300.0) -> None:
         """Streaming update, step 1: pause and put vLLM's layers into loadable form."""
@@ -240,7 +246,7 @@ class GenerationWorker:
                 await self.update.run(self.engine, "labrl_begin_update", (), timeout_s,
                                       f"begin update to version {version}", fatal=True)
             except BaseException:
-                await self.resume()
+                await self._resume_after_reload()
                 raise
             self.update.start(version)
 
@@ -272,7 +278,7 @@ class GenerationWorker:
             self.version = version
         finally:
             self.update.close()
-            pause_s = await self.resume()
+            pause_s = await self._resume_after_reload()
         return {"version": version, "pause_s": pause_s}
 
     async def abort_update(self, reason: str) -> None:
@@ -284,7 +290,7 @@ class GenerationWorker:
                 logger.exception("%s: finalize during abort failed", self.name)
             self.update.close()
             self.update.mark_unhealthy(f"update aborted mid-stream: {reason}")
-            await self.resume()
+            await self._resume_after_reload()
 
     async def nccl_init(self, info: dict[str, Any], timeout_s: float = 300.0) -> None:
         """Join the trainer's weight-broadcast NCCL group (one rank per vLLM worker process)."""

@@ -115,8 +115,12 @@ class EngineGate:
                 self._idle.set()
 
     async def pause(self, engine: Any, timeout_s: float) -> float:
-        """Close the gate, drain (mode "wait") or abort (mode "abort") admitted requests, then
-        pause vLLM and clear its KV/prefix cache (cached prefixes were computed with old weights)."""
+        """Close the gate and drain (mode "wait") or abort (mode "abort") admitted requests.
+
+        vLLM itself is not paused: with the gate closed and nothing admitted it has no request
+        to step, so a reload through collective_rpc runs on an idle engine (this saves two engine
+        round trips per sync). Callers that changed weights clear the prefix cache before resuming.
+        """
         if self._paused_at is not None:
             raise RuntimeError(f"{self.name} is already paused")
         start = time.perf_counter()
@@ -131,17 +135,15 @@ class EngineGate:
                 raise TimeoutError(f"{self.name}: {len(self._in_flight)} in-flight request(s) did not drain "
                                    f"within {timeout_s:.1f} s (phase: drain before weight reload); nothing "
                                    f"was changed and generation resumed") from err
-            await engine.pause_generation(mode="abort", clear_cache=True)
         except BaseException:
             self._open.set()
             self._paused_at = None
             raise
         return time.perf_counter() - start
 
-    async def resume(self, engine: Any) -> float:
+    def resume(self) -> float:
         if self._paused_at is None:
             return 0.0
-        await engine.resume_generation()
         paused = time.perf_counter() - self._paused_at
         self._paused_at = None
         self._open.set()

@@ -56,16 +56,6 @@ class LabrlWorkerExtension:
     """Mixed into vLLM's Worker class; `self` is the vLLM worker (has model_runner, vllm_config)."""
 
     # ---- one-shot reload from shared memory (CPU) -------------------------------------------
-    def labrl_stage_shm(self, payload: dict[str, Any]) -> int:
-        """Map the segments and build the views; touches no weights, so failing here is harmless."""
-        from actors.weight_sync.shm import ShmMappings
-
-        maps = getattr(self, "_labrl_shm", None)
-        if maps is None:
-            maps = self._labrl_shm = ShmMappings()
-        self._labrl_staged = maps.weights(payload)
-        return len(self._labrl_staged)
-
     def labrl_prepare_direct_reload(self) -> int:
         """CPU only, once at start-up: plain linear weights so syncs need no repacking."""
         from vllm.config import set_current_vllm_config
@@ -77,13 +67,19 @@ class LabrlWorkerExtension:
         self._labrl_direct = True
         return len(converted)
 
-    def labrl_reload_shm(self) -> dict[str, Any]:
-        staged = getattr(self, "_labrl_staged", None)
-        if not staged:
-            raise RuntimeError("labrl_reload_shm called without labrl_stage_shm")
+    def labrl_reload_shm(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Map the segments (failures here touch nothing: reported as `refused`), then reload."""
+        from actors.weight_sync.shm import ShmMappings
+
+        maps = getattr(self, "_labrl_shm", None)
+        if maps is None:
+            maps = self._labrl_shm = ShmMappings()
+        try:
+            staged = maps.weights(payload)
+        except Exception as err:  # noqa: BLE001 - reported to the caller as a non-fatal refusal
+            return {"refused": f"{type(err).__name__}: {err}", "pid": os.getpid()}
         from vllm.config import set_current_vllm_config
 
-        self._labrl_staged = None
         start = time.perf_counter()
         model = self.model_runner.get_model()
         with set_current_vllm_config(self.vllm_config):

@@ -167,6 +167,13 @@ def test_failed_sync_keeps_old_version(worker, sender, hf_model, tokenizer):
     bad = {"segments": [], "entries": [[0, "model.norm.weight", [7], "float32", 0, 28]]}
     with pytest.raises(ValueError, match="test-gen-0 refused the weight update"):
         ray.get(worker.update_weights.remote("shm", bad, 3), timeout=TIMEOUT)
+    # a manifest the worker cannot map (segment gone) is refused before any weight is touched
+    info = ray.get(worker.describe.remote())
+    entries = [[0, n, list(shape), dt, 0, 4 * int(torch.tensor(shape).prod())]
+               for n, (shape, dt) in info["weight_spec"].items()]
+    gone = {"segments": [{"path": "/dev/shm/labrl-ws-does-not-exist", "nbytes": 64}], "entries": entries}
+    with pytest.raises(RuntimeError, match="refused the weight update.*FileNotFoundError"):
+        ray.get(worker.update_weights.remote("shm", gone, 3), timeout=TIMEOUT)
     assert ray.get(worker.policy_version.remote()) == 2
     assert ray.get(worker.health.remote())["healthy"]
     assert ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT) == served
