@@ -63,6 +63,8 @@ class _EpisodeState:
     tool_calls: int = 0
     invalid_calls: int = 0
     reward: float = 0.0
+    generation_s: float = 0.0
+    env_s: float = 0.0
     reason: str = "in_progress"
     finish: str = "budget"
     truncated: bool = False
@@ -95,12 +97,15 @@ async def run_episode(env: Environment, task: Task, group_id: str, policy: TurnP
         reward_reason=state.reason, finish_reason=state.finish, policy_versions=state.versions,
         difficulty=task.difficulty, num_turns=state.turns, num_tool_calls=state.tool_calls,
         num_invalid_tool_calls=state.invalid_calls, truncated=state.truncated,
+        generation_s=state.generation_s, env_s=state.env_s,
         messages=[m.to_chat() for m in state.history])
 
 
 async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, limits: EpisodeLimits,
                 state: _EpisodeState) -> None:
+    clock = time.monotonic()
     observations, tools = await env.reset()
+    state.env_s += time.monotonic() - clock
     codec = codec.with_tools(tools)
     state.history = list(observations)
     state.extend(codec.prompt_tokens(observations), generated=False)
@@ -109,8 +114,10 @@ async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, limits: 
         if room <= 0:
             state.finish, state.reason, state.truncated = "length", "context_exhausted", True
             return
+        clock = time.monotonic()
         turn = await policy.act(TurnContext(state.tokens, state.history, env,
                                             min(limits.max_new_tokens, room)))
+        state.generation_s += time.monotonic() - clock
         state.turns += 1
         state.versions.append(turn.policy_version)
         state.extend(turn.token_ids, generated=True, logprobs=turn.logprobs)
@@ -120,7 +127,9 @@ async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, limits: 
             return
         action = parse_assistant(codec.assistant_text(turn.token_ids))
         state.tool_calls += len(action.tool_calls) + (1 if action.parse_error else 0)
+        clock = time.monotonic()
         observations, reward, done, truncated = await env.step(action)
+        state.env_s += time.monotonic() - clock
         state.invalid_calls += sum(1 for m in observations if m.is_error)
         state.history.append(action)
         if done or truncated:

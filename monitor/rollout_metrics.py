@@ -45,6 +45,8 @@ def rollout_metrics(trajs: list[Trajectory], current_version: int | None = None,
         f"{prefix}/natural_termination_rate": fmean(t.finish_reason == "env_done" for t in trajs),
         f"{prefix}/turns_mean": fmean(t.num_turns for t in trajs),
         f"{prefix}/turns_max": float(max(t.num_turns for t in trajs)),
+        f"{prefix}/generation_s_mean": fmean(t.generation_s for t in trajs),
+        f"{prefix}/env_s_mean": fmean(t.env_s for t in trajs),
         f"{prefix}/tool_calls_mean": tool_calls / len(trajs),
         f"{prefix}/invalid_tool_call_rate": invalid_tool_call_rate(trajs),
     }
