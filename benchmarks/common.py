@@ -1,0 +1,90 @@
+"""What every benchmark here shares: the results folder, machine facts, tables, the JSON line.
+
+Each benchmark prints a table and then exactly one JSON line (`{"benchmark": NAME, ...}`) on
+stdout, and writes the same object to `results/<NAME>.json`. Progress goes to logging (stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "results"
+
+# (header, key, format spec) of one table column; a callable key computes the cell from the row.
+Column = tuple[str, "str | Callable[[dict[str, Any]], Any]", str]
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _mem_total_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+def machine_info() -> dict[str, Any]:
+    """nproc, memory, CPU model, load and date: the context every number here needs."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {"nproc": os.cpu_count(), "mem_total_gib": round(_mem_total_gib(), 1), "cpu_model": _cpu_model(),
+            "loadavg_1_5_15": [round(x, 2) for x in load], "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def ratio(num: float, den: float) -> float:
+    return num / den if den else float("nan")
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+    """A fixed-width text table; each column is (header, key or function of the row, format)."""
+    cells = [[format(_cell(row, key), fmt) for _, key, fmt in columns] for row in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (h, _, _) in enumerate(columns)]
+    lines = [" ".join(h.rjust(w) for (h, _, _), w in zip(columns, widths)),
+             " ".join("-" * w for w in widths)]
+    lines += [" ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(row: dict[str, Any], key: Any) -> Any:
+    value = key(row) if callable(key) else row.get(key, "")
+    return "" if value is None else value
+
+
+def emit(name: str, result: dict[str, Any], table: str) -> Path:
+    """Print the table and the JSON line; write `results/<name>.json`. Returns the file path."""
+    result = {"benchmark": name, "machine": machine_info(), **result}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    sys.stdout.write(table.rstrip("\n") + "\n" + json.dumps(result, default=str) + "\n")
+    sys.stdout.flush()
+    return path
