@@ -6,7 +6,11 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from models.tiny import TINY_MARKER
+
+
+# Marks a directory holding labrl's tiny character-level policy (see models/tiny.py). Defined here,
+# not in models.tiny, so that loading a tokenizer never imports torch (env workers stay small).
+TINY_MARKER = "labrl_tiny.json"
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -19,6 +19,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from models.loading import TINY_MARKER
+
 logger = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
@@ -26,7 +28,6 @@ IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 # Markers that real Qwen tokenizers also keep as single tokens; one id each keeps sequences short.
 MARKUP_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
-TINY_MARKER = "labrl_tiny.json"
 
 CHAT_TEMPLATE = (
     "{%- for m in messages -%}"
