@@ -1,0 +1,222 @@
+"""End-to-end GRPO throughput: labrl (Ray + vLLM + DeepSpeed) against TRL's GRPOTrainer on this CPU.
+
+    python -m benchmarks.trl_compare                          # tiny (~1M) and ~30M models, 4 steps each
+    python -m benchmarks.trl_compare --sizes tiny --steps 3
+    python -m benchmarks.trl_compare --skip-trl               # labrl only
+
+Both sides train the same locally built character-level Qwen2 on the same single-turn task
+("Repeat: <string>", reward = `benchmarks.repeat_task.repeat_score`) with the same shape: 8 prompts
+x 8 completions per optimizer step, at most 32 new tokens at temperature 1, the same number of
+optimizer steps, lr 3e-4, no KL term, bf16 and gradient checkpointing off. labrl runs through
+`launch.run.TrainingRun` (SFT disabled, `benchmarks.repeat_env:SPEC`, `rollout.max_staleness` 0 by
+default so both are on-policy); TRL runs in its own virtual environment (results/trl-venv, built on
+first use by `benchmarks.trl_venv`) through `benchmarks.trl_runner`. Per model size the side that
+goes first alternates.
+
+Throughput counts optimizer steps after the first (warm-up) one: completions/s = 64 x steps / their
+wall time; trained tokens/s = prompt + completion tokens fed to the optimizer / the same time.
+Start-up (Ray actors, vLLM engine, DeepSpeed; TRL trainer construction) is reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, emit, format_table, ratio, setup_logging
+
+logger = logging.getLogger("benchmarks.trl_compare")
+
+# name -> (hidden, intermediate, layers, heads, kv heads)
+SIZES: dict[str, tuple[int, int, int, int, int]] = {
+    "tiny": (128, 512, 4, 4, 2),
+    "30M": (512, 2048, 8, 8, 2),
+}
+PROMPTS_PER_STEP, COMPLETIONS_PER_PROMPT, NEW_TOKENS, LR = 8, 8, 32, 3e-4
+WORK_DIR = RESULTS_DIR / "trl_compare_runs"
+
+
+def build_model(size: str) -> str:
+    from models.tiny import TinyModelSpec, save_tiny_model
+
+    hidden, inter, layers, heads, kv = SIZES[size]
+    return str(save_tiny_model(WORK_DIR / f"model-{size}", TinyModelSpec(
+        hidden_size=hidden, intermediate_size=inter, num_layers=layers, num_heads=heads, num_kv_heads=kv)))
+
+
+def steady(values: list[float]) -> list[float]:
+    """Drop the first (warm-up) step when there is more than one."""
+    return values[1:] if len(values) > 1 else values
+
+
+def side_summary(step_s: list[float], tokens: list[float], completion_tokens: list[float],
+                 setup_s: float, rewards: list[float]) -> dict[str, Any]:
+    wall = sum(steady(step_s))
+    n = len(steady(step_s))
+    completions = n * PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT
+    return {"steps_timed": n, "timed_s": wall, "step_s_median": sorted(steady(step_s))[n // 2] if n else float("nan"),
+            "completions_per_s": ratio(completions, wall),
+            "trained_tokens_per_s": ratio(sum(steady(tokens)), wall),
+            "completion_tokens_per_s": ratio(sum(steady(completion_tokens)), wall),
+            "completion_len_mean": ratio(sum(completion_tokens), len(completion_tokens) * PROMPTS_PER_STEP
+                                         * COMPLETIONS_PER_PROMPT),
+            "setup_s": setup_s, "step_s": step_s, "reward_first": rewards[0] if rewards else None,
+            "reward_last": rewards[-1] if rewards else None}
+
+
+def run_labrl(size: str, model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+    from launch.config import load_config
+    from launch.run import TrainingRun
+
+    batch = PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT
+    overrides = [f"run_name=trl-compare-labrl-{size}", f"model.path={model_dir}", "sft.enabled=false",
+                 "env.name=benchmarks.repeat_env:SPEC", "env.difficulties=[1]", "env.max_turns=1",
+                 f"env.num_train_tasks={max(64, args.steps * PROMPTS_PER_STEP)}", "env.num_heldout_tasks=8",
+                 "eval.num_tasks=8", f"generation.max_new_tokens={NEW_TOKENS}", "generation.temperature=1.0",
+                 "generation.max_model_len=256", f"grpo.num_steps={args.steps}", f"grpo.batch_size={batch}",
+                 f"grpo.group_size={COMPLETIONS_PER_PROMPT}", f"rollout.max_staleness={args.labrl_staleness}",
+                 f"trainer.lr={LR}", "grpo.kl_coef=0.0", f"logging.runs_root={WORK_DIR}",
+                 "logging.wandb_mode=disabled", "logging.progress_bar=false", "logging.sample_every=0"]
+    t0 = time.perf_counter()
+    run = TrainingRun(load_config(None, overrides))
+    run.execute()
+    total = time.perf_counter() - t0
+    steps = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [m for m in steps if "timing/step_s" in m]
+    step_s = [m["timing/step_s"] for m in steps]
+    out = side_summary(step_s, [m.get("train/num_tokens", 0.0) for m in steps],
+                       [m.get("rollout/num_generated_tokens", 0.0) for m in steps], total - sum(step_s),
+                       [m.get("rollout/reward_mean", float("nan")) for m in steps])
+    out["run_dir"] = str(run.run_dir)
+    return out
+
+
+def trl_job(size: str, model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks.repeat_env import prompts
+    from models.loading import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    pairs = prompts(max(64, args.steps * PROMPTS_PER_STEP))
+    rendered = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+                for p, _ in pairs]
+    return {"model_dir": model_dir, "prompts": rendered, "targets": [t for _, t in pairs], "steps": args.steps,
+            "batch_size": PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT, "num_generations": COMPLETIONS_PER_PROMPT,
+            "max_completion_length": NEW_TOKENS, "temperature": 1.0, "learning_rate": LR, "seed": 0,
+            "output_dir": str(WORK_DIR / f"trl-out-{size}")}
+
+
+def run_trl(size: str, model_dir: str, python: Path, args: argparse.Namespace) -> dict[str, Any]:
+    job_path, out_path = WORK_DIR / f"trl-job-{size}.json", WORK_DIR / f"trl-result-{size}.json"
+    job_path.write_text(json.dumps(trl_job(size, model_dir, args)))
+    out_path.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(python), "-m", "benchmarks.trl_runner", str(job_path), str(out_path)], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=args.timeout_s)
+    if proc.returncode != 0 or not out_path.is_file():
+        raise RuntimeError(f"TRL run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    res = json.loads(out_path.read_text())
+    total = time.perf_counter() - t0
+    logs = [e for e in res["logs"] if "num_tokens" in e]
+    cumulative = [float(e["num_tokens"]) for e in logs]
+    tokens = [b - a for a, b in zip([0.0, *cumulative], cumulative)]
+    completion = [float(e.get("completions/mean_length", 0.0)) * PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT
+                  for e in logs]
+    out = side_summary(res["step_s"], tokens, completion, total - sum(res["step_s"]),
+                       [float(e.get("reward", float("nan"))) for e in logs])
+    out["torch_threads"] = res.get("torch_threads")
+    return out
+
+
+def compare_size(size: str, first: str, python: Path | None, args: argparse.Namespace) -> dict[str, Any]:
+    model_dir = build_model(size)
+    row: dict[str, Any] = {"size": size, "first": first}
+    for side in ([first, "trl" if first == "labrl" else "labrl"]):
+        logger.info("%s: running %s", size, side)
+        if side == "labrl":
+            row["labrl"] = run_labrl(size, model_dir, args)
+        elif python is None:
+            row["trl"] = {"error": "TRL environment unavailable"}
+        else:
+            try:
+                row["trl"] = run_trl(size, model_dir, python, args)
+            except (RuntimeError, subprocess.TimeoutExpired) as err:
+                logger.error("%s: TRL failed: %s", size, err)
+                row["trl"] = {"error": str(err)[-2000:]}
+        logger.info("%s %s: %s", size, side, {k: v for k, v in row[side].items() if k != "step_s"})
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    row["params_m"] = (cfg.num_hidden_layers * (4 * cfg.hidden_size ** 2 + 3 * cfg.hidden_size * cfg.intermediate_size)
+                       + cfg.vocab_size * cfg.hidden_size) / 1e6  # approximate (kv heads counted full)
+    for key in ("completions_per_s", "trained_tokens_per_s"):
+        row[f"{key}_labrl_over_trl"] = ratio(row["labrl"].get(key, float("nan")), row["trl"].get(key, float("nan")))
+    return row
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        for side in ("labrl", "trl"):
+            s = r[side]
+            out.append({"size": r["size"], "side": side, "first": r["first"] == side, **s,
+                        "ratio_c": r["completions_per_s_labrl_over_trl"] if side == "labrl" else None,
+                        "ratio_t": r["trained_tokens_per_s_labrl_over_trl"] if side == "labrl" else None})
+    return out
+
+
+COLUMNS = [("model", "size", ""), ("side", "side", ""), ("ran first", lambda r: "yes" if r["first"] else "", ""),
+           ("completions/s", lambda r: r.get("completions_per_s", float("nan")), ".1f"),
+           ("trained tok/s", lambda r: r.get("trained_tokens_per_s", float("nan")), ".0f"),
+           ("gen tok/s", lambda r: r.get("completion_tokens_per_s", float("nan")), ".0f"),
+           ("step s", lambda r: r.get("step_s_median", float("nan")), ".2f"),
+           ("compl len", lambda r: r.get("completion_len_mean", float("nan")), ".1f"),
+           ("setup s", lambda r: r.get("setup_s", float("nan")), ".0f"),
+           ("labrl/TRL compl", lambda r: "" if r["ratio_c"] is None else f"{r['ratio_c']:.2f}", ""),
+           ("labrl/TRL tok", lambda r: "" if r["ratio_t"] is None else f"{r['ratio_t']:.2f}", ""),
+           ("error", lambda r: (r.get("error") or "")[:40], "")]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the first is warm-up)")
+    p.add_argument("--labrl-staleness", type=int, default=0)
+    p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--timeout-s", type=float, default=3600.0)
+    p.add_argument("--full", action="store_true", help="10 optimizer steps per run")
+    args = p.parse_args(argv)
+    if args.full:
+        args.steps = max(args.steps, 10)
+    setup_logging()
+    import ray
+
+    from benchmarks.trl_venv import TRL_VERSION, TrlVenvError, ensure_trl_venv
+    from cluster.ray_cluster import connect
+
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    python, venv_error = None, None
+    if not args.skip_trl:
+        try:
+            python = ensure_trl_venv()
+        except TrlVenvError as err:
+            venv_error = str(err)
+            logger.error("TRL venv could not be built: %s", err)
+    connect(None, num_cpus_needed=3)
+    try:
+        rows = [compare_size(size, "labrl" if i % 2 == 0 else "trl", python, args) for i, size in enumerate(args.sizes)]
+    finally:
+        ray.shutdown()
+    emit("trl_compare", {"config": vars(args), "trl_version": TRL_VERSION, "trl_venv_error": venv_error,
+                         "results": rows}, format_table(table_rows(rows), COLUMNS))
+    return {"results": rows}
+
+
+if __name__ == "__main__":
+    main()
