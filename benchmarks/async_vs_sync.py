@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, emit, format_table, ratio, setup_logging
+from benchmarks.common import RESULTS_DIR, emit, format_table, ratio, setup_logging, start_local_ray
 
 logger = logging.getLogger("benchmarks.async_vs_sync")
 
@@ -165,9 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup_logging()
     import ray
 
-    from cluster.ray_cluster import connect
 
-    connect(None, num_cpus_needed=3)
+    start_local_ray(3)
     try:
         policy_dir = start_policy(args)
         rows = []

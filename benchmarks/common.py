@@ -79,12 +79,27 @@ def _cell(row: dict[str, Any], key: Any) -> Any:
     return "" if value is None else value
 
 
+def start_local_ray(num_cpus: int, resources: dict[str, float] | None = None) -> None:
+    """A local Ray cluster like `cluster.ray_cluster.connect` starts (repository on the workers'
+    PYTHONPATH), but without forwarding worker output to stdout, which holds only the results."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env_vars = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+                "TOKENIZERS_PARALLELISM": "false"}
+    ray.init(num_cpus=num_cpus, resources=resources or {}, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING, runtime_env={"env_vars": env_vars})
+
+
 def emit(name: str, result: dict[str, Any], table: str) -> Path:
-    """Print the table and the JSON line; write `results/<name>.json`. Returns the file path."""
+    """Print the table and the JSON line; write `results/<name>.json` (and the table as
+    `results/<name>.txt`). Returns the JSON file's path."""
     result = {"benchmark": name, "machine": machine_info(), **result}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (RESULTS_DIR / f"{name}.txt").write_text(table.rstrip("\n") + "\n")
     sys.stdout.write(table.rstrip("\n") + "\n" + json.dumps(result, default=str) + "\n")
     sys.stdout.flush()
     return path

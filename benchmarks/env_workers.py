@@ -29,7 +29,7 @@ from typing import Any
 
 import ray
 
-from benchmarks.common import REPO_ROOT, emit, format_table, median, ratio, setup_logging
+from benchmarks.common import emit, format_table, median, ratio, setup_logging, start_local_ray
 
 logger = logging.getLogger("benchmarks.env_workers")
 
@@ -127,7 +127,7 @@ def worker_memory_gib(pool: Any) -> list[tuple[float, float]]:
     return out
 
 
-def workers_that_fit(wanted: int, uss_gib: float, reserve_gib: float = 3.0) -> int:
+def workers_that_fit(wanted: int, uss_gib: float, reserve_gib: float) -> int:
     """How many more workers of `uss_gib` fit in available memory, keeping `reserve_gib` free
     (the machine is shared: never push other people's processes into the OOM killer)."""
     import psutil
@@ -183,13 +183,13 @@ def _scaling_rows(env_name: str, counts: list[int], runs: dict[int, list[RunStat
 
 
 def scale_run(env_name: str, model_dir: str, wanted: int, episodes: int, timeout_s: float,
-              uss_per_worker_gib: float) -> dict[str, Any]:
+              uss_per_worker_gib: float, reserve_gib: float) -> dict[str, Any]:
     """`wanted` EnvWorkers on fake resources (fewer if memory cannot hold them); exact accounting."""
     from envs.pool import EnvWorkerPool
     from envs.worker import EnvWorkerSettings
     from launch.components import episode_limits, sampling_spec
 
-    num_workers = workers_that_fit(wanted, uss_per_worker_gib)
+    num_workers = workers_that_fit(wanted, uss_per_worker_gib, reserve_gib)
     if num_workers < wanted:
         logger.warning("scale run: only %d of %d workers fit in available memory (%.2f GiB unique "
                        "memory each); running %d", num_workers, wanted, uss_per_worker_gib, num_workers)
@@ -215,7 +215,8 @@ def scale_run(env_name: str, model_dir: str, wanted: int, episodes: int, timeout
              and replaced == 0)
     logger.info("scale run: %d episodes in %.1f s, accounting %s", stats.episodes, stats.wall_s,
                 "exact" if exact else "BROKEN")
-    return {"env": env_name, "workers": num_workers, "requested_workers": wanted, "startup_s": startup, "episodes": stats.episodes,
+    return {"env": env_name, "workers": num_workers, "requested_workers": wanted, "startup_s": startup,
+            "episodes": stats.episodes,
             "episodes_expected": stats.groups_submitted * GROUP_SIZE, "wall_s": stats.wall_s,
             "episodes_per_s": stats.episodes_per_s, "env_steps_per_s": stats.steps_per_s,
             "success_rate": ratio(stats.successes, stats.episodes), "errors": stats.errors,
@@ -224,13 +225,6 @@ def scale_run(env_name: str, model_dir: str, wanted: int, episodes: int, timeout
             "worker_rss_gib_total": sum(m[0] for m in memory),
             "worker_uss_gib_total": sum(m[1] for m in memory),
             "worker_uss_gib_median": median([m[1] for m in memory])}
-
-
-def start_ray(scale_workers: int, counts: list[int]) -> None:
-    num_cpus = max(2, int(sum(counts) * 0.25 + 0.999) + 1)
-    ray.init(num_cpus=num_cpus, resources={SCALE_RESOURCE: max(scale_workers, 1)},
-             include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}})
 
 
 SCALING_COLUMNS = [("env", "env", ""), ("workers", "workers", "d"), ("episodes", "episodes", "d"),
@@ -252,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--rounds", type=int, default=2, help="passes over the worker counts (order alternates)")
     p.add_argument("--scale-workers", type=int, default=64, help="0 skips the fake-resource scale run")
     p.add_argument("--timeout-s", type=float, default=1800.0)
+    p.add_argument("--memory-reserve-gib", type=float, default=3.0,
+                   help="the scale run starts only as many workers as leave this much memory available")
     p.add_argument("--full", action="store_true", help="1024 episodes, 3 rounds, 128-worker scale run")
     args = p.parse_args(argv)
     if args.full:
@@ -259,7 +255,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup_logging()
     from models.tiny import TinyModelSpec, save_tiny_model
 
-    start_ray(args.scale_workers, args.workers)
+    start_local_ray(max(2, int(sum(args.workers) * 0.25 + 0.999) + 1),
+                    {SCALE_RESOURCE: float(max(args.scale_workers, 1))})
     try:
         with tempfile.TemporaryDirectory(prefix="labrl_bench_env_") as tmp:
             model_dir = str(save_tiny_model(Path(tmp) / "tok", TinyModelSpec(hidden_size=32, intermediate_size=64,
@@ -270,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for env in args.envs:
                 env_rows, uss = scaling(env, model_dir, args.workers, args.rounds, args.episodes, args.timeout_s)
                 rows += env_rows
-            scale = ([scale_run(args.envs[0], model_dir, args.scale_workers, args.episodes, args.timeout_s, uss)]
+            scale = ([scale_run(args.envs[0], model_dir, args.scale_workers, args.episodes, args.timeout_s, uss,
+                                args.memory_reserve_gib)]
                      if args.scale_workers else [])
     finally:
         ray.shutdown()

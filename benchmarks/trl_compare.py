@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, emit, format_table, ratio, setup_logging
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, emit, format_table, ratio, setup_logging, start_local_ray
 
 logger = logging.getLogger("benchmarks.trl_compare")
 
@@ -198,7 +198,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import ray
 
     from benchmarks.trl_venv import TRL_VERSION, TrlVenvError, ensure_trl_venv
-    from cluster.ray_cluster import connect
 
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     python, venv_error = None, None
@@ -208,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         except TrlVenvError as err:
             venv_error = str(err)
             logger.error("TRL venv could not be built: %s", err)
-    connect(None, num_cpus_needed=3)
+    start_local_ray(3)
     try:
         rows = [compare_size(size, "labrl" if i % 2 == 0 else "trl", python, args) for i, size in enumerate(args.sizes)]
     finally:
