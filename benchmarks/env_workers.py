@@ -206,13 +206,15 @@ def scale_run(env_name: str, model_dir: str, wanted: int, episodes: int, timeout
         startup = time.perf_counter() - t0
         logger.info("scale run: %d env workers ready in %.1f s", num_workers, startup)
         memory = worker_memory_gib(pool)
+        # At least two groups per worker, so every worker has to take part.
+        episodes = max(episodes, 2 * num_workers * GROUP_SIZE)
         stats = play(pool, make_tasks(env_name, episodes), f"scale{num_workers}", timeout_s)
         replaced, rerun = pool.replaced_workers, pool.rerun_groups
     finally:
         pool.shutdown()
     exact = (stats.groups_returned == stats.groups_submitted and stats.group_sizes_ok
              and stats.episodes == stats.groups_submitted * GROUP_SIZE and stats.errors == 0
-             and replaced == 0)
+             and replaced == 0 and len(stats.per_worker_groups) == num_workers)
     logger.info("scale run: %d episodes in %.1f s, accounting %s", stats.episodes, stats.wall_s,
                 "exact" if exact else "BROKEN")
     return {"env": env_name, "workers": num_workers, "requested_workers": wanted, "startup_s": startup,
