@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--kv-cache-gb", type=float, default=1.0)
+    p.add_argument("--vllm-all-cores", action="store_true",
+                   help="VLLM_CPU_NUM_OF_RESERVED_CPU=0: vLLM computes on every core (by default it keeps "
+                        "one core for its front end, i.e. computes on 1 of 2 cores here, as labrl's workers do)")
     p.add_argument("--full", action="store_true", help="64 new tokens, batch 256 too, 3 repeats")
     args = p.parse_args(argv)
     if args.full:
@@ -174,13 +177,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup_logging()
     # vLLM logs to stdout by default; stdout here is the table and the JSON line only.
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    if args.vllm_all_cores:
+        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     with tempfile.TemporaryDirectory(prefix="labrl_bench_gen_") as tmp:
         rows = [row for size in args.sizes for row in bench_size(size, Path(tmp), args.batches, args.prompt_len,
                                                                  args.new_tokens, args.repeats, args.kv_cache_gb)]
     cross = crossovers(rows)
     table = format_table(rows, COLUMNS) + "\n\ncrossover (smallest batch where vLLM wins): " + ", ".join(
         f"{size}: {b if b is not None else 'none up to ' + str(max(args.batches))}" for size, b in cross.items())
-    emit("generation", {"config": vars(args), "results": rows, "crossover_batch": cross}, table)
+    import torch
+
+    threads = {"hf_torch_threads": torch.get_num_threads(),
+               "vllm_reserved_cpus": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "vLLM default (1 on CPU)")}
+    table += f"\nthreads: HF torch {threads['hf_torch_threads']}; vLLM reserved CPUs: {threads['vllm_reserved_cpus']}"
+    emit("generation", {"config": vars(args), "threads": threads, "results": rows, "crossover_batch": cross}, table)
     return {"results": rows, "crossover_batch": cross}
 
 
