@@ -127,10 +127,13 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         sync = [r for r in rows if r["env"] == row["env"] and r["staleness"] == 0]
         row["speedup_vs_sync"] = ratio(sync[0]["grpo_wall_s"], row["grpo_wall_s"]) if sync else float("nan")
+        # Share of the loop the trainer sat idle waiting for rollouts: less sensitive to load drift
+        # than wall time, since a uniformly slower machine stretches waiting and training alike.
+        row["wait_frac"] = ratio(row["wait_rollout_s"], row["grpo_wall_s"])
 
 
 COLUMNS = [("env", "env", ""), ("staleness", "staleness", "d"), ("GRPO s", "grpo_wall_s", ".1f"),
-           ("x vs sync", "speedup_vs_sync", ".2f"), ("wait s", "wait_rollout_s", ".1f"), ("train s", "train_s", ".1f"),
+           ("x vs sync", "speedup_vs_sync", ".2f"), ("wait s", "wait_rollout_s", ".1f"), ("wait frac", "wait_frac", ".2f"), ("train s", "train_s", ".1f"),
            ("sync s", "sync_s", ".1f"), ("trained", "trained", ".0f"), ("stale mean", "staleness_mean", ".2f"),
            ("pass@1 before", "pass_at_1_before", ".3f"), ("pass@1 after", "pass_at_1_after", ".3f"),
            ("+-", "ci95_after", ".3f")]

@@ -50,6 +50,19 @@ def build_model(size: str) -> str:
         hidden_size=hidden, intermediate_size=inter, num_layers=layers, num_heads=heads, num_kv_heads=kv)))
 
 
+def count_params(model_dir: str) -> int:
+    """Parameters stored in the checkpoint (tied embeddings once)."""
+    import math
+
+    from safetensors import safe_open
+
+    total = 0
+    for shard in Path(model_dir).glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as f:
+            total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    return total
+
+
 def steady(values: list[float]) -> list[float]:
     """Drop the first (warm-up) step when there is more than one."""
     return values[1:] if len(values) > 1 else values
@@ -150,11 +163,7 @@ def compare_size(size: str, first: str, python: Path | None, args: argparse.Name
                 logger.error("%s: TRL failed: %s", size, err)
                 row["trl"] = {"error": str(err)[-2000:]}
         logger.info("%s %s: %s", size, side, {k: v for k, v in row[side].items() if k != "step_s"})
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(model_dir)
-    row["params_m"] = (cfg.num_hidden_layers * (4 * cfg.hidden_size ** 2 + 3 * cfg.hidden_size * cfg.intermediate_size)
-                       + cfg.vocab_size * cfg.hidden_size) / 1e6  # approximate (kv heads counted full)
+    row["params_m"] = count_params(model_dir) / 1e6
     for key in ("completions_per_s", "trained_tokens_per_s"):
         row[f"{key}_labrl_over_trl"] = ratio(row["labrl"].get(key, float("nan")), row["trl"].get(key, float("nan")))
     return row
@@ -165,13 +174,13 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         for side in ("labrl", "trl"):
             s = r[side]
-            out.append({"size": r["size"], "side": side, "first": r["first"] == side, **s,
+            out.append({"size": r["size"], "params_m": r["params_m"], "side": side, "first": r["first"] == side, **s,
                         "ratio_c": r["completions_per_s_labrl_over_trl"] if side == "labrl" else None,
                         "ratio_t": r["trained_tokens_per_s_labrl_over_trl"] if side == "labrl" else None})
     return out
 
 
-COLUMNS = [("model", "size", ""), ("side", "side", ""), ("ran first", lambda r: "yes" if r["first"] else "", ""),
+COLUMNS = [("model", "size", ""), ("params M", "params_m", ".1f"), ("side", "side", ""), ("ran first", lambda r: "yes" if r["first"] else "", ""),
            ("completions/s", lambda r: r.get("completions_per_s", float("nan")), ".1f"),
            ("trained tok/s", lambda r: r.get("trained_tokens_per_s", float("nan")), ".0f"),
            ("gen tok/s", lambda r: r.get("completion_tokens_per_s", float("nan")), ".0f"),
