@@ -133,7 +133,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 COLUMNS = [("env", "env", ""), ("staleness", "staleness", "d"), ("GRPO s", "grpo_wall_s", ".1f"),
-           ("x vs sync", "speedup_vs_sync", ".2f"), ("wait s", "wait_rollout_s", ".1f"), ("wait frac", "wait_frac", ".2f"), ("train s", "train_s", ".1f"),
+           ("x vs sync", "speedup_vs_sync", ".2f"), ("wait s", "wait_rollout_s", ".1f"),
+           ("wait frac", "wait_frac", ".2f"), ("train s", "train_s", ".1f"),
            ("sync s", "sync_s", ".1f"), ("trained", "trained", ".0f"), ("stale mean", "staleness_mean", ".2f"),
            ("pass@1 before", "pass_at_1_before", ".3f"), ("pass@1 after", "pass_at_1_after", ".3f"),
            ("+-", "ci95_after", ".3f")]

@@ -180,7 +180,8 @@ def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-COLUMNS = [("model", "size", ""), ("params M", "params_m", ".1f"), ("side", "side", ""), ("ran first", lambda r: "yes" if r["first"] else "", ""),
+COLUMNS = [("model", "size", ""), ("params M", "params_m", ".1f"), ("side", "side", ""),
+           ("ran first", lambda r: "yes" if r["first"] else "", ""),
            ("completions/s", lambda r: r.get("completions_per_s", float("nan")), ".1f"),
            ("trained tok/s", lambda r: r.get("trained_tokens_per_s", float("nan")), ".0f"),
            ("gen tok/s", lambda r: r.get("completion_tokens_per_s", float("nan")), ".0f"),
