@@ -6,7 +6,7 @@
 The policy is each environment's reference solver (`pool.submit(..., reference=True)`): no vLLM,
 so the numbers are the ceiling of the environment side (agent loop, chat rendering, tool calls,
 Ray round trips). Every worker count runs over the same tasks; pools for all counts are started
-first and the rounds alternate their order (1,2,4,8 then 8,4,2,1) so machine-load drift hits all
+first and the rounds alternate their order (1,2,4,8 then 8,4,2,1, ...) so machine-load drift hits all
 counts alike. Reported: episodes/s and env steps/s (median over rounds) and the ratio to 1 worker.
 
 A scale run then starts `--scale-workers` (default 64) EnvWorkers that each need 1 unit of a fake
@@ -245,15 +245,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--envs", nargs="+", default=["stoichiometry", "hidden_law"])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--episodes", type=int, default=512)
-    p.add_argument("--rounds", type=int, default=2, help="passes over the worker counts (order alternates)")
+    p.add_argument("--rounds", type=int, default=4, help="passes over the worker counts (order alternates)")
     p.add_argument("--scale-workers", type=int, default=64, help="0 skips the fake-resource scale run")
     p.add_argument("--timeout-s", type=float, default=1800.0)
     p.add_argument("--memory-reserve-gib", type=float, default=3.0,
                    help="the scale run starts only as many workers as leave this much memory available")
-    p.add_argument("--full", action="store_true", help="1024 episodes, 3 rounds, 128-worker scale run")
+    p.add_argument("--full", action="store_true", help="1024 episodes, 6 rounds, 128-worker scale run")
     args = p.parse_args(argv)
     if args.full:
-        args.episodes, args.rounds, args.scale_workers = 1024, 3, max(args.scale_workers, 128)
+        args.episodes, args.rounds, args.scale_workers = 1024, 6, max(args.scale_workers, 128)
     setup_logging()
     from models.tiny import TinyModelSpec, save_tiny_model
 

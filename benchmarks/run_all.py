@@ -39,7 +39,7 @@ class Bench:
 
 
 SUITE = (
-    Bench("env_workers", "benchmarks.env_workers", ("--episodes", "256"),
+    Bench("env_workers", "benchmarks.env_workers", (),
           description="episodes/s vs number of EnvWorkers (reference policy), 64 workers on fake resources"),
     Bench("generation", "benchmarks.generation", (), description="vLLM (CPU) vs HF generate, tokens/s"),
     Bench("async_vs_sync", "benchmarks.async_vs_sync", ("--steps", "3"),
