@@ -70,6 +70,8 @@ class GenerationWorker:
         self.update = UpdateState(self.name)
         self.version = 0
         self.startup_s = 0.0
+        self.engine_workers: list[dict[str, Any]] = []
+        self.resubmitted = 0  # requests aborted by a weight update (pause_mode="abort") and rerun
         self._start_lock = asyncio.Lock()
         self._update_lock = asyncio.Lock()
 
@@ -91,7 +93,7 @@ class GenerationWorker:
                 from vllm.platforms import current_platform
 
                 engine = self._build_engine()
-                await engine.collective_rpc("labrl_worker_info")
+                self.engine_workers = await engine.collective_rpc("labrl_worker_info")
                 if self.cpu_direct_reload and current_platform.is_cpu():
                     await engine.collective_rpc("labrl_prepare_direct_reload")
                 self.engine = engine
@@ -125,18 +127,30 @@ class GenerationWorker:
             self.engine = None
 
     async def describe(self) -> dict[str, Any]:
-        """Identity and served weights, for senders' handshakes and error messages."""
+        """Identity and served weights, for senders' handshakes and error messages (builds the
+        engine first if needed: a sender needs a serving worker anyway)."""
+        await self.ready()
         return {"name": self.name, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 "version": self.version, "healthy": self.update.healthy, "startup_s": self.startup_s,
                 "weight_spec": self.spec, "optional_names": self.optional,
-                "tensor_parallel_size": self.config.tensor_parallel_size}
+                "tensor_parallel_size": self.config.tensor_parallel_size,
+                "gpu_uuids": [w["gpu_uuid"] for w in self.engine_workers if w.get("gpu_uuid")]}
 
     async def policy_version(self) -> int:
         return self.version
 
     async def health(self) -> dict[str, Any]:
         return {"name": self.name, "healthy": self.update.healthy, "reason": self.update.reason,
-                "version": self.version, "in_flight": self.gate.in_flight}
+                "version": self.version, "in_flight": self.gate.in_flight, "resubmitted": self.resubmitted,
+                "pause_mode": self.gate.mode}
+
+    async def set_pause_mode(self, mode: PauseMode) -> None:
+        """"wait": a weight update waits for in-flight requests (each output is from one version;
+        the pause lasts as long as the longest running request). "abort": in-flight requests are
+        aborted and transparently rerun after the update (short pause, wasted tokens)."""
+        if mode not in ("wait", "abort"):
+            raise ValueError(f"pause_mode must be 'wait' or 'abort', got {mode!r}")
+        self.gate.mode = mode
 
     # ---- generation ---------------------------------------------------------------------------
     async def generate(self, prompt_token_ids: list[int], spec: SamplingSpec) -> GenerationOutput:
@@ -187,6 +201,7 @@ class GenerationWorker:
                     final = item
             if final is not None and final.finished and final.outputs[0].finish_reason != "abort":
                 return final, version
+            self.resubmitted += 1
             logger.debug("%s: request %s aborted by a weight update; resubmitting", self.name, request_id)
 
     # ---- pausing and weight updates -----------------------------------------------------------

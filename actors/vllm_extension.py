@@ -152,5 +152,11 @@ class LabrlWorkerExtension:
 
     # ---- introspection used by tests and health checks ---------------------------------------
     def labrl_worker_info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "device": str(getattr(self, "device", "cpu")),
+        import torch
+
+        device = getattr(self, "device", None)
+        uuid = None
+        if isinstance(device, torch.device) and device.type == "cuda":
+            uuid = str(torch.cuda.get_device_properties(device).uuid)
+        return {"pid": os.getpid(), "device": str(device or "cpu"), "gpu_uuid": uuid,
                 "rank": int(self.parallel_config.rank)}

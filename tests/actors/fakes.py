@@ -37,3 +37,9 @@ class FakeWorker:
 
     async def num_calls(self) -> int:
         return self.calls
+
+
+def started(*handles, timeout: float = 180.0) -> None:
+    """Wait until fake actors run: actor start-up on a loaded 2-core VM can take tens of seconds,
+    and it is not what the tests time."""
+    ray.get([h.describe.remote() for h in handles], timeout=timeout)

@@ -145,6 +145,26 @@ def test_generation_during_sync_is_paused_and_versioned(worker, sender, hf_model
     assert max(abs(a - b) for a, b in zip(got, hf_logprobs(hf_model, ids))) < 1e-3
 
 
+def test_abort_mode_reruns_in_flight_requests(worker, sender, hf_model, tokenizer):
+    prompt = sample_ids(tokenizer)
+    ray.get(worker.set_pause_mode.remote("abort"))
+    try:
+        refs = [worker.generate.remote(prompt, SamplingSpec(max_tokens=180, seed=i)) for i in range(8)]
+        time.sleep(0.3)
+        perturb(hf_model, seed=3)
+        sender.send(hf_model.named_parameters(), version=3)
+        outs = ray.get(refs, timeout=TIMEOUT)
+    finally:
+        ray.get(worker.set_pause_mode.remote("wait"))
+    assert all(len(o.token_ids) == 180 for o in outs)
+    assert ray.get(worker.health.remote())["resubmitted"] > 0
+    rerun = [o for o in outs if o.policy_version == 3]
+    assert rerun, "no request was in flight during the sync"
+    ids = prompt + rerun[0].token_ids
+    got = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
+    assert torch.allclose(torch.tensor(rerun[0].logprobs), torch.tensor(got[len(prompt):]), atol=1e-4)
+
+
 def test_failed_sync_keeps_old_version(worker, sender, hf_model, tokenizer):
     ids = sample_ids(tokenizer)
     served = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
@@ -157,24 +177,24 @@ def test_failed_sync_keeps_old_version(worker, sender, hf_model, tokenizer):
             yield name, (p[:-1] if name.endswith("mlp.up_proj.weight") else p) + 1.0
 
     with pytest.raises(WeightSyncError, match="shape"):
-        sender.send(wrong_shape(), version=3)
+        sender.send(wrong_shape(), version=4)
     assert len(consumed) == len(params)  # drained: ZeRO-3 gathers on other ranks stay in step
     with pytest.raises(WeightSyncError, match="not sent"):
-        sender.send(((n, p + 1.0) for n, p in params.items() if "layers.1." not in n), version=3)
+        sender.send(((n, p + 1.0) for n, p in params.items() if "layers.1." not in n), version=4)
     with pytest.raises(WeightSyncError, match="unknown parameter"):
-        sender.send([("model.bogus.weight", torch.zeros(3))] + list(params.items()), version=3)
+        sender.send([("model.bogus.weight", torch.zeros(3))] + list(params.items()), version=4)
     # the worker's own check, should a sender skip validation
     bad = {"segments": [], "entries": [[0, "model.norm.weight", [7], "float32", 0, 28]]}
     with pytest.raises(ValueError, match="test-gen-0 refused the weight update"):
-        ray.get(worker.update_weights.remote("shm", bad, 3), timeout=TIMEOUT)
+        ray.get(worker.update_weights.remote("shm", bad, 4), timeout=TIMEOUT)
     # a manifest the worker cannot map (segment gone) is refused before any weight is touched
     info = ray.get(worker.describe.remote())
     entries = [[0, n, list(shape), dt, 0, 4 * int(torch.tensor(shape).prod())]
                for n, (shape, dt) in info["weight_spec"].items()]
     gone = {"segments": [{"path": "/dev/shm/labrl-ws-does-not-exist", "nbytes": 64}], "entries": entries}
     with pytest.raises(RuntimeError, match="refused the weight update.*FileNotFoundError"):
-        ray.get(worker.update_weights.remote("shm", gone, 3), timeout=TIMEOUT)
-    assert ray.get(worker.policy_version.remote()) == 2
+        ray.get(worker.update_weights.remote("shm", gone, 4), timeout=TIMEOUT)
+    assert ray.get(worker.policy_version.remote()) == 3
     assert ray.get(worker.health.remote())["healthy"]
     assert ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT) == served
 
@@ -184,5 +204,5 @@ def test_sync_to_killed_worker_names_it(worker, sender, hf_model):
     time.sleep(1.0)
     start = time.perf_counter()
     with pytest.raises(WeightSyncError, match=r"worker\[0\].*test-gen-0.*died"):
-        sender.send(hf_model.named_parameters(), version=4)
+        sender.send(hf_model.named_parameters(), version=5)
     assert time.perf_counter() - start < TIMEOUT

@@ -15,7 +15,7 @@ from actors.types import SamplingSpec
 from actors.weight_sync import WeightSyncError, make_sender
 from actors.weight_sync.buckets import pack_buckets, unpack_bucket
 from actors.weight_sync.spec import read_weight_spec
-from tests.actors.fakes import FakeWorker
+from tests.actors.fakes import FakeWorker, started
 
 SPEC = {"a.weight": ((4, 4), "float32"), "b.bias": ((4,), "float32")}
 
@@ -52,7 +52,7 @@ def test_weight_spec_of_tied_tiny_model(tiny_model_dir):
 
 def test_sender_timeout_names_the_hung_worker(ray_local):
     hung = FakeWorker.remote("hung-one", SPEC, behaviour="hang")
-    ray.get(hung.describe.remote(), timeout=60)  # actor start-up is not what is being timed
+    started(hung)
     sender = make_sender("shm", [hung], bucket_bytes=1 << 20, timeout_s=1.0)
     start = time.perf_counter()
     with pytest.raises(WeightSyncError, match=r"worker\[0\].*hung-one.*no answer within .* update_weights"):
@@ -65,6 +65,7 @@ def test_sender_timeout_names_the_hung_worker(ray_local):
 def test_sender_to_killed_worker_and_dead_at_handshake(ray_local):
     ok = FakeWorker.remote("fine", SPEC)
     victim = FakeWorker.remote("victim", SPEC)
+    started(ok, victim)
     sender = make_sender("shm", [ok, victim], bucket_bytes=1 << 20, timeout_s=30.0)
     assert sender.send(tensors(), version=1).num_buckets == 1
     ray.kill(victim)
@@ -84,6 +85,7 @@ def test_unknown_transport():
 def test_router_balances_and_fails_over(ray_local):
     a, b = FakeWorker.remote("a", SPEC), FakeWorker.remote("b", SPEC)
     dead, sick = FakeWorker.remote("dead", SPEC), FakeWorker.remote("sick", SPEC, behaviour="unhealthy")
+    started(a, b, dead, sick)
     ray.kill(dead)
     router = pickle.loads(pickle.dumps(GenerationRouter([dead, sick, a, b])))
 
