@@ -123,6 +123,10 @@ class TwoNodeCluster:
 
 @pytest.fixture(scope="module")
 def two_nodes():
+    import ray
+
+    if ray.is_initialized():  # a local Ray left by another test module: one cluster at a time
+        ray.shutdown()
     cluster = TwoNodeCluster()
     try:
         cluster.start()
