@@ -101,9 +101,11 @@ class EngineGate:
 
     @contextlib.asynccontextmanager
     async def request(self, update: UpdateState) -> AsyncIterator[str]:
-        await self._open.wait()
+        # Re-check after every wake-up: a pause may close the gate again between the wake-up and
+        # this task running. No await between the final check and registering.
+        while not self._open.is_set():
+            await self._open.wait()
         update.check_healthy()
-        # No await between the gate check and registering: a pause cannot slip in between.
         request_id = uuid.uuid4().hex
         self._in_flight.add(request_id)
         self._idle.clear()

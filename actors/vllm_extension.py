@@ -4,11 +4,12 @@ Everything that must run next to the model weights lives here and is reached thr
 `engine.collective_rpc("labrl_...")`. Only plain Python values cross that boundary (tensors did not
 survive collective_rpc arguments on the CPU backend; bytes, lists and dicts do).
 
-Why in-place reload and not `model.load_weights`: on the CPU backend linear weights are repacked for
-oneDNN after loading and their `weight_loader`s are gone; vLLM's layer-wise reload restores the
-loadable layout, loads, re-runs the post-load processing and copies into the original storage. The
-one-shot path (`labrl_reload_shm`) uses `model_runner.reload_weights`; streaming transports split the
-same lifecycle into begin / load bucket / finish calls.
+Reload paths. CPU (default): at start-up every linear layer is converted once to a plain weight
+(`actors.cpu_direct_reload`), after which a sync is a direct `model.load_weights` (one copy per
+tensor, no repacking). Otherwise (GPU, or `cpu_direct_reload=False`) vLLM's layer-wise in-place
+reload is used: `model_runner.reload_weights` for the one-shot shm path, and the same lifecycle
+split into begin / load bucket / finish calls for the streaming transports. After a layer-wise
+reload, layers that share a weight (tied lm_head) are re-processed, see `refresh_tied_layers`.
 
 This module is imported inside vLLM's worker process: the repository root must be on that
 process's PYTHONPATH (GenerationWorker sets it before building the engine).

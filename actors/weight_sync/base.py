@@ -168,16 +168,21 @@ class WeightSender(abc.ABC):
         must not be left waiting) and raise. Also raises if a served name never came."""
         seen: set[str] = set()
         iterator = iter(named_tensors)
-        for name, tensor in iterator:
-            problem = check_tensor(name, tensor.shape, self.spec, self.optional)
-            if problem is None and name in seen:
-                problem = f"parameter {name!r} was sent twice"
-            if problem is not None:
+        exhausted = False
+        try:
+            for name, tensor in iterator:
+                problem = check_tensor(name, tensor.shape, self.spec, self.optional)
+                if problem is None and name in seen:
+                    problem = f"parameter {name!r} was sent twice"
+                if problem is not None:
+                    raise WeightSyncError(f"weight sync rejected before any worker changed: {problem}")
+                seen.add(name)
+                yield name, tensor
+            exhausted = True
+        finally:
+            if not exhausted:  # rejected here, or the transport failed while consuming
                 for _ in iterator:
                     pass
-                raise WeightSyncError(f"weight sync rejected before any worker changed: {problem}")
-            seen.add(name)
-            yield name, tensor
         missing = missing_names(seen, self.spec)
         if missing:
             raise WeightSyncError(f"weight sync rejected before any worker changed: {len(missing)} served "

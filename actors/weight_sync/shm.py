@@ -60,6 +60,25 @@ def _create_segment(path: str, nbytes: int) -> _Segment:
     return _Segment(path, nbytes, torch.from_file(path, shared=True, size=nbytes, dtype=torch.uint8))
 
 
+def remove_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
+    """Unlink staging segments left by senders whose process is gone (killed trainers cannot
+    clean up; tmpfs pages would otherwise stay allocated until reboot)."""
+    removed = []
+    for entry in os.listdir(shm_dir) if os.path.isdir(shm_dir) else []:
+        if not entry.startswith("labrl-ws-"):
+            continue
+        pid = entry.split("-")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                os.unlink(os.path.join(shm_dir, entry))
+                removed.append(entry)
+            except OSError:
+                pass
+    if removed:
+        logger.warning("removed %d stale weight-sync segment(s) from %s", len(removed), shm_dir)
+    return removed
+
+
 class ShmSender(WeightSender):
     """Stage in /dev/shm, then one `update_weights("shm", manifest)` RPC per worker, in parallel."""
 
@@ -76,6 +95,7 @@ class ShmSender(WeightSender):
         self._tag = f"labrl-ws-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._segments: list[_Segment] = []
         self._created = 0
+        remove_stale_segments(shm_dir)
 
     def _segment(self, index: int, nbytes: int) -> torch.Tensor:
         if index < len(self._segments) and self._segments[index].nbytes >= nbytes:

@@ -56,8 +56,6 @@ class StreamingSender(WeightSender):
 
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> SyncStats:
         start = time.perf_counter()
-        wait_all(self._call_all("begin_update", version, self.timeout_s), rpc_deadline(self.timeout_s),
-                 f"begin_update to version {version} (drain -> prepare layers)")
 
         def on_full(index: int, buffer: torch.Tensor, entries: list[BucketEntry]) -> None:
             used = entries[-1].offset + entries[-1].nbytes
@@ -65,6 +63,8 @@ class StreamingSender(WeightSender):
             self._ship(index, buffer[:used], entries_to_wire(entries))
 
         try:
+            wait_all(self._call_all("begin_update", version, self.timeout_s), rpc_deadline(self.timeout_s),
+                     f"begin_update to version {version} (drain -> prepare layers)")
             num_buckets, total = pack_buckets(self.validated(named_tensors), self.bucket_bytes,
                                               self._get_buffer, on_full)
             results = wait_all(self._call_all("finish_update", version, self.timeout_s),
