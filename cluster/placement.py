@@ -64,8 +64,9 @@ ROLES = ("generation", "trainer", "env_workers")
 # Share of `rollout.env_worker_resource` each env worker takes: a node advertising 1 unit hosts up
 # to 1000 workers, so the resource only selects nodes and never limits the count.
 ENV_WORKER_RESOURCE_UNITS = 0.001
-# Weight-sync transports that need every engine on the trainer's rank-0 node.
-SAME_NODE_TRANSPORTS = ("shm",)
+# Weight-sync transports that need every engine on the trainer's rank-0 node (shared memory and
+# CUDA IPC handles do not cross nodes; nccl does).
+SAME_NODE_TRANSPORTS = ("shm", "cuda_ipc")
 
 
 @dataclass(frozen=True)
