@@ -119,6 +119,8 @@ class TwoNodeCluster:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(timeout=30)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        for name in ("head", "node2"):
+            self.tmp.with_suffix(f".{name}.log").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
