@@ -112,9 +112,9 @@ class GenerationWorker:
             dtype=cfg.dtype, seed=cfg.seed, enforce_eager=cfg.enforce_eager,
             tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
             kv_cache_memory_bytes=kv_bytes, worker_extension_cls=EXTENSION,
-            # The sampled token's logprob under the unmodified model distribution (temperature 1,
-            # no top-p): what the trainer recomputes with log_softmax of raw logits.
-            logprobs_mode="raw_logprobs", disable_log_stats=True)
+            # The sampled token's logprob under the distribution it was sampled from (logits /
+            # temperature; top-p 1): the trainer recomputes log_softmax(logits / temperature).
+            logprobs_mode="processed_logprobs", disable_log_stats=True)
         engine = AsyncLLM.from_engine_args(args)
         self.startup_s = time.perf_counter() - start
         logger.info("%s: vLLM engine for %s ready in %.1f s", self.name, self.model_path, self.startup_s)

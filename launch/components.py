@@ -96,7 +96,8 @@ def make_trainer(cfg: LabrlConfig, model_dir: str) -> PolicyTrainerGroup:
                                gpus_per_rank=t.gpus_per_rank, zero_stage=t.zero_stage, lr=t.lr,
                                weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
                                grad_clip=t.grad_clip, micro_batch_tokens=t.micro_batch_tokens,
-                               gradient_checkpointing=t.gradient_checkpointing, seed=cfg.seed)
+                               gradient_checkpointing=t.gradient_checkpointing, seed=cfg.seed,
+                               temperature=cfg.generation.temperature)
     return PolicyTrainerGroup(settings)
 
 

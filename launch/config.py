@@ -69,7 +69,8 @@ class GenerationConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     tensor_parallel_size: int = Field(1, gt=0)
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of training rollouts; "
+                               "the trainer optimises softmax(logits / temperature).")
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(96, gt=0, description="Per assistant turn.")
     max_model_len: int = Field(768, gt=0, description="Whole episode, prompt included.")

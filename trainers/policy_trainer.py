@@ -141,13 +141,14 @@ class PolicyTrainerRank:
         """Per-token logprobs [B, L-1] (and entropy: "none", "no_grad" or "grad")."""
         logits = self.engine(input_ids=b.input_ids, attention_mask=b.attention_mask,
                              use_cache=False).logits[:, :-1]
-        logprobs = gather_logprobs(logits, b.target_ids)
+        temperature = self.settings.temperature
+        logprobs = gather_logprobs(logits, b.target_ids, temperature=temperature)
         ent = None
         if entropy == "grad":
-            ent = token_entropy(logits)
+            ent = token_entropy(logits, temperature=temperature)
         elif entropy == "no_grad":
             with torch.no_grad():
-                ent = token_entropy(logits.detach())
+                ent = token_entropy(logits.detach(), temperature=temperature)
         return logprobs, ent
 
     @torch.no_grad()
@@ -172,7 +173,7 @@ class PolicyTrainerRank:
             for b in batches:
                 logits = self.ref_model(input_ids=b.input_ids, attention_mask=b.attention_mask,
                                         use_cache=False).logits[:, :-1]
-                out.append(gather_logprobs(logits, b.target_ids))
+                out.append(gather_logprobs(logits, b.target_ids, temperature=self.settings.temperature))
         return out
 
     # ------------------------------------------------------------ train step

@@ -52,6 +52,9 @@ class TrainerSettings:
     attn_implementation: str | None = None
     ref_model_path: str | None = None
     seed: int = 0
+    # The sampler's temperature: the policy being optimised is softmax(logits / temperature), so
+    # logprobs (ratio, IS weights, KL) and entropy are computed at the temperature rollouts use.
+    temperature: float = 1.0
     log_entropy: bool = True
     dist_timeout_s: float = 600.0
     setup_timeout_s: float = 600.0
@@ -65,6 +68,8 @@ class TrainerSettings:
             errors.append(f"zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
         if self.lr <= 0:
             errors.append(f"lr={self.lr} must be > 0")
+        if self.temperature <= 0:
+            errors.append(f"temperature={self.temperature} must be > 0 (training samples)")
         if self.grad_clip < 0:
             errors.append(f"grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)")
         if self.micro_batch_tokens <= 0:
