@@ -15,6 +15,7 @@ import ray
 from actors.generation import GenerationWorker
 from actors.router import GenerationRouter
 from actors.types import EngineConfig, SamplingSpec
+from cluster.placement import Placement
 from envs.agent_loop import EpisodeLimits
 from envs.pool import EnvWorkerPool
 from envs.worker import EnvWorkerSettings
@@ -63,15 +64,21 @@ def episode_limits(cfg: LabrlConfig) -> EpisodeLimits:
                          max_model_len=cfg.generation.max_model_len, timeout_s=cfg.env.episode_timeout_s)
 
 
-def make_generation_workers(cfg: LabrlConfig, model_dir: str, indices: list[int] | None = None) -> list:
-    """One GenerationWorker actor per engine (`indices`: only those, e.g. to replace dead ones)."""
+def make_generation_workers(cfg: LabrlConfig, model_dir: str, indices: list[int] | None = None,
+                            placement: Placement | None = None) -> list:
+    """One GenerationWorker actor per engine (`indices`: only those, e.g. to replace dead ones),
+    in its placement-group bundle when a `placement` is given."""
     g = cfg.generation
     engine = EngineConfig(model_path=model_dir, max_model_len=g.max_model_len, kv_cache_gb=g.kv_cache_gb,
                           gpu_memory_utilization=g.gpu_memory_utilization,
                           tensor_parallel_size=g.tensor_parallel_size, enforce_eager=g.enforce_eager,
                           dtype=cfg.model.dtype, seed=cfg.seed)
-    return [GenerationWorker.as_actor(engine, name=f"gen{i}", num_cpus=g.cpus_per_worker,
-                                      num_gpus=g.gpus_per_worker)
+    def options(i: int) -> dict:
+        if placement is None:
+            return {"num_cpus": g.cpus_per_worker, "num_gpus": g.gpus_per_worker}
+        return placement.generation_options(i)
+
+    return [GenerationWorker.as_actor(engine, name=f"gen{i}", **options(i))
             for i in (range(g.num_workers) if indices is None else indices)]
 
 
@@ -79,8 +86,10 @@ def make_env_pool(cfg: LabrlConfig, model_dir: str, router: GenerationRouter | N
     settings = EnvWorkerSettings(env_name=cfg.env.name, tokenizer_path=model_dir,
                                  sampling=sampling_spec(cfg, model_dir), limits=episode_limits(cfg),
                                  max_concurrent_episodes=cfg.rollout.max_concurrent_episodes)
+    pin = cfg.rollout.env_worker_resource  # e.g. keep env workers on CPU-only nodes
     return EnvWorkerPool(cfg.rollout.num_env_workers, settings, router,
-                         num_cpus=cfg.rollout.cpus_per_env_worker)
+                         num_cpus=cfg.rollout.cpus_per_env_worker,
+                         resources={pin: 0.001} if pin else None)
 
 
 def loss_config(cfg: LabrlConfig) -> PolicyLossConfig:
@@ -90,7 +99,7 @@ def loss_config(cfg: LabrlConfig) -> PolicyLossConfig:
                             importance_sampling=g.importance_sampling)
 
 
-def make_trainer(cfg: LabrlConfig, model_dir: str) -> PolicyTrainerGroup:
+def make_trainer(cfg: LabrlConfig, model_dir: str, placement: Placement | None = None) -> PolicyTrainerGroup:
     t = cfg.trainer
     settings = TrainerSettings(model_path=model_dir, num_ranks=t.num_ranks, cpus_per_rank=t.cpus_per_rank,
                                gpus_per_rank=t.gpus_per_rank, zero_stage=t.zero_stage, lr=t.lr,
@@ -98,7 +107,10 @@ def make_trainer(cfg: LabrlConfig, model_dir: str) -> PolicyTrainerGroup:
                                grad_clip=t.grad_clip, micro_batch_tokens=t.micro_batch_tokens,
                                gradient_checkpointing=t.gradient_checkpointing, seed=cfg.seed,
                                temperature=cfg.generation.temperature)
-    return PolicyTrainerGroup(settings)
+    if placement is None:
+        return PolicyTrainerGroup(settings)
+    return PolicyTrainerGroup(settings, placement_group=placement.trainer_pg,
+                              bundle_offset=placement.trainer_bundle_offset)
 
 
 def sync_weights(trainer: PolicyTrainerGroup, workers: list, version: int, cfg: LabrlConfig) -> dict[str, float]:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from actors.router import GenerationRouter
+from cluster.placement import build_placement
 from cluster.ray_cluster import check_resources, connect
 from envs.registry import get_env_spec
 from launch import components as C
@@ -56,7 +57,7 @@ class TrainingRun:
             resolve_model_path(cfg.model.path)  # so does a missing model
         self.run_dir = run_dir or make_run_dir(cfg)
         self.summary: dict[str, float] = dict(resume.summary) if resume else {}
-        self.pool = self.trainer = self.run_log = None
+        self.pool = self.trainer = self.run_log = self.placement = None
         self.gen_workers: list = []
         self.version = resume.policy_version if resume else 0
         # Called after every GRPO step with (step, metrics): periodic work and fault-injection tests.
@@ -118,8 +119,10 @@ class TrainingRun:
 
     def start_policy(self, policy_dir: str) -> None:
         """Generation workers and trainer on `policy_dir`; on resume, restore and push the weights."""
-        self.gen_workers = C.make_generation_workers(self.cfg, policy_dir)
-        self.trainer = C.make_trainer(self.cfg, policy_dir)
+        # Engines and trainer ranks share one placement: the shm sync needs them on one node.
+        self.placement = build_placement(self.cfg, ("generation", "trainer"))
+        self.gen_workers = C.make_generation_workers(self.cfg, policy_dir, placement=self.placement)
+        self.trainer = C.make_trainer(self.cfg, policy_dir, placement=self.placement)
         C.wait_ready(self.gen_workers, "generation workers", timeout_s=self.cfg.placement.ready_timeout_s)
         if self.resume:
             self.trainer.load_checkpoint(str(self.run_dir / CHECKPOINT_DIR), self.resume.trainer_tag)
@@ -154,7 +157,8 @@ class TrainingRun:
         dead = [i for i, w in enumerate(self.gen_workers) if not C.answers(w)]
         for i in dead:
             logger.warning("generation worker %d is gone; starting a replacement", i)
-            self.gen_workers[i] = C.make_generation_workers(self.cfg, self.policy_dir, indices=[i])[0]
+            self.gen_workers[i] = C.make_generation_workers(self.cfg, self.policy_dir, indices=[i],
+                                                            placement=self.placement)[0]
         if dead:
             C.wait_ready([self.gen_workers[i] for i in dead], "replacement generation workers",
                          timeout_s=self.cfg.placement.ready_timeout_s)
@@ -207,6 +211,9 @@ class TrainingRun:
             self.pool = None
         C.stop_generation_workers(self.gen_workers)
         self.gen_workers = []
+        if self.placement is not None:
+            self.placement.remove()
+            self.placement = None
 
     def report(self) -> None:
         s = self.summary
