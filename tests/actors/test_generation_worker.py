@@ -54,10 +54,10 @@ def sender(worker):
     s.close()
 
 
-def hf_logprobs(model, token_ids: list[int]) -> list[float]:
+def hf_logprobs(model, token_ids: list[int], temperature: float = 1.0) -> list[float]:
     with torch.no_grad():
         logits = model(torch.tensor([token_ids])).logits[0].float()
-    logp = torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(logits / temperature, dim=-1)
     return [0.0] + [logp[i, t].item() for i, t in enumerate(token_ids[1:])]
 
 
@@ -104,13 +104,16 @@ def test_stop_token_and_length_clamp(worker, tokenizer):
     assert len(out.token_ids) == room and out.finish_reason == "length"
 
 
-def test_sampled_logprobs_are_raw(worker, tokenizer):
-    """At temperature 0.5 the returned logprobs must be those of the temperature-1 model."""
+def test_sampled_logprobs_are_those_of_the_sampling_distribution(worker, hf_model, tokenizer):
+    """At temperature 0.5 the returned logprobs are log softmax(logits / 0.5): what the trainer
+    recomputes at the rollout temperature (and what importance weights need)."""
     prompt = sample_ids(tokenizer)
     out = ray.get(worker.generate.remote(prompt, SamplingSpec(max_tokens=20, temperature=0.5, seed=1)),
                   timeout=TIMEOUT)
-    full = ray.get(worker.prompt_logprobs.remote(prompt + out.token_ids), timeout=TIMEOUT)
-    assert torch.allclose(torch.tensor(out.logprobs), torch.tensor(full[len(prompt):]), atol=1e-4)
+    want = hf_logprobs(hf_model, prompt + out.token_ids, temperature=0.5)[len(prompt):]
+    assert torch.allclose(torch.tensor(out.logprobs), torch.tensor(want), atol=1e-3)
+    raw = hf_logprobs(hf_model, prompt + out.token_ids)[len(prompt):]
+    assert max(abs(a - b) for a, b in zip(out.logprobs, raw)) > 1e-2  # not the temperature-1 ones
 
 
 def test_sync_new_weights_matches_hf(worker, sender, hf_model, tokenizer):
