@@ -12,6 +12,7 @@ retried on another worker. `set_workers` installs replacements (the launcher's j
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from dataclasses import dataclass
@@ -40,7 +41,11 @@ class WorkerFailure:
 
 
 class GenerationRouter:
-    def __init__(self, workers: list[Any]) -> None:
+    """`timeout_s` (optional) bounds one generate call; a timeout is raised (naming the worker), not
+    failed over, because a slow worker is not a dead one."""
+
+    def __init__(self, workers: list[Any], timeout_s: float | None = None) -> None:
+        self.timeout_s = timeout_s
         self._workers: list[Any] = []
         self._reset_state()
         self.set_workers(workers)
@@ -52,13 +57,14 @@ class GenerationRouter:
         self._tiebreak = itertools.count()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"workers": self._workers, "excluded": set(self._excluded)}
+        return {"workers": self._workers, "excluded": set(self._excluded), "timeout_s": self.timeout_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._workers = []
         self._reset_state()
         self.set_workers(state["workers"])
         self._excluded = set(state["excluded"])
+        self.timeout_s = state.get("timeout_s")
 
     @staticmethod
     def _key(handle: Any) -> str:
@@ -112,7 +118,10 @@ class GenerationRouter:
             key = self._key(handle)
             self._outstanding[key] = self._outstanding.get(key, 0) + 1
             try:
-                return await handle.generate.remote(prompt_token_ids, spec)
+                return await asyncio.wait_for(handle.generate.remote(prompt_token_ids, spec), self.timeout_s)
+            except asyncio.TimeoutError as err:
+                raise TimeoutError(f"GenerationRouter: worker actor={key[:12]} did not answer generate within "
+                                   f"{self.timeout_s} s") from err
             except WorkerUnhealthyError as err:
                 self._exclude(handle, err)
             except _DEAD_ERRORS as err:

@@ -35,9 +35,11 @@ class SamplingSpec:
 class GenerationOutput:
     """One completion.
 
-    `logprobs[i]` is the log-probability of `token_ids[i]` under the model's *raw* distribution
-    (log_softmax of the unmodified logits, i.e. temperature 1, no top-p), which is what the trainer
-    recomputes; `policy_version` is the weight version that produced every token of it.
+    `logprobs[i]` is the log-probability of `token_ids[i]` under the distribution it was sampled
+    from (vLLM `processed_logprobs`: log_softmax(logits / temperature), after top-p truncation and
+    renormalisation), which the trainer recomputes at the rollout temperature; keep top_p = 1.0 or
+    the trainer's log_softmax(logits / T) will not match. `policy_version` is the weight version
+    that produced every token of it.
     """
 
     token_ids: list[int]
