@@ -65,6 +65,13 @@ class TrainingRun:
 
     # ---- phases -------------------------------------------------------------------------------
     def execute(self) -> dict[str, float]:
+        try:
+            return self._phases()
+        except BaseException:
+            self.close()  # failed or stopped: release actors and placement for whoever is next
+            raise
+
+    def _phases(self) -> dict[str, float]:
         cfg = self.cfg
         log_to_file(self.run_dir)
         write_atomic(self.run_dir / CONFIG_FILE, json.dumps(cfg.model_dump(), indent=2))
@@ -98,7 +105,6 @@ class TrainingRun:
         except KeyboardInterrupt:  # SIGINT / SIGTERM: checkpoint, then let the caller exit
             logger.warning("stop signal: checkpointing at policy v%d before exiting", self.version)
             self.checkpoint()
-            self.close()
             raise
         self.finish()
         return self.summary
