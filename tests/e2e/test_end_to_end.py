@@ -35,6 +35,8 @@ def cfg(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(cfg):
+    if ray.is_initialized():  # a Ray left by another test module: size our own
+        ray.shutdown()
     connect(None, C.cpus_requested(cfg) + 1)  # one more engine than the config: the first test runs two
     yield
     ray.shutdown()

@@ -129,6 +129,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 def ray_cluster():
     from cluster.ray_cluster import connect
 
+    if ray.is_initialized():  # a Ray left by another test module: start our own, sized for us
+        ray.shutdown()
     connect(None, num_cpus_needed=4, num_cpus=4)
     yield
     ray.shutdown()
