@@ -20,6 +20,8 @@ import gc
 import logging
 import os
 import random
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.new_tokens, args.repeats = 64, 3
         args.batches = sorted(set(args.batches) | {256})
     setup_logging()
+    # SIGTERM unwinds through `finally`, so the vLLM engine processes are shut down, not orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # vLLM logs to stdout by default; stdout here is the table and the JSON line only.
     os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
     if args.vllm_all_cores:
