@@ -32,9 +32,9 @@ from typing import Any, Literal
 
 import ray
 
-from actors.generation_control import (EngineGate, UpdateState, WorkerUnhealthyError, check_bucket,
+from actors.generation_control import (EngineGate, UpdateState, check_bucket,
                                        check_full_manifest)
-from actors.types import EngineConfig, GenerationOutput, SamplingSpec
+from actors.types import EngineConfig, GenerationOutput, SamplingSpec, WorkerUnhealthyError
 from actors.weight_sync.spec import read_weight_spec
 
 logger = logging.getLogger(__name__)

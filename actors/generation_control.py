@@ -22,13 +22,10 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from actors.types import WorkerUnhealthyError
 from actors.weight_sync.base import WeightSpec, check_tensor, dtype_from_name
 
 logger = logging.getLogger(__name__)
-
-
-class WorkerUnhealthyError(RuntimeError):
-    """The worker's weights are in an unknown state after a failed reload; use another worker."""
 
 
 class UpdateState:

@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from actors.generation_control import WorkerUnhealthyError
+from actors.types import WorkerUnhealthyError
 from actors.types import GenerationOutput, SamplingSpec
 
 logger = logging.getLogger(__name__)

@@ -65,3 +65,10 @@ class EngineConfig:
     enforce_eager: bool = True
     dtype: str = "float32"
     seed: int = 0
+
+
+class WorkerUnhealthyError(RuntimeError):
+    """The worker's weights are in an unknown state after a failed reload; use another worker.
+
+    Defined here, with the other torch-free types, so env workers can catch it without importing
+    the weight-sync machinery (and torch)."""

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
-
-
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 # Marks a directory holding labrl's tiny character-level policy (see models/tiny.py). Defined here,
 # not in models.tiny, so that loading a tokenizer never imports torch (env workers stay small).
@@ -48,6 +46,8 @@ def load_tokenizer(model_dir: str) -> PreTrainedTokenizerBase:
     """
     if (Path(model_dir) / TINY_MARKER).exists():
         return PreTrainedTokenizerFast.from_pretrained(model_dir)
+    from transformers import AutoTokenizer  # imports torch (via generation config): only when needed
+
     return AutoTokenizer.from_pretrained(model_dir)
 
 

@@ -7,7 +7,7 @@ import os
 
 import ray
 
-from actors.generation_control import WorkerUnhealthyError
+from actors.types import WorkerUnhealthyError
 from actors.types import GenerationOutput, SamplingSpec
 
 
