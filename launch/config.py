@@ -190,7 +190,8 @@ class MonitorConfig(Section):
     reward_window: int = Field(5, gt=0, description="Steps averaged for reward_drop.")
     truncation_rate_max: float | None = Field(0.5, ge=0, le=1, description="Alarm above this truncation rate.")
     token_mult_prob_error_max: float | None = Field(1.05, ge=1, description="Sampler/trainer mismatch bound "
-                                                                           "(NeMo RL: healthy < 1.05).")
+                                                                           "(NeMo RL: healthy < 1.05); checked on steps whose "
+                                                                           "samples are all on-policy (staleness 0).")
     sampler_logprob_diff_max: float | None = Field(None, gt=0, description="Bound on mean |trainer - "
                                                                           "sampler| logprob per token.")
     nonfinite_loss_max_consecutive: int = Field(3, gt=0, description="NaN/Inf-loss steps in a row that "

@@ -155,6 +155,10 @@ class HealthMonitor:
                 "limit (raise generation.max_new_tokens / max_model_len or penalise length)", value, limit)
 
     def _mismatch(self, m: dict[str, float]):
+        if (_finite(m, "rollout/staleness_max") or 0.0) > 0:
+            # Stale samples were drawn by older weights: the sampler/trainer gap then includes the
+            # policy's own movement since, which is expected and corrected by importance sampling.
+            return None
         for key, limit in (("train/token_mult_prob_error", self.cfg.token_mult_prob_error_max),
                            ("train/sampler_logprob_diff_mean", self.cfg.sampler_logprob_diff_max)):
             value = _finite(m, key)

@@ -93,6 +93,11 @@ class PolicyTrainerGroup:
         extremes; `tokens_per_s` counts the batch's real (unpadded) tokens per wall second.
         """
         s = self.settings
+        if not has_learning_signal(samples, loss_cfg):
+            # The loss is identically zero, yet an Adam step would still move every weight along
+            # its momentum; a few such steps after one lucky batch drift the policy off course.
+            logger.info("train_step skipped: every advantage is 0 and no KL/entropy term (no signal)")
+            return {"train/skipped_no_signal": 1.0, "train/num_sequences": float(len(samples))}
         t0 = time.perf_counter()
         plan = plan_train_step(samples, s.num_ranks, num_mini_batches, s.micro_batch_tokens)
         refs = [rank.train_step.remote(plan[r], loss_cfg, ppo_epochs)
@@ -100,6 +105,7 @@ class PolicyTrainerGroup:
         states = self._wait(refs, f"train_step ({len(samples)} samples, {num_mini_batches} "
                             f"mini-batch(es) x {ppo_epochs} epoch(s))", s.step_timeout_s)
         metrics = merge_states(states)
+        metrics["train/skipped_no_signal"] = 0.0
         wall = time.perf_counter() - t0
         metrics["train/wall_time_s"] = wall
         metrics["train/tokens_per_s"] = metrics["train/num_tokens"] / max(wall, 1e-9)
@@ -163,3 +169,8 @@ class PolicyTrainerGroup:
             except Exception as err:  # noqa: BLE001 - best effort: the actor may already be gone
                 logger.warning("%s: kill failed: %s", self.name, err)
         self.ranks = []
+
+
+def has_learning_signal(samples: list[TrainSample], loss_cfg: PolicyLossConfig) -> bool:
+    """False when the policy loss has zero gradient: all advantages 0 and no KL or entropy term."""
+    return bool(loss_cfg.kl_coef or loss_cfg.entropy_coef or any(x.advantage != 0.0 for x in samples))

@@ -85,11 +85,18 @@ def test_grpo_steps_sync_weights_to_generation_workers(cfg, cluster, tmp_path):
     assert logged[-1]["policy_version"] == 2
     acc = pipeline.buffer.accounting
     assert acc.produced == acc.trained == 32 and not acc.dropped
-    trainer.shutdown()
     pool.shutdown()
-    for w in gen:
-        ray.get(w.shutdown.remote())
-        ray.kill(w)
+    C.stop_generation_workers(gen)
+
+    # The exported HF checkpoint is the trained policy: a fresh vLLM engine loading it from disk
+    # serves the trainer's logprobs (names, shapes and tied weights all survive the export).
+    exported = trainer.export_hf(str(tmp_path / "exported"))
+    fresh = C.make_generation_workers(cfg, exported)
+    C.wait_ready(fresh, "engine on the exported weights", 600)
+    served = ray.get(fresh[0].prompt_logprobs.remote(probe))
+    assert max(abs(a - b) for a, b in zip(served[1:], trainer_lp[1:])) <= 1e-3
+    trainer.shutdown()
+    C.stop_generation_workers(fresh)
 
 
 def test_default_training_entrypoint_writes_a_complete_run_directory(cfg, cluster):

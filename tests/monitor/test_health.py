@@ -59,6 +59,9 @@ def test_logprob_mismatch(key, value):
     cfg = MonitorConfig(token_mult_prob_error_max=1.05, sampler_logprob_diff_max=0.1)
     alarms = run(HealthMonitor(cfg), [{**healthy_step(0), key: value}])
     assert [a.check for a in alarms] == ["logprob_mismatch"] and alarms[0].value == pytest.approx(value)
+    # Samples one policy version old: the gap includes the policy's own update, not a sync fault.
+    stale = {**healthy_step(0), key: value, "rollout/staleness_max": 1.0}
+    assert run(HealthMonitor(cfg), [stale]) == []
 
 
 def test_nonfinite_loss_stops_after_k_in_a_row():

@@ -68,6 +68,21 @@ def test_kl_reference_loaded_only_when_needed(group, th):
     assert m["train/kl_ref"] > 0  # the policy has moved away from the initial weights
 
 
+def test_batch_without_signal_leaves_weights_alone(group, th):
+    """All-zero advantages give a zero loss; an Adam step would still move the weights along its
+    momentum from earlier steps, so the group skips it. A KL term is signal: that step runs."""
+    samples = th.make_samples(14, 6)
+    group.train_step(samples, CFG)  # leaves nonzero Adam momentum behind
+    for s in samples:
+        s.advantage = 0.0
+    before, step0 = group.gather_parameters(), group.step
+    m = group.train_step(samples, CFG)
+    assert m["train/skipped_no_signal"] == 1.0 and group.step == step0
+    th.assert_params_close(group.gather_parameters(), before, atol=0.0, rtol=0.0)
+    m = group.train_step(samples, PolicyLossConfig(kl_coef=0.1))
+    assert m["train/skipped_no_signal"] == 0.0 and group.step == step0 + 1
+
+
 def test_resume_equals_uninterrupted(group, tmp_path, th):
     th.check_resume(group, str(tmp_path / "ckpt"), seed=20, cfg=CFG)
 
