@@ -17,7 +17,7 @@ Layout (`placement.mode`):
     at most 1 GPU per bundle).
   * trainer: one bundle per rank {CPU, GPU: gpus_per_rank}; STRICT_PACK when trainer.num_nodes is 1
     (node-local collectives, fails fast when no node holds all ranks), else PACK.
-  * weight sync over shared memory (sync.transport=shm, today's only transport) needs every engine
+  * weight sync over shared memory (sync.transport=shm) or CUDA IPC needs every engine
     on the trainer's node, so trainer bundles (0..R-1) and engine bundles share ONE STRICT_PACK
     group ("policy"). A cross-node transport (nccl) gets one group per engine plus one for the
     trainer, so engines and trainer may sit on different nodes.

@@ -147,7 +147,13 @@ class TrainerConfig(Section):
 
 
 class SyncConfig(Section):
-    transport: Literal["shm"] = "shm"
+    """How the trainer pushes weights to the engines after every step (actors/weight_sync/).
+
+    shm: CPU shared memory, engines on the trainer's node. nccl: GPU broadcast from trainer rank 0,
+    any node. cuda_ipc: GPU handles, engines sharing the trainer's GPUs (placement.mode=colocated).
+    """
+
+    transport: Literal["shm", "nccl", "cuda_ipc"] = "shm"
     bucket_mb: int = Field(64, gt=0)
     timeout_s: float = Field(120.0, gt=0)
 
@@ -284,9 +290,17 @@ class LabrlConfig(Section):
     def _check_sync_locality(self) -> "LabrlConfig":
         """shm weight sync reaches only engines on the trainer's node (cluster/placement.py packs
         trainer ranks and engines onto one node for it)."""
-        if self.sync.transport == "shm" and (self.trainer.num_nodes or 1) > 1:
+        transport = self.sync.transport
+        if transport == "shm" and (self.trainer.num_nodes or 1) > 1:
             raise ValueError(f"sync.transport=shm keeps the trainer and engines on one node: "
                              f"trainer.num_nodes ({self.trainer.num_nodes}) must be 1 or unset")
+        if transport in ("nccl", "cuda_ipc") and not (self.generation.gpus_per_worker > 0
+                                                      and self.trainer.gpus_per_rank > 0):
+            raise ValueError(f"sync.transport={transport} moves GPU tensors: set generation.gpus_per_worker "
+                             f"and trainer.gpus_per_rank above 0, or use sync.transport=shm on CPU")
+        if transport == "cuda_ipc" and self.placement.mode != "colocated":
+            raise ValueError("sync.transport=cuda_ipc shares GPU memory between processes on one GPU: "
+                             "it needs placement.mode=colocated (use nccl for disaggregated engines)")
         return self
 
 

@@ -26,8 +26,6 @@ RAYCLUSTER = CLUSTER / "kuberay" / "raycluster.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob.yaml"
 SLURM = CLUSTER / "slurm" / "labrl.sbatch"
 RUNTIME_ENV = CLUSTER / "runtime_env.yaml"
-SHM_GAP = pytest.mark.xfail(strict=True, reason="engines on another node than the trainer need a cross-node "
-                                                "weight-sync transport (nccl); shm is the only one today")
 
 
 def referenced_configs(path: Path) -> list[str]:
@@ -100,9 +98,9 @@ def test_launcher_has_the_resources_of_every_role(launcher, config):
 
 
 @pytest.mark.parametrize("launcher, config", [
-    pytest.param(launcher, config, marks=SHM_GAP if "16gpu" in config else (), id=_pair_id((launcher, config)))
-    for launcher, config in PAIRS])
-def test_launcher_fits_the_one_node_weight_sync_layout(launcher, config):
+    pytest.param(launcher, config, id=_pair_id((launcher, config))) for launcher, config in PAIRS])
+def test_launcher_fits_the_joint_placement_layout(launcher, config):
+    """With the packing the weight-sync transport needs (shm: one node; nccl: per-role groups)."""
     plan = plan_placement(load_config(ROOT / config))
     assert fit_problems(plan.demands, INVENTORIES[launcher](), plan.joint) == []
 

@@ -40,6 +40,24 @@ def test_batch_not_divisible_by_group():
         load_config(None, ["grpo.batch_size=60"])
 
 
+GPU_ROLES = ["generation.gpus_per_worker=1", "trainer.gpus_per_rank=1"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sync.transport=nccl"], "sync.transport=nccl moves GPU tensors"),
+    (["sync.transport=cuda_ipc", *GPU_ROLES], "cuda_ipc .* needs placement.mode=colocated"),
+    (["sync.transport=tcp"], "sync.transport"),
+])
+def test_weight_sync_transport_must_fit_the_layout(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_nccl_sync_lets_the_trainer_span_nodes():
+    cfg = load_config(None, ["sync.transport=nccl", *GPU_ROLES, "trainer.num_nodes=2", "trainer.num_ranks=2"])
+    assert cfg.sync.transport == "nccl"
+
+
 def test_malformed_override():
     with pytest.raises(ConfigError, match="section.field=value"):
         load_config(None, ["trainer.lr"])
