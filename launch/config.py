@@ -160,7 +160,8 @@ class SyncConfig(Section):
 
 class EvalConfig(Section):
     num_tasks: int = Field(200, gt=0, description="Held-out tasks evaluated after SFT and after GRPO.")
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, ge=0, description="`labrl eval` only; a training run's held-out evals "
+                               "sample at generation.temperature, the distribution GRPO optimises.")
 
 
 class LoggingConfig(Section):
