@@ -104,8 +104,17 @@ class EnvWorkerPool:
         self.rerun_groups += 1
 
     def set_router(self, router: GenerationRouter) -> None:
+        """Point every worker at `router`; a worker found dead is replaced (its replacement starts
+        with `router`) and its unfinished groups re-run when `collect` sees them fail."""
         self.router = router
-        ray.get([w.set_router.remote(router) for w in self.workers])
+        refs = [w.set_router.remote(router) for w in self.workers]
+        for index, ref in enumerate(refs):
+            try:
+                ray.get(ref)
+            except RayActorError as err:
+                logger.warning("env worker %d died (%s); replacing it", index, type(err).__name__)
+                self.workers[index] = self._spawn()
+                self.replaced_workers += 1
 
     def shutdown(self) -> None:
         for w in self.workers:

@@ -86,6 +86,7 @@ class GRPOPipeline:
         self.submitted_batches = start_step
         self.tasks.position = start_step * self.groups_per_batch
         self.trained_batches: list[tuple[int, list[str]]] = []  # (step, task ids), for audits
+        self._batch_tasks: dict[int, list[str]] = {}  # batch -> task ids in submission order
 
     @property
     def groups_per_batch(self) -> int:
@@ -95,8 +96,10 @@ class GRPOPipeline:
         while (self.submitted_batches < self.s.num_steps
                and self.submitted_batches <= self.version + self.s.max_staleness):
             k = self.submitted_batches
+            self._batch_tasks[k] = []
             for g in range(self.groups_per_batch):
                 task = self.tasks.next()
+                self._batch_tasks[k].append(task.id)
                 self.pool.submit(task, self.s.group_size, f"b{k}-g{g}-{task.id}", batch_index=k)
             self.submitted_batches += 1
 
@@ -115,7 +118,13 @@ class GRPOPipeline:
         self._submit_ahead()
         self._collect(step)
         t_collected = time.monotonic()
-        groups = self._without_failed_episodes(self.buffer.take(step, self.version))
+        # Submission order, not completion order: the batch (and so the update) is the same
+        # whichever env worker finishes first, which makes resumed runs repeat uninterrupted ones.
+        order: dict[str, int] = {}
+        for i, task_id in enumerate(self._batch_tasks.pop(step, [])):
+            order.setdefault(task_id, i)
+        groups = sorted(self._without_failed_episodes(self.buffer.take(step, self.version)),
+                        key=lambda g: order.get(g[0].task_id, len(order)))
         trajs = [t for g in groups for t in g]
         self.trained_batches.append((step, [g[0].task_id for g in groups]))
         metrics = rollout_metrics(trajs, current_version=self.version)
