@@ -6,6 +6,7 @@ loop and chat rendering as RL, so SFT and GRPO see identically formatted episode
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import replace
 from typing import TYPE_CHECKING, Awaitable, Callable
 
@@ -22,14 +23,27 @@ ReferencePolicy = Callable[[Environment, list[Message]], Awaitable[Message]]
 
 
 class SamplerTurnPolicy:
-    """Samples turns from the generation workers (token ids in, token ids + logprobs out)."""
+    """Samples turns from the generation workers (token ids in, token ids + logprobs out).
 
-    def __init__(self, router: GenerationRouter, spec: SamplingSpec):
+    With a base seed in `spec.seed`, every request gets its own seed derived from (base seed,
+    `stream`, turn number): an episode replayed on the same weights (a rerun, a resumed run) samples
+    the same tokens, while group members (different streams) still differ.
+    """
+
+    def __init__(self, router: GenerationRouter, spec: SamplingSpec, stream: str = ""):
         self.router = router
         self.spec = spec
+        self.stream = stream
+
+    def request_spec(self, ctx: TurnContext) -> SamplingSpec:
+        seed = self.spec.seed
+        if seed is not None:
+            turn = sum(m.role == "assistant" for m in ctx.history)
+            seed = zlib.crc32(f"{seed}/{self.stream}/{turn}".encode()) & 0x7FFFFFFF
+        return replace(self.spec, max_tokens=ctx.max_tokens, seed=seed)
 
     async def act(self, ctx: TurnContext) -> PolicyTurn:
-        out = await self.router.generate(ctx.prompt_token_ids, replace(self.spec, max_tokens=ctx.max_tokens))
+        out = await self.router.generate(ctx.prompt_token_ids, self.request_spec(ctx))
         return PolicyTurn(out.token_ids, out.logprobs, out.finish_reason, out.policy_version)
 
 

@@ -47,12 +47,12 @@ class EnvWorker:
         self.router = router
         self._slots = asyncio.Semaphore(settings.max_concurrent_episodes)
 
-    def _policy(self, reference: bool) -> TurnPolicy:
+    def _policy(self, reference: bool, stream: str) -> TurnPolicy:
         if reference:
             return ReferenceTurnPolicy(self.spec.reference_policy, self.codec)
         if self.router is None:
             raise RuntimeError("EnvWorker has no generation router: only reference episodes can run")
-        return SamplerTurnPolicy(self.router, self.settings.sampling)
+        return SamplerTurnPolicy(self.router, self.settings.sampling, stream)
 
     async def _episode(self, task: Task, group_id: str, policy: TurnPolicy) -> Trajectory:
         async with self._slots:
@@ -62,9 +62,9 @@ class EnvWorker:
     async def run_group(self, task: Task, group_size: int, group_id: str,
                         reference: bool = False) -> list[Trajectory]:
         """Play `task` `group_size` times with the current policy (or the reference solver)."""
-        policy = self._policy(reference)
         return list(await asyncio.gather(
-            *(self._episode(task, group_id, policy) for _ in range(group_size))))
+            *(self._episode(task, group_id, self._policy(reference, f"{group_id}/{member}"))
+              for member in range(group_size))))
 
     async def set_router(self, router: GenerationRouter) -> None:
         """Point at a new set of generation workers (after a replacement)."""

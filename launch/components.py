@@ -56,7 +56,8 @@ def sampling_spec(cfg: LabrlConfig, model_dir: str, temperature: float | None = 
     return SamplingSpec(max_tokens=cfg.generation.max_new_tokens,
                         temperature=cfg.generation.temperature if temperature is None else temperature,
                         top_p=cfg.generation.top_p,
-                        stop_token_ids=[tok.convert_tokens_to_ids(tok.eos_token)])
+                        stop_token_ids=[tok.convert_tokens_to_ids(tok.eos_token)],
+                        seed=cfg.seed if cfg.generation.seeded_sampling else None)
 
 
 def episode_limits(cfg: LabrlConfig) -> EpisodeLimits:

@@ -72,6 +72,9 @@ class GenerationConfig(Section):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of training rollouts; "
                                "the trainer optimises softmax(logits / temperature).")
     top_p: float = Field(1.0, gt=0, le=1)
+    seeded_sampling: bool = Field(False, description="Seed every request from (seed, group, member, turn): "
+                                  "a rerun or resumed run on the same weights samples the same tokens. "
+                                  "Off by default: per-request generators cost vLLM some speed.")
     max_new_tokens: int = Field(96, gt=0, description="Per assistant turn.")
     max_model_len: int = Field(768, gt=0, description="Whole episode, prompt included.")
     kv_cache_gb: float = Field(1.0, gt=0, description="CPU KV cache (VLLM_CPU_KVCACHE_SPACE).")

@@ -59,7 +59,10 @@ def test_killed_env_and_generation_workers_are_replaced(cluster, tmp_path):
 
 
 def test_resume_after_stop_continues_step_counter_and_task_order(cluster, tmp_path):
-    base = TINY + [f"logging.runs_root={tmp_path}", "grpo.num_steps=3", "rollout.max_staleness=0"]
+    # Synchronous, seeded sampling: a resumed step sees the same weights and draws the same tokens.
+    # The entropy bonus makes every step a real update even when the untrained policy earns 0.
+    base = TINY + [f"logging.runs_root={tmp_path}", "grpo.num_steps=3", "rollout.max_staleness=0",
+                   "generation.seeded_sampling=true", "grpo.entropy_coef=0.01"]
     straight = TrainingRun(load_config(None, base + ["run_name=straight"]))
     straight.execute()
 
@@ -80,3 +83,7 @@ def test_resume_after_stop_continues_step_counter_and_task_order(cluster, tmp_pa
     assert [b["step"] for b in got] == [0, 1, 2]
     assert [b["task_ids"] for b in got] == [b["task_ids"] for b in want]
     assert [b["policy_version"] for b in got] == [1, 2, 3]
+    resumed, uninterrupted = _metrics(stopped.run_dir), _metrics(straight.run_dir)
+    assert [r["policy_version"] for r in resumed] == [1, 2, 3]
+    for key in ("rollout/num_generated_tokens", "train/loss"):
+        assert [r[key] for r in resumed] == pytest.approx([r[key] for r in uninterrupted], rel=1e-3, abs=1e-6), key

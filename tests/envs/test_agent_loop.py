@@ -89,3 +89,19 @@ class _Slow:
 def test_episode_timeout(codec):
     traj = _play(_Slow(), codec, TASKS[0], EpisodeLimits(timeout_s=0.2))
     assert traj.finish_reason == "timeout" and traj.reward_reason == "timeout"
+
+
+def test_seeded_sampling_gives_each_member_and_turn_its_own_reproducible_seed():
+    from actors.types import SamplingSpec
+    from envs.agent_loop import TurnContext
+    from envs.core import Message
+    from envs.policies import SamplerTurnPolicy
+
+    def seed(base, stream, assistant_turns):
+        history = [Message(role="user", content="q")] + [Message(role="assistant", content="a")] * assistant_turns
+        ctx = TurnContext([1, 2], history, env=None, max_tokens=8)
+        return SamplerTurnPolicy(None, SamplingSpec(max_tokens=16, seed=base), stream).request_spec(ctx).seed
+
+    assert seed(None, "g/0", 0) is None  # unseeded runs stay unseeded
+    assert seed(0, "g/0", 1) == seed(0, "g/0", 1)
+    assert len({seed(0, "g/0", 0), seed(0, "g/1", 0), seed(0, "g/0", 1), seed(1, "g/0", 0)}) == 4
