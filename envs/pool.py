@@ -90,11 +90,8 @@ class EnvWorkerPool:
 
     def _recover(self, job: GroupJob, err: Exception) -> None:
         """Replace the dead worker (once) and re-run the group, up to `max_attempts` times."""
-        dead = self.workers[job.worker_index]
-        if not _alive(dead):
-            logger.warning("env worker %d died (%s); replacing it", job.worker_index, type(err).__name__)
-            self.workers[job.worker_index] = self._spawn()
-            self.replaced_workers += 1
+        if not _alive(self.workers[job.worker_index]):
+            self._replace(job.worker_index, err)
         if job.attempts >= self.max_attempts:
             raise RuntimeError(f"group {job.group_id} failed {job.attempts} times; last error: {err}")
         ref = self.workers[job.worker_index].run_group.remote(
@@ -112,9 +109,12 @@ class EnvWorkerPool:
             try:
                 ray.get(ref)
             except RayActorError as err:
-                logger.warning("env worker %d died (%s); replacing it", index, type(err).__name__)
-                self.workers[index] = self._spawn()
-                self.replaced_workers += 1
+                self._replace(index, err)
+
+    def _replace(self, index: int, err: Exception) -> None:
+        logger.warning("env worker %d died (%s); replacing it", index, type(err).__name__)
+        self.workers[index] = self._spawn()
+        self.replaced_workers += 1
 
     def shutdown(self) -> None:
         for w in self.workers:

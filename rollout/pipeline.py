@@ -120,11 +120,9 @@ class GRPOPipeline:
         t_collected = time.monotonic()
         # Submission order, not completion order: the batch (and so the update) is the same
         # whichever env worker finishes first, which makes resumed runs repeat uninterrupted ones.
-        order: dict[str, int] = {}
-        for i, task_id in enumerate(self._batch_tasks.pop(step, [])):
-            order.setdefault(task_id, i)
+        submitted = self._batch_tasks.pop(step)
         groups = sorted(self._without_failed_episodes(self.buffer.take(step, self.version)),
-                        key=lambda g: order.get(g[0].task_id, len(order)))
+                        key=lambda g: submitted.index(g[0].task_id))
         trajs = [t for g in groups for t in g]
         self.trained_batches.append((step, [g[0].task_id for g in groups]))
         metrics = rollout_metrics(trajs, current_version=self.version)
