@@ -15,6 +15,7 @@ from ray.exceptions import RayActorError
 
 from actors.router import GenerationRouter
 from envs.dataset import Task
+from envs.registry import Solver
 from envs.worker import EnvWorker, EnvWorkerSettings
 from rollout.trajectory import Trajectory
 
@@ -26,7 +27,7 @@ class GroupJob:
     task: Task
     group_size: int
     group_id: str
-    reference: bool
+    solver: Solver
     worker_index: int
     attempts: int = 1
     tags: dict = field(default_factory=dict)
@@ -62,11 +63,11 @@ class EnvWorkerPool:
             load[job.worker_index] += 1
         return min(range(len(self.workers)), key=load.__getitem__)
 
-    def submit(self, task: Task, group_size: int, group_id: str, reference: bool = False,
+    def submit(self, task: Task, group_size: int, group_id: str, solver: Solver = "policy",
                **tags) -> ray.ObjectRef:
         index = self._least_loaded()
-        ref = self.workers[index].run_group.remote(task, group_size, group_id, reference)
-        self.jobs[ref] = GroupJob(task, group_size, group_id, reference, index, tags=tags)
+        ref = self.workers[index].run_group.remote(task, group_size, group_id, solver)
+        self.jobs[ref] = GroupJob(task, group_size, group_id, solver, index, tags=tags)
         return ref
 
     @property
@@ -95,7 +96,7 @@ class EnvWorkerPool:
         if job.attempts >= self.max_attempts:
             raise RuntimeError(f"group {job.group_id} failed {job.attempts} times; last error: {err}")
         ref = self.workers[job.worker_index].run_group.remote(
-            job.task, job.group_size, job.group_id, job.reference)
+            job.task, job.group_size, job.group_id, job.solver)
         job.attempts += 1
         self.jobs[ref] = job
         self.rerun_groups += 1

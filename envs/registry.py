@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Literal, Sequence
 
 from envs.core import Environment, Message
 from envs.dataset import Task, TaskDataset
@@ -18,6 +18,8 @@ from envs.dataset import Task, TaskDataset
 logger = logging.getLogger(__name__)
 
 ReferencePolicy = Callable[[Environment, list[Message]], Awaitable[Message]]
+# Who plays an episode: the policy being trained (through the generation workers) or a scripted solver.
+Solver = Literal["policy", "reference", "novice"]
 DatasetFactory = Callable[[int, int, Sequence[int], int], TaskDataset]
 
 
@@ -28,6 +30,9 @@ class EnvSpec:
     `make_dataset(num_train, num_heldout, difficulties, seed)` builds the tasks; `make_env(task)`
     builds a fresh environment for one episode; `reference_policy(env, history)` returns the next
     assistant action a perfect solver takes, given the messages so far (observations included).
+    `novice_policy`, where given, is the same solver with one typical human mistake: its
+    demonstrations make an imperfect behaviour-cloning set that RL then has to correct
+    (`sft.novice_fraction`).
     """
 
     name: str
@@ -37,6 +42,15 @@ class EnvSpec:
     difficulties: tuple[int, ...]
     description: str = ""
     defaults: dict = field(default_factory=dict)
+    novice_policy: ReferencePolicy | None = None
+
+    def solver(self, name: Solver) -> ReferencePolicy:
+        """The scripted solver called `name` ("reference" or "novice")."""
+        if name == "reference":
+            return self.reference_policy
+        if name == "novice" and self.novice_policy is not None:
+            return self.novice_policy
+        raise ValueError(f"environment {self.name!r} has no {name!r} solver")
 
 
 class UnknownEnvironmentError(ValueError):

@@ -17,7 +17,7 @@ from envs.agent_loop import EpisodeLimits, TurnPolicy, run_episode
 from envs.chat import ChatCodec
 from envs.dataset import Task
 from envs.policies import ReferenceTurnPolicy, SamplerTurnPolicy
-from envs.registry import get_env_spec
+from envs.registry import Solver, get_env_spec
 from models.loading import load_tokenizer
 from rollout.trajectory import Trajectory
 
@@ -47,11 +47,11 @@ class EnvWorker:
         self.router = router
         self._slots = asyncio.Semaphore(settings.max_concurrent_episodes)
 
-    def _policy(self, reference: bool, stream: str) -> TurnPolicy:
-        if reference:
-            return ReferenceTurnPolicy(self.spec.reference_policy, self.codec)
+    def _policy(self, solver: Solver, stream: str) -> TurnPolicy:
+        if solver != "policy":
+            return ReferenceTurnPolicy(self.spec.solver(solver), self.codec)
         if self.router is None:
-            raise RuntimeError("EnvWorker has no generation router: only reference episodes can run")
+            raise RuntimeError("EnvWorker has no generation router: only scripted-solver episodes can run")
         return SamplerTurnPolicy(self.router, self.settings.sampling, stream)
 
     async def _episode(self, task: Task, group_id: str, policy: TurnPolicy) -> Trajectory:
@@ -60,10 +60,10 @@ class EnvWorker:
             return await run_episode(env, task, group_id, policy, self.codec, self.settings.limits)
 
     async def run_group(self, task: Task, group_size: int, group_id: str,
-                        reference: bool = False) -> list[Trajectory]:
-        """Play `task` `group_size` times with the current policy (or the reference solver)."""
+                        solver: Solver = "policy") -> list[Trajectory]:
+        """Play `task` `group_size` times with the current policy (or a scripted solver)."""
         return list(await asyncio.gather(
-            *(self._episode(task, group_id, self._policy(reference, f"{group_id}/{member}"))
+            *(self._episode(task, group_id, self._policy(solver, f"{group_id}/{member}"))
               for member in range(group_size))))
 
     async def set_router(self, router: GenerationRouter) -> None:

@@ -55,10 +55,14 @@ class EnvConfig(Section):
 
 
 class SFTConfig(Section):
-    """Behaviour cloning on the environment's reference-solver demonstrations."""
+    """Behaviour cloning on the environment's scripted-solver demonstrations."""
 
     enabled: bool = True
     num_demos: int = Field(1000, gt=0)
+    novice_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of demonstrations played by the environment's novice "
+        "solver (a typical human mistake; needs an env that has one). They are kept whether or not "
+        "they succeed: an imperfect demonstrator, whose mistakes GRPO has to unlearn.")
     steps: int = Field(150, ge=0)
     batch_size: int = Field(32, gt=0)
     lr: float = Field(3e-3, gt=0)
@@ -123,6 +127,12 @@ class GRPOConfig(Section):
     importance_sampling: Literal["none", "token_tis", "seq_mask"] = "token_tis"
 
 
+# Seen on an H200 with DeepSpeed 0.19.8: stage 0 in bf16 either fails at initialize (fp32 gradient
+# accumulation) or keeps no fp32 master weights (bf16 accumulation), so Adam would lose small updates.
+_ZERO0_BF16 = ("trainer.zero_stage=0 cannot train in bf16 on GPU: DeepSpeed's stage 0 has no fp32 master "
+               "weights; use zero_stage=1 (on one rank it costs the same memory)")
+
+
 class TrainerConfig(Section):
     num_ranks: int = Field(1, gt=0)
     cpus_per_rank: float = Field(1.0, gt=0)
@@ -143,6 +153,8 @@ class TrainerConfig(Section):
         if self.gpus_per_rank > 1:
             raise ValueError(f"trainer.gpus_per_rank ({self.gpus_per_rank:g}) must be at most 1: a DeepSpeed "
                              "rank drives one GPU; raise trainer.num_ranks instead")
+        if self.gpus_per_rank > 0 and self.zero_stage == 0:
+            raise ValueError(_ZERO0_BF16)
         if self.num_nodes is not None and self.num_ranks % self.num_nodes:
             raise ValueError(f"trainer.num_ranks ({self.num_ranks}) must be divisible by trainer.num_nodes "
                              f"({self.num_nodes})")

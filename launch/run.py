@@ -18,7 +18,7 @@ from cluster.placement import build_placement
 from cluster.ray_cluster import check_resources, connect
 from envs.registry import get_env_spec
 from launch import components as C
-from launch.config import LabrlConfig
+from launch.config import ConfigError, LabrlConfig
 from launch.curriculum import training_stream
 from launch.run_state import CHECKPOINT_DIR, CONFIG_FILE, RunState, save_run_state, write_atomic
 from models.loading import load_tokenizer, resolve_model_path
@@ -53,6 +53,9 @@ class TrainingRun:
     def __init__(self, cfg: LabrlConfig, run_dir: Path | None = None, resume: RunState | None = None):
         self.cfg, self.resume = cfg, resume
         self.spec = get_env_spec(cfg.env.name)  # an unknown environment fails before Ray starts
+        if cfg.sft.enabled and cfg.sft.novice_fraction > 0 and self.spec.novice_policy is None:
+            raise ConfigError(f"sft.novice_fraction={cfg.sft.novice_fraction:g}: environment "
+                              f"{cfg.env.name!r} has no novice solver")
         if cfg.model.path is not None:
             resolve_model_path(cfg.model.path)  # so does a missing model
         self.run_dir = run_dir or make_run_dir(cfg)
@@ -110,12 +113,22 @@ class TrainingRun:
         return self.summary
 
     def behaviour_cloning(self, policy_dir: str) -> str:
-        """Reference-solver demonstrations through the env workers, then SFT; returns the new policy."""
+        """Scripted-solver demonstrations through the env workers, then SFT; returns the new policy."""
         cfg = self.cfg
         tasks = self.dataset.tasks("train")[: cfg.sft.num_demos]
-        demos = run_tasks(self.pool, tasks, reference=True, desc="demos", progress=cfg.logging.progress_bar)
-        usable = [t for t in demos if t.success]
-        logger.info("%d/%d reference demonstrations succeeded", len(usable), len(demos))
+        num_novice = round(cfg.sft.novice_fraction * len(tasks))
+        progress = cfg.logging.progress_bar
+        expert = run_tasks(self.pool, tasks[num_novice:], solver="reference", desc="demos", progress=progress)
+        novice = run_tasks(self.pool, tasks[:num_novice], solver="novice", desc="novice demos",
+                           progress=progress) if num_novice else []
+        # Reference demos that fail are solver bugs, not teaching material; novice ones are the point.
+        good_expert = [t for t in expert if t.success]
+        kept_novice = [t for t in novice if t.finish_reason == "env_done"]
+        usable = good_expert + kept_novice
+        logger.info("demonstrations: %d/%d reference succeeded; %d/%d novice submitted, %d of them correct",
+                    len(good_expert), len(expert), len(kept_novice), len(novice), sum(t.success for t in novice))
+        self.summary.update({"sft/novice_demos": float(len(kept_novice)),
+                             "sft/novice_demo_success": sum(t.success for t in novice) / max(1, len(novice))})
         settings = SFTSettings(steps=cfg.sft.steps, batch_size=cfg.sft.batch_size, lr=cfg.sft.lr,
                                seed=cfg.seed, progress_bar=cfg.logging.progress_bar)
         out_dir = self.run_dir / "sft_model"

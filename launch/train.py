@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         summary = resume(Path(args.resume), args.overrides) if args.resume else train(cfg)
-    except (ModelNotFoundError, UnknownEnvironmentError, FileNotFoundError) as err:
+    except (ConfigError, ModelNotFoundError, UnknownEnvironmentError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
     except KeyboardInterrupt:

@@ -9,17 +9,18 @@ from tqdm import tqdm
 
 from envs.dataset import Task
 from envs.pool import EnvWorkerPool
+from envs.registry import Solver
 from monitor.rollout_metrics import rollout_metrics, success_interval
 from rollout.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
 
 
-def run_tasks(pool: EnvWorkerPool, tasks: list[Task], samples_per_task: int = 1, reference: bool = False,
+def run_tasks(pool: EnvWorkerPool, tasks: list[Task], samples_per_task: int = 1, solver: Solver = "policy",
               timeout_s: float = 1800.0, desc: str = "eval", progress: bool = True) -> list[Trajectory]:
     """Play every task `samples_per_task` times; returns trajectories in task order."""
     for i, task in enumerate(tasks):
-        pool.submit(task, samples_per_task, f"{desc}-{task.id}", reference=reference, order=i)
+        pool.submit(task, samples_per_task, f"{desc}-{task.id}", solver=solver, order=i)
     results: dict[int, list[Trajectory]] = {}
     deadline = time.monotonic() + timeout_s
     with tqdm(total=len(tasks), desc=desc, disable=not progress) as bar:

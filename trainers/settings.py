@@ -68,6 +68,9 @@ class TrainerSettings:
             errors.append(f"zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
         if self.lr <= 0:
             errors.append(f"lr={self.lr} must be > 0")
+        if self.zero_stage == 0 and self.torch_dtype() == torch.bfloat16:
+            errors.append("zero_stage=0 cannot train in bf16: DeepSpeed's stage 0 keeps no fp32 master "
+                          "weights (and rejects fp32 gradient accumulation); use zero_stage>=1")
         if self.temperature <= 0:
             errors.append(f"temperature={self.temperature} must be > 0 (training samples)")
         if self.grad_clip < 0:

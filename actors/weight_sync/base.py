@@ -19,10 +19,12 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ray
 import torch
+
+if TYPE_CHECKING:  # Ray is imported where it is used: the bucket data plane runs without it
+    import ray
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,8 @@ def wait_all(refs: dict[str, ray.ObjectRef], timeout_s: float, phase: str) -> di
     Keys of `refs` are worker descriptions. A worker that hangs is reported as hung in `phase`;
     a dead actor or a raised exception is reported with its cause.
     """
+    import ray
+
     deadline = time.monotonic() + timeout_s
     results: dict[str, Any] = {}
     errors: list[str] = []

@@ -15,13 +15,15 @@ import abc
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ray
 import torch
 
 from actors.weight_sync.base import SyncStats, WeightSender, WeightSyncError, rpc_deadline, wait_all
 from actors.weight_sync.buckets import BucketEntry, entries_to_wire, pack_buckets
+
+if TYPE_CHECKING:  # Ray is imported where it is used: the bucket data plane runs without it
+    import ray
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ class StreamingSender(WeightSender):
 def wait_stream(device: torch.device, refs: dict[str, ray.ObjectRef], timeout_s: float, phase: str) -> None:
     """Wait for the current stream's queued work (an NCCL collective) with a deadline. A worker
     that never joins the collective would otherwise hang the trainer forever."""
+    import ray
+
     event = torch.cuda.Event()
     event.record(torch.cuda.current_stream(device))
     deadline = time.monotonic() + timeout_s

@@ -2,7 +2,9 @@
 
 The agent must look masses up (`mass`), combine them with the safe calculator (`calc`) and
 `submit` a number; answers within 1% are correct. The reference solver copies the numbers it
-observed into one calculator expression, so a small model can learn the episode by copying.
+observed into one calculator expression, so a small model can learn the episode by copying. The
+novice solver makes the classic student mistake of ignoring subscripts (Na2S as Na + S): right
+only when every count is 1, so behaviour cloning on a mix leaves a choice that RL must settle.
 
 Difficulty 1: molar mass of a two-element formula ("Molar mass of Na2S in g/mol?").
 Difficulty 2: molar mass of a three-element formula.
@@ -152,10 +154,12 @@ class StoichiometryEnv(ToolEnvironment):
         d = self.task.data
         return [d["formula"]] if "formula" in d else [d["reactant"], d["product"]]
 
-    def solution_expression(self, masses: dict[str, str]) -> str:
-        """The one calculator expression that answers the task, from observed mass strings."""
+    def solution_expression(self, masses: dict[str, str], subscripts: bool = True) -> str:
+        """The one calculator expression that answers the task, from observed mass strings
+        (`subscripts=False`: the novice's version, every element counted once)."""
         def mm(formula: str) -> str:
-            return "+".join(masses[e] if n == 1 else f"{n}*{masses[e]}" for e, n in parse_formula(formula))
+            return "+".join(masses[e] if n == 1 or not subscripts else f"{n}*{masses[e]}"
+                            for e, n in parse_formula(formula))
         d = self.task.data
         if d["kind"] == "molar_mass":
             return mm(d["formula"])
@@ -167,6 +171,15 @@ class StoichiometryEnv(ToolEnvironment):
 
 async def reference_policy(env: Environment, history: list[Message]) -> Message:
     """Look up each element mass (one call a turn), compute with one `calc`, submit its result."""
+    return _solve(env, history, subscripts=True)
+
+
+async def novice_policy(env: Environment, history: list[Message]) -> Message:
+    """The reference solver, except that it ignores subscripts in the calculator expression."""
+    return _solve(env, history, subscripts=False)
+
+
+def _solve(env: Environment, history: list[Message], subscripts: bool) -> Message:
     if not isinstance(env, StoichiometryEnv):
         raise TypeError(f"{NAME} reference policy needs a StoichiometryEnv, got {type(env).__name__}")
     needed: list[str] = []
@@ -176,7 +189,7 @@ async def reference_policy(env: Environment, history: list[Message]) -> Message:
     missing = [e for e in needed if e not in known]
     if missing:
         return make_action(("mass", {"el": missing[0]}))
-    return calc_then_submit(history, env.solution_expression(known))
+    return calc_then_submit(history, env.solution_expression(known, subscripts))
 
 
 def make_dataset(num_train: int, num_heldout: int, difficulties: Sequence[int] = DIFFICULTIES,
@@ -186,5 +199,5 @@ def make_dataset(num_train: int, num_heldout: int, difficulties: Sequence[int] =
 
 SPEC = register_env(EnvSpec(
     name=NAME, make_dataset=make_dataset, make_env=StoichiometryEnv,
-    reference_policy=reference_policy, difficulties=DIFFICULTIES,
+    reference_policy=reference_policy, novice_policy=novice_policy, difficulties=DIFFICULTIES,
     description="molar mass / moles / reaction stoichiometry with mass lookup and a calculator"))

@@ -9,6 +9,7 @@ import pytest
 from envs.registry import get_env_spec
 from envs.safe_math import CalcError, format_number, safe_eval
 from envs.suite.stoichiometry import ATOMIC_MASS, molar_mass, parse_formula
+from envs.testing import play_episode
 from envs.tool_env import make_action
 
 
@@ -54,3 +55,23 @@ def test_tool_errors_and_tolerance() -> None:
     answer = task.data["answer"] * 1.005  # within 1%
     [obs], reward, done, _ = asyncio.run(env.step(make_action(("submit", {"answer": answer}))))
     assert done and float(reward) == 1.0 and obs.content == "correct"
+
+
+def test_novice_solver_ignores_subscripts() -> None:
+    """The novice is right exactly where every count is 1; otherwise it submits the subscript-free sum."""
+    spec = get_env_spec("stoichiometry")
+    assert spec.solver("novice") is spec.novice_policy and spec.solver("reference") is spec.reference_policy
+    tasks = list(spec.make_dataset(60, 0, (1, 2, 3, 4), 0))
+    outcomes = set()
+    for task in tasks:
+        record = asyncio.run(play_episode(spec.make_env(task), spec.novice_policy))
+        counts = [n for f in spec.make_env(task).formulas() for _, n in parse_formula(f)]
+        assert record.done and not any(m.is_error for m in record.messages), record.transcript()
+        assert (record.reason == "correct") == all(n == 1 for n in counts), record.transcript()
+        outcomes.add(record.reason)
+    assert outcomes == {"correct", "wrong_value"}
+
+
+def test_envs_without_a_novice_refuse_it() -> None:
+    with pytest.raises(ValueError, match="'hidden_law' has no 'novice' solver"):
+        get_env_spec("hidden_law").solver("novice")

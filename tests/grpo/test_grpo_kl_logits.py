@@ -56,3 +56,19 @@ def test_logits_fp32_chunking_and_grad():
     x = logits.clone().requires_grad_(True)
     (gather_logprobs(x, targets, chunk_rows=4).sum() + token_entropy(x, chunk_rows=4).sum()).backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_checkpointed_chunks_give_the_unchunked_gradient():
+    """Chunks are recomputed in backward (not saved): values and gradients must not change."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 50, 37, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 37, (3, 50))
+    w = torch.randn(3, 50, dtype=torch.float64)
+    logp, ent = gather_logprobs(x, targets, temperature=0.7, chunk_rows=16), token_entropy(x, temperature=0.7, chunk_rows=16)
+    grad = torch.autograd.grad(((logp + ent) * w).sum(), x)[0]
+    full = torch.log_softmax(x.float() / 0.7, -1)
+    ref_logp, ref_ent = full.gather(-1, targets[..., None]).squeeze(-1), -(full.exp() * full).sum(-1)
+    ref_grad = torch.autograd.grad(((ref_logp + ref_ent) * w).sum(), x)[0]
+    torch.testing.assert_close(logp, ref_logp)
+    torch.testing.assert_close(ent, ref_ent)
+    torch.testing.assert_close(grad, ref_grad)

@@ -2,10 +2,12 @@
 
 import pytest
 import ray
+import torch
 
 from launch.config import ConfigError, LabrlConfig, load_config
 from launch.train import main
 from models.loading import ModelNotFoundError, resolve_model_path
+from trainers.settings import TrainerSettings
 
 
 def test_default_config_loads_and_is_consistent():
@@ -51,6 +53,23 @@ GPU_ROLES = ["generation.gpus_per_worker=1", "trainer.gpus_per_rank=1"]
 def test_weight_sync_transport_must_fit_the_layout(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_zero0_is_refused_in_bf16_on_gpu():
+    """DeepSpeed 0.19.8 stage 0 in bf16 failed at initialize on an H200 (benchmarks/gpu_check.py)."""
+    with pytest.raises(ConfigError, match="trainer.zero_stage=0 cannot train in bf16"):
+        load_config(None, ["trainer.gpus_per_rank=1", "trainer.zero_stage=0"])
+    with pytest.raises(ValueError, match="zero_stage=0 cannot train in bf16"):
+        TrainerSettings(model_path="m", gpus_per_rank=1.0, zero_stage=0)
+    assert TrainerSettings(model_path="m", zero_stage=0).torch_dtype() == torch.float32  # CPU: fine
+
+
+def test_novice_demos_need_an_env_with_a_novice_solver(caplog):
+    with pytest.raises(ConfigError, match="sft.novice_fraction"):
+        load_config(None, ["sft.novice_fraction=1.0"])
+    assert main(["env.name=hidden_law", "sft.novice_fraction=0.5"]) == 2
+    assert not ray.is_initialized()
+    assert "environment 'hidden_law' has no novice solver" in caplog.text
 
 
 def test_nccl_sync_lets_the_trainer_span_nodes():

@@ -32,7 +32,7 @@ class InstantPool:
     def __init__(self):
         self.jobs: dict[int, Job] = {}
 
-    def submit(self, task, group_size, group_id, reference=False, **tags):
+    def submit(self, task, group_size, group_id, solver="policy", **tags):
         self.jobs[len(self.jobs) + 1000 * tags.get("batch_index", 0)] = Job(task, group_size, tags)
 
     def collect(self, timeout_s, num_returns=1):

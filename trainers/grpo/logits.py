@@ -2,10 +2,12 @@
 
 Both work in float32 whatever the logits dtype (bf16 log-softmax loses ~2-3 significant digits,
 which is the same order as the trainer/sampler mismatch we want to measure), and both walk the
-flattened [B*T, V] rows in chunks so that the float32 copy of the logits never exists in full when
-no gradient is needed (reference / old-policy logprob passes). With autograd enabled, the
-log-softmax output of every chunk is kept for backward anyway, so chunking then only bounds the
-transient cast, not the saved activations.
+flattened [B*T, V] rows in chunks so that the float32 copy of the logits never exists in full.
+With autograd enabled each chunk is checkpointed: backward recomputes the chunk's log-softmax
+instead of keeping it, so the float32 [tokens, vocab] tensor is never saved. For a 150k vocabulary
+that saved copy is 0.6 MB per token, the largest activation of a GRPO step: removing it took a
+0.5B-parameter ZeRO-1 step on 30k tokens from 27.9 to 23.4 GB peak on an H200, at no loss of
+speed (benchmarks/gpu_check.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 _DEFAULT_CHUNK_ROWS = 2048
 
@@ -33,6 +36,22 @@ def _log_softmax_fp32(chunk: Tensor, temperature: float) -> Tensor:
     return F.log_softmax(chunk, dim=-1)
 
 
+def _chunk_logprobs(chunk: Tensor, targets: Tensor, temperature: float) -> Tensor:
+    return _log_softmax_fp32(chunk, temperature).gather(-1, targets).squeeze(-1)
+
+
+def _chunk_entropy(chunk: Tensor, temperature: float) -> Tensor:
+    logp = _log_softmax_fp32(chunk, temperature)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _per_chunk(fn, chunk: Tensor, *args) -> Tensor:
+    """`fn(chunk, *args)`; under autograd, recomputed in backward rather than saved (module doc)."""
+    if torch.is_grad_enabled() and chunk.requires_grad:
+        return checkpoint(fn, chunk, *args, use_reentrant=False)
+    return fn(chunk, *args)
+
+
 def gather_logprobs(logits: Tensor, target_ids: Tensor, *, temperature: float = 1.0,
                     chunk_rows: int = _DEFAULT_CHUNK_ROWS) -> Tensor:
     """``log softmax(logits / temperature)[b, t, target_ids[b, t]]`` as float32 [B, T].
@@ -46,8 +65,7 @@ def gather_logprobs(logits: Tensor, target_ids: Tensor, *, temperature: float = 
                          f"{tuple(logits.shape[:2])}")
     flat, chunks = _row_chunks(logits, chunk_rows)
     targets = target_ids.reshape(-1, 1).long()
-    parts = [_log_softmax_fp32(flat[s], temperature).gather(-1, targets[s]).squeeze(-1)
-             for s in chunks]
+    parts = [_per_chunk(_chunk_logprobs, flat[s], targets[s], temperature) for s in chunks]
     out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
     return out.view(logits.shape[:2])
 
@@ -56,9 +74,6 @@ def token_entropy(logits: Tensor, *, temperature: float = 1.0,
                   chunk_rows: int = _DEFAULT_CHUNK_ROWS) -> Tensor:
     """Entropy ``-sum_v p_v log p_v`` of each position's distribution, float32 [B, T]."""
     flat, chunks = _row_chunks(logits, chunk_rows)
-    parts = []
-    for s in chunks:
-        logp = _log_softmax_fp32(flat[s], temperature)
-        parts.append(-(logp.exp() * logp).sum(-1))
+    parts = [_per_chunk(_chunk_entropy, flat[s], temperature) for s in chunks]
     out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
     return out.view(logits.shape[:2])
