@@ -68,7 +68,7 @@ def start_policy(args: argparse.Namespace) -> str:
     try:
         pool.wait_ready()
         spec_tasks = _train_tasks(cfg)[: cfg.sft.num_demos]
-        demos = [t for t in run_tasks(pool, spec_tasks, reference=True, desc="demos", progress=False) if t.success]
+        demos = [t for t in run_tasks(pool, spec_tasks, solver="reference", desc="demos", progress=False) if t.success]
     finally:
         pool.shutdown()
     settings = SFTSettings(steps=cfg.sft.steps, batch_size=cfg.sft.batch_size, lr=cfg.sft.lr, seed=cfg.seed,

@@ -3,7 +3,7 @@
     python -m benchmarks.env_workers                         # 512 episodes, 1/2/4/8 workers, 2 envs
     python -m benchmarks.env_workers --workers 1 2 --episodes 128 --scale-workers 0
 
-The policy is each environment's reference solver (`pool.submit(..., reference=True)`): no vLLM,
+The policy is each environment's reference solver (`pool.submit(..., solver="reference")`): no vLLM,
 so the numbers are the ceiling of the environment side (agent loop, chat rendering, tool calls,
 Ray round trips). Every worker count runs over the same tasks; pools for all counts are started
 first and the rounds alternate their order (1,2,4,8 then 8,4,2,1, ...) so machine-load drift hits all
@@ -85,7 +85,7 @@ def play(pool: Any, tasks: list[Any], tag: str, timeout_s: float) -> RunStats:
     start = time.perf_counter()
     submitted = {f"{tag}-{i}" for i in range(len(tasks))}
     for i, task in enumerate(tasks):
-        pool.submit(task, GROUP_SIZE, f"{tag}-{i}", reference=True)
+        pool.submit(task, GROUP_SIZE, f"{tag}-{i}", solver="reference")
     returned: Counter[str] = Counter()
     per_worker: Counter[int] = Counter()
     trajs: list[Any] = []

@@ -74,7 +74,9 @@ def pack_buckets(
     for name, tensor in named_tensors:
         tensor = tensor.detach()
         nbytes = tensor.numel() * tensor.element_size()
-        if buffer is not None and entries and offset + nbytes > buffer.numel():
+        # Against bucket_bytes, not the buffer's size: a reused buffer that once held an oversize
+        # tensor is bigger, and filling it would make every later bucket that big.
+        if buffer is not None and entries and offset + nbytes > bucket_bytes:
             on_full(index, buffer, entries)
             index, offset, entries, buffer = index + 1, 0, [], None
         if buffer is None:

@@ -43,6 +43,22 @@ def test_pack_unpack_roundtrip_multiple_buckets_and_dtypes():
         assert got[name].dtype == t.dtype and torch.equal(got[name], t)
 
 
+def test_buckets_keep_their_size_after_an_oversize_tensor():
+    """A sender reuses one growing buffer; after a big tensor, buckets must not grow to its size."""
+    src = [("big", torch.zeros(1000, dtype=torch.uint8))] + [(f"t{i}", torch.zeros(40, dtype=torch.uint8))
+                                                            for i in range(10)]
+    buffer: list[torch.Tensor] = []
+    used: list[int] = []
+
+    def get_buffer(i, n):
+        if not buffer or buffer[0].numel() < n:
+            buffer[:] = [torch.zeros(n, dtype=torch.uint8)]
+        return buffer[0]
+
+    num, _ = pack_buckets(src, 128, get_buffer, lambda i, buf, entries: used.append(entries[-1].offset + entries[-1].nbytes))
+    assert used[0] == 1000 and all(u <= 128 for u in used[1:]) and num == len(used) == 1 + 5
+
+
 def test_weight_spec_of_tied_tiny_model(tiny_model_dir):
     spec, optional = read_weight_spec(tiny_model_dir)
     assert "model.embed_tokens.weight" in spec and "lm_head.weight" not in spec
