@@ -125,6 +125,11 @@ class GRPOConfig(Section):
     entropy_coef: float = Field(0.0, ge=0)
     agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
     importance_sampling: Literal["none", "token_tis", "seq_mask"] = "token_tis"
+    dynamic_sampling: bool = Field(
+        False, description="DAPO dynamic sampling: drop groups whose rewards are all equal (no signal) "
+                           "and refill the batch with new groups from the current policy.")
+    max_refill_rounds: int = Field(2, ge=1, description="Refill rounds per step before training on "
+                                                        "a short batch (dynamic_sampling).")
 
 
 # Seen on an H200 with DeepSpeed 0.19.8: stage 0 in bf16 either fails at initialize (fp32 gradient

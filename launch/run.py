@@ -154,7 +154,9 @@ class TrainingRun:
         pipeline = GRPOPipeline(
             PipelineSettings(num_steps=cfg.grpo.num_steps, batch_size=cfg.grpo.batch_size,
                              group_size=cfg.grpo.group_size, max_staleness=cfg.rollout.max_staleness,
-                             advantage_estimator=cfg.grpo.advantage_estimator),
+                             advantage_estimator=cfg.grpo.advantage_estimator,
+                             dynamic_sampling=cfg.grpo.dynamic_sampling,
+                             max_refill_rounds=cfg.grpo.max_refill_rounds),
             TappedPool(self.pool, recorder), training_stream(self.dataset.tasks("train"), cfg),
             train_fn=lambda samples: self.trainer.train_step(samples, C.loss_config(cfg)),
             sync_fn=self._sync,

@@ -5,6 +5,10 @@ at least k - max_staleness, so while the trainer works on batch k the workers al
 k+1 .. k+s with the weights they have. Each step: collect batch k -> drop stale groups -> group
 advantages -> one optimizer step -> sync weights to every generation worker (version += 1).
 With max_staleness = 0 this is the synchronous, on-policy loop.
+
+Dynamic sampling (DAPO): groups whose rewards are all equal teach nothing (every advantage is 0);
+they are dropped (counted) and the batch is refilled with fresh groups played by the current
+policy, up to `max_refill_rounds` times, so each step trains on a full batch of signal.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from envs.dataset import Task
 from envs.pool import EnvWorkerPool
 from monitor.rollout_metrics import rollout_metrics
 from rollout.buffer import RolloutBuffer
+from rollout.shaping import filter_zero_variance_groups
 from rollout.trajectory import Trajectory
 from trainers.batching import TrainSample
 from trainers.grpo.advantages import compute_advantages
@@ -43,6 +48,12 @@ class TaskStream:
         self.position += 1
         return self.tasks[order[offset]]
 
+    def refill(self, batch_index: int, round_index: int, n: int) -> list[Task]:
+        """`n` tasks for a dynamic-sampling refill: a pure function of (seed, batch, round), so a
+        resumed run refills exactly as the uninterrupted one did, whatever was submitted ahead."""
+        rng = random.Random(f"{self.seed}/refill/{batch_index}/{round_index}")
+        return [self.tasks[i] for i in rng.sample(range(len(self.tasks)), min(n, len(self.tasks)))]
+
 
 @dataclass
 class PipelineSettings:
@@ -51,6 +62,8 @@ class PipelineSettings:
     group_size: int
     max_staleness: int
     advantage_estimator: str = "grpo"
+    dynamic_sampling: bool = False
+    max_refill_rounds: int = 2
     collect_timeout_s: float = 600.0
 
 
@@ -103,12 +116,12 @@ class GRPOPipeline:
                 self.pool.submit(task, self.s.group_size, f"b{k}-g{g}-{task.id}", batch_index=k)
             self.submitted_batches += 1
 
-    def _collect(self, batch_index: int) -> None:
+    def _collect(self, batch_index: int, num_groups: int) -> None:
         deadline = time.monotonic() + self.s.collect_timeout_s
-        while self.buffer.num_groups(batch_index) < self.groups_per_batch:
+        while self.buffer.num_groups(batch_index) < num_groups:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_index}: only {self.buffer.num_groups(batch_index)}/"
-                                   f"{self.groups_per_batch} groups after {self.s.collect_timeout_s:.0f}s "
+                                   f"{num_groups} groups after {self.s.collect_timeout_s:.0f}s "
                                    "(env workers or generation workers hung?)")
             for job, trajs in self.pool.collect(timeout_s=1.0, num_returns=1):
                 self.buffer.add_group(job.tags["batch_index"], trajs)
@@ -116,16 +129,15 @@ class GRPOPipeline:
     def step(self, step: int) -> dict[str, float]:
         t0 = time.monotonic()
         self._submit_ahead()
-        self._collect(step)
+        self._collect(step, self.groups_per_batch)
+        groups = self._take_ordered(step, self._batch_tasks.pop(step))
+        # Rollout metrics describe the policy on the tasks as drawn, before any filtering.
+        metrics = rollout_metrics([t for g in groups for t in g], current_version=self.version)
+        if self.s.dynamic_sampling:
+            groups = self._refill_flat_groups(step, groups, metrics)
         t_collected = time.monotonic()
-        # Submission order, not completion order: the batch (and so the update) is the same
-        # whichever env worker finishes first, which makes resumed runs repeat uninterrupted ones.
-        submitted = self._batch_tasks.pop(step)
-        groups = sorted(self._without_failed_episodes(self.buffer.take(step, self.version)),
-                        key=lambda g: submitted.index(g[0].task_id))
         trajs = [t for g in groups for t in g]
         self.trained_batches.append((step, [g[0].task_id for g in groups]))
-        metrics = rollout_metrics(trajs, current_version=self.version)
         if groups:
             metrics.update(self.train_fn(to_train_samples(groups, self.s.advantage_estimator)))
             self.buffer.mark_trained(trajs)
@@ -138,6 +150,36 @@ class GRPOPipeline:
                         "timing/sync_s": time.monotonic() - t_trained, "timing/step_s": time.monotonic() - t0,
                         "policy_version": float(self.version)})
         return metrics
+
+    def _take_ordered(self, batch_index: int, submitted: list[str]) -> list[list[Trajectory]]:
+        """The batch's usable groups in submission order, not completion order: the batch (and so
+        the update) is the same whichever env worker finishes first, so resumed runs repeat."""
+        return sorted(self._without_failed_episodes(self.buffer.take(batch_index, self.version)),
+                      key=lambda g: submitted.index(g[0].task_id))
+
+    def _refill_flat_groups(self, step: int, groups: list[list[Trajectory]],
+                            metrics: dict[str, float]) -> list[list[Trajectory]]:
+        """Drop zero-variance groups and play replacements, at most `max_refill_rounds` times."""
+        kept = self._drop_flat(groups)
+        rounds = 0
+        while len(kept) < self.groups_per_batch and rounds < self.s.max_refill_rounds:
+            tasks = self.tasks.refill(step, rounds, self.groups_per_batch - len(kept))
+            for j, task in enumerate(tasks):
+                self.pool.submit(task, self.s.group_size, f"b{step}-refill{rounds}-g{j}-{task.id}",
+                                 batch_index=step)
+            self._collect(step, len(tasks))
+            kept += self._drop_flat(self._take_ordered(step, [t.id for t in tasks]))
+            rounds += 1
+        metrics.update({"rollout/refill_rounds": float(rounds),
+                        "rollout/groups_with_signal": float(len(kept)),
+                        "rollout/groups_short": float(self.groups_per_batch - len(kept))})
+        return kept
+
+    def _drop_flat(self, groups: list[list[Trajectory]]) -> list[list[Trajectory]]:
+        kept, flat = filter_zero_variance_groups([t for g in groups for t in g])
+        self.buffer.drop(flat, "zero_variance")
+        kept_ids = {t.group_id for t in kept}
+        return [g for g in groups if g[0].group_id in kept_ids]
 
     def _without_failed_episodes(self, groups: list[list[Trajectory]]) -> list[list[Trajectory]]:
         """Groups with an infrastructure failure (engine died, env raised) are dropped, counted.
