@@ -7,7 +7,8 @@ The failure modes watched are the ones RL-for-LLM practitioners keep hitting:
 - truncation: most episodes hit the length limit, so their rewards say little;
 - sampler/trainer logprob mismatch: vLLM and the trainer disagree about the same weights; the
   off-policy bias grows until the run diverges (NeMo RL: token_mult_prob_error should stay < 1.05);
-- non-finite loss: NaN/Inf steps (the trainer skips and counts them); K in a row means the run is
+- non-finite loss: NaN/Inf steps (the trainer zeroes non-finite micro-batches and skips an update
+  with nothing finite, so a NaN never reaches the weights); K in a row means the run is
   broken, not unlucky.
 
 `HealthMonitor.check(metrics, step)` is pure bookkeeping over the metrics dict (no I/O), so each
@@ -27,7 +28,7 @@ from typing import Any
 from launch.config import MonitorConfig
 
 NONFINITE_KEYS = ("train/loss", "train/pg_loss", "train/grad_norm")
-SKIPPED_KEY = "train/nonfinite_skipped"  # counter a trainer may report when it skips a NaN step
+SKIPPED_KEY = "train/skipped_nonfinite"  # the trainer skips an update when no micro-batch loss is finite
 # Every non-finite step is its own event (a skipped update), not a persisting condition.
 ALWAYS_REPORTED = frozenset({"nonfinite_loss"})
 

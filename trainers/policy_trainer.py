@@ -199,6 +199,7 @@ class PolicyTrainerRank:
         state = MetricState()
         for _ in range(ppo_epochs):
             for k, (shard, bs) in enumerate(zip(shards, batches)):
+                finite = 0
                 for j, b in enumerate(bs):
                     logprobs, ent = self._forward(b, entropy="none" if b.is_placeholder else want_entropy)
                     if b.is_placeholder:  # keeps ZeRO collectives in step; contributes nothing
@@ -209,9 +210,19 @@ class PolicyTrainerRank:
                         b.mask, loss_cfg, sampler_logprobs=b.sampler_logprobs, ref_logprobs=refs[k][j],
                         entropy=ent, token_normalizer=shard.token_normalizer,
                         seq_normalizer=shard.seq_normalizer)
+                    if torch.isfinite(loss):
+                        finite += 1
+                    else:  # a NaN/Inf never reaches the weights: same collectives, zero gradient
+                        state.add("train/nonfinite_micro_batches", 1.0, "sum")
+                        loss = logprobs.sum() * 0.0
                     self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-                    self._record(state, m, num_updates)
+                    self._record(state, m, num_updates)  # the NaN loss is reported: the monitor counts it
                 state.add("train/lr", self.engine.get_lr()[0], "mean")
+                if not self._any_rank(finite > 0):
+                    # Nothing finite anywhere: the accumulated gradient is exactly zero, and an
+                    # Adam step on it would still move the weights along the old momentum.
+                    state.add("train/skipped_nonfinite", 1.0, "sum")
+                    continue
                 self.engine.step()
                 self.step += 1
                 grad_norm = self.engine.get_global_grad_norm()
@@ -228,6 +239,16 @@ class PolicyTrainerRank:
         state.add("train/peak_memory_gb", _peak_memory_gb(self.device), "max")
         state.add("train/optimizer_step", float(self.step), "max")
         return state
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True if `flag` holds on at least one rank (collective: every rank must call it)."""
+        if self.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        votes = torch.tensor([float(flag)], device=self.device)
+        dist.all_reduce(votes)
+        return votes.item() > 0
 
     @staticmethod
     def _record(state: MetricState, m: dict[str, float], num_updates: int) -> None:

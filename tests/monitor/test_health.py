@@ -76,7 +76,7 @@ def test_nonfinite_loss_stops_after_k_in_a_row():
 
 
 def test_trainer_skip_counter_counts_as_nonfinite():
-    alarms = run(HealthMonitor(MonitorConfig()), [{**healthy_step(0), "train/nonfinite_skipped": 1.0}])
+    alarms = run(HealthMonitor(MonitorConfig()), [{**healthy_step(0), "train/skipped_nonfinite": 1.0}])
     assert [a.check for a in alarms] == ["nonfinite_loss"]
 
 

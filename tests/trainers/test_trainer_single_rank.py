@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 import ray
+import torch
 
 from trainers.grpo.losses import PolicyLossConfig
 from trainers.group import PolicyTrainerGroup
@@ -81,6 +83,28 @@ def test_batch_without_signal_leaves_weights_alone(group, th):
     th.assert_params_close(group.gather_parameters(), before, atol=0.0, rtol=0.0)
     m = group.train_step(samples, PolicyLossConfig(kl_coef=0.1))
     assert m["train/skipped_no_signal"] == 0.0 and group.step == step0 + 1
+
+
+def test_nonfinite_loss_never_reaches_the_weights(group, th):
+    """A NaN micro-batch loss is reported (the health monitor counts it) but backpropagated as a
+    zero gradient; a step with nothing finite is skipped outright."""
+    samples = th.make_samples(15, 8)
+    th.set_on_policy(group, samples)
+    for s in samples:
+        s.advantage = math.nan
+    before, step0 = group.gather_parameters(), group.step
+    m = group.train_step(samples, CFG)
+    assert math.isnan(m["train/loss"]) and m["train/skipped_nonfinite"] == 1.0 and group.step == step0
+    assert m["train/nonfinite_micro_batches"] == m["train/num_micro_batches"] > 1
+    th.assert_params_close(group.gather_parameters(), before, atol=0.0, rtol=0.0)
+    for i, s in enumerate(samples):  # one poisoned sample among good ones: the step runs without it
+        s.advantage = math.nan if i == 0 else (-1.0) ** i
+    m = group.train_step(samples, CFG)
+    assert group.step == step0 + 1 and "train/skipped_nonfinite" not in m
+    assert 1 <= m["train/nonfinite_micro_batches"] < m["train/num_micro_batches"]
+    after = group.gather_parameters()
+    assert all(torch.isfinite(t).all() for t in after.values())
+    assert any(not torch.equal(after[n], before[n]) for n in before)
 
 
 def test_resume_equals_uninterrupted(group, tmp_path, th):
