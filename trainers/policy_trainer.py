@@ -197,6 +197,7 @@ class PolicyTrainerRank:
         want_entropy = "grad" if loss_cfg.entropy_coef else (
             "no_grad" if self.settings.log_entropy else "none")
         state = MetricState()
+        skipped = 0  # updates with nothing finite on any rank (every rank counts the same)
         for _ in range(ppo_epochs):
             for k, (shard, bs) in enumerate(zip(shards, batches)):
                 finite = 0
@@ -221,13 +222,15 @@ class PolicyTrainerRank:
                 if not self._any_rank(finite > 0):
                     # Nothing finite anywhere: the accumulated gradient is exactly zero, and an
                     # Adam step on it would still move the weights along the old momentum.
-                    state.add("train/skipped_nonfinite", 1.0, "sum")
+                    skipped += 1
                     continue
                 self.engine.step()
                 self.step += 1
                 grad_norm = self.engine.get_global_grad_norm()
                 if grad_norm is not None:
                     state.add("train/grad_norm", float(grad_norm), "mean")
+        if skipped:
+            state.add("train/skipped_nonfinite", float(skipped), "max")
         elapsed = time.perf_counter() - t0
         mbs = [mb for sh in shards for mb in sh.micro_batches]
         state.add("train/num_tokens", sum(mb.num_tokens for mb in mbs), "sum")

@@ -3,6 +3,8 @@ checkpoint, weight sync and export must see the full (gathered) parameters."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import ray
 import torch
@@ -72,6 +74,21 @@ def test_two_ranks_equal_one_full_batch(group, tiny_model_dir, th):
     assert [m["train/grad_norm"] for m in metrics] == pytest.approx(norms, rel=1e-4)
     assert [m["train/loss"] for m in metrics] == pytest.approx(losses, rel=1e-4, abs=1e-7)
     th.assert_params_close(group.gather_parameters(), want)
+
+
+def test_ranks_agree_on_skipping_a_nonfinite_step(group, th):
+    """The ranks vote: with nothing finite anywhere both skip; with one finite sample (on one rank
+    only) both step, and no NaN reaches the gathered weights. A rank deciding alone would hang."""
+    samples = th.make_samples(16, 2)  # two samples: one per rank
+    for s in samples:
+        s.advantage = math.nan
+    step0 = group.step
+    assert group.train_step(samples, CFG)["train/skipped_nonfinite"] == 1.0 and group.step == step0
+    samples[0].advantage = 1.0
+    m = group.train_step(samples, CFG)
+    assert group.step == step0 + 1 and "train/skipped_nonfinite" not in m
+    assert m["train/nonfinite_micro_batches"] >= 1
+    assert all(torch.isfinite(t).all() for t in group.gather_parameters().values())
 
 
 def test_resume_equals_uninterrupted(group, tmp_path, th):
