@@ -180,6 +180,8 @@ class SyncConfig(Section):
 
 class EvalConfig(Section):
     num_tasks: int = Field(200, gt=0, description="Held-out tasks evaluated after SFT and after GRPO.")
+    samples_per_task: int = Field(1, gt=0, description="Samples per held-out task in those evaluations: "
+                                  "pass@1 averages them; intervals treat tasks as the unit.")
     temperature: float = Field(1.0, ge=0, description="`labrl eval` only; a training run's held-out evals "
                                "sample at generation.temperature, the distribution GRPO optimises.")
 

@@ -24,6 +24,7 @@ from launch.run_state import CHECKPOINT_DIR, CONFIG_FILE, RunState, save_run_sta
 from models.loading import load_tokenizer, resolve_model_path
 from monitor.health import HealthMonitor, HealthStop
 from monitor.plots import plot_reward_success
+from monitor.rollout_metrics import mean_interval
 from monitor.run_logger import RunLogger
 from monitor.samples import SampleRecorder, TappedPool
 from monitor.step_monitor import StepMonitor
@@ -95,12 +96,12 @@ class TrainingRun:
         self.policy_dir = policy_dir
         self.start_policy(policy_dir)
         if not self.resume:
-            self.summary.update(evaluate(self.pool, self.heldout, "sft", progress=cfg.logging.progress_bar))
+            self.evaluate("sft")
             self.run_log.log(dict(self.summary), step=0)
         try:
             self.grpo()
-            self.summary.update(evaluate(self.pool, self.heldout, "grpo", progress=cfg.logging.progress_bar))
-            self.summary["grpo/improvement"] = self.summary["eval_grpo/pass@1"] - self.summary["eval_sft/pass@1"]
+            self.evaluate("grpo")
+            self.summary.update(self.improvement())
         except HealthStop as stop:  # unhealthy run: keep its state, weights and metrics
             logger.error("health alarm stopped the run: %s", stop)
             self.summary.update({"health/stopped": 1.0, "health/stopped_at_step": float(stop.alarms[0].step)})
@@ -111,6 +112,22 @@ class TrainingRun:
             raise
         self.finish()
         return self.summary
+
+    def evaluate(self, label: str) -> None:
+        """Held-out evaluation; per-task rates go to eval_<label>_tasks.json (for the paired test)."""
+        cfg = self.cfg
+        metrics, rates = evaluate(self.pool, self.heldout, label, cfg.eval.samples_per_task,
+                                  progress=cfg.logging.progress_bar)
+        self.summary.update(metrics)
+        rows = [{"task_id": t.id, "success_rate": r} for t, r in zip(self.heldout, rates)]
+        write_atomic(self.run_dir / f"eval_{label}_tasks.json", json.dumps(rows))
+
+    def improvement(self) -> dict[str, float]:
+        """GRPO minus SFT held-out success, with the 95% interval of the paired per-task differences."""
+        before, after = (json.loads((self.run_dir / f"eval_{label}_tasks.json").read_text())
+                         for label in ("sft", "grpo"))
+        diff, half = mean_interval([a["success_rate"] - b["success_rate"] for a, b in zip(after, before)])
+        return {"grpo/improvement": diff, "grpo/improvement_ci95": half}
 
     def behaviour_cloning(self, policy_dir: str) -> str:
         """Scripted-solver demonstrations through the env workers, then SFT; returns the new policy."""
@@ -241,6 +258,8 @@ class TrainingRun:
         logger.info("held-out success after SFT:  %.3f +- %.3f", s["eval_sft/pass@1"], s["eval_sft/ci95"])
         if "eval_grpo/pass@1" in s:
             logger.info("held-out success after GRPO: %.3f +- %.3f", s["eval_grpo/pass@1"], s["eval_grpo/ci95"])
+            logger.info("improvement: %+.3f +- %.3f (95%% interval of the per-task differences)",
+                        s["grpo/improvement"], s["grpo/improvement_ci95"])
         logger.info("run directory: %s", self.run_dir)
 
 

@@ -16,7 +16,7 @@ from statistics import fmean
 from typing import Any, Sequence
 
 from monitor.profiling import group_by_task, pass_at_k
-from monitor.rollout_metrics import success_interval
+from monitor.rollout_metrics import mean_interval
 from monitor.samples import submitted_answer
 from rollout.trajectory import Trajectory
 
@@ -72,7 +72,7 @@ def heldout_metrics(trajs: Sequence[Trajectory], k: int, prefix: str = "eval") -
     tasks = [evaluate_task(group, k) for group in group_by_task(trajs).values()]
     if not tasks:
         return {f"{prefix}/num_tasks": 0.0}, []
-    _, ci = success_interval(sum(t.success for t in trajs), len(trajs))
+    _, ci = mean_interval([t.pass_at_1 for t in tasks])  # tasks, not samples, are independent
     metrics = {
         f"{prefix}/num_tasks": float(len(tasks)),
         f"{prefix}/samples_per_task": float(k),

@@ -11,17 +11,28 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from statistics import fmean, pstdev
 
 from rollout.trajectory import Trajectory
 
 
-def success_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Rate and half-width of its normal-approximation 95% confidence interval."""
+def mean_interval(values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """Mean and normal-approximation 95% half-width, with one value per independent unit.
+
+    For held-out success the unit is the task: samples of one task are correlated (an easy task
+    is solved every time), so per-task rates, not pooled samples, give an honest interval. For
+    paired per-task differences (the same tasks before and after training) it is the paired test,
+    which removes the task-difficulty variance that dominates a comparison of two pooled rates.
+    """
+    n = len(values)
     if n == 0:
         return 0.0, 0.0
-    p = successes / n
-    return p, z * math.sqrt(max(p * (1 - p), 1e-12) / n)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, z * math.sqrt(var / n)
 
 
 def rollout_metrics(trajs: list[Trajectory], current_version: int | None = None,

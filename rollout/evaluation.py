@@ -10,7 +10,7 @@ from tqdm import tqdm
 from envs.dataset import Task
 from envs.pool import EnvWorkerPool
 from envs.registry import Solver
-from monitor.rollout_metrics import rollout_metrics, success_interval
+from monitor.rollout_metrics import mean_interval, rollout_metrics
 from rollout.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -33,11 +33,17 @@ def run_tasks(pool: EnvWorkerPool, tasks: list[Task], samples_per_task: int = 1,
     return [t for i in range(len(tasks)) for t in results[i]]
 
 
-def evaluate(pool: EnvWorkerPool, tasks: list[Task], label: str, progress: bool = True) -> dict[str, float]:
-    """pass@1 on `tasks` (one sample each) with its 95% confidence half-width, plus rollout metrics."""
-    trajs = run_tasks(pool, tasks, desc=f"eval {label}", progress=progress)
-    rate, half_width = success_interval(sum(t.success for t in trajs), len(trajs))
+def evaluate(pool: EnvWorkerPool, tasks: list[Task], label: str, samples_per_task: int = 1,
+             progress: bool = True) -> tuple[dict[str, float], list[float]]:
+    """pass@1 on `tasks` with a task-level 95% interval, plus rollout metrics; and the per-task
+    success rates in task order, for a paired comparison of two evaluations on the same tasks."""
+    k = samples_per_task
+    trajs = run_tasks(pool, tasks, k, desc=f"eval {label}", progress=progress)
+    per_task = [sum(t.success for t in trajs[i * k:(i + 1) * k]) / k for i in range(len(tasks))]
+    rate, half_width = mean_interval(per_task)
     metrics = rollout_metrics(trajs, prefix=f"eval_{label}")
-    metrics.update({f"eval_{label}/pass@1": rate, f"eval_{label}/ci95": half_width})
-    logger.info("held-out success %s: %.3f +- %.3f (n=%d)", label, rate, half_width, len(trajs))
-    return metrics
+    metrics.update({f"eval_{label}/pass@1": rate, f"eval_{label}/ci95": half_width,
+                    f"eval_{label}/samples_per_task": float(k)})
+    logger.info("held-out success %s: %.3f +- %.3f (%d tasks x %d samples)", label, rate, half_width,
+                len(tasks), k)
+    return metrics, per_task

@@ -106,7 +106,11 @@ def test_default_training_entrypoint_writes_a_complete_run_directory(cfg, cluste
     assert (run_dir / "reward_success.png").stat().st_size > 0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert sum("rollout/reward_mean" in r for r in rows) == 2
-    for key in ("eval_sft/pass@1", "eval_grpo/pass@1", "eval_sft/ci95", "grpo/improvement"):
+    for key in ("eval_sft/pass@1", "eval_grpo/pass@1", "eval_sft/ci95", "grpo/improvement_ci95"):
         assert key in summary
+    before, after = (json.loads((run_dir / f"eval_{label}_tasks.json").read_text()) for label in ("sft", "grpo"))
+    assert [r["task_id"] for r in before] == [r["task_id"] for r in after] and len(before) == cfg.eval.num_tasks
+    assert summary["grpo/improvement"] == pytest.approx(
+        sum(a["success_rate"] - b["success_rate"] for a, b in zip(after, before)) / len(before))
     assert json.loads((run_dir / "summary.json").read_text())["eval_grpo/pass@1"] == summary["eval_grpo/pass@1"]
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline files missing"

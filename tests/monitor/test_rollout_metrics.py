@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from monitor.rollout_metrics import rollout_metrics, step_timing_metrics
+from monitor.rollout_metrics import mean_interval, rollout_metrics, step_timing_metrics
 from tests.monitor.synthetic import traj
 
 
@@ -77,3 +79,20 @@ def test_step_timing_metrics():
     assert t == {"timing/idle_s": 1.0, "timing/idle_frac": 0.25, "timing/rollout_tokens_per_s": 200.0,
                  "timing/train_tokens_per_s": 123.0}
     assert step_timing_metrics({}) == {}
+
+
+def test_mean_interval_by_hand():
+    mean, half = mean_interval([1.0, 0.0, 1.0, 0.0])
+    assert mean == 0.5 and half == pytest.approx(1.96 * math.sqrt((4 * 0.25 / 3) / 4))
+    assert mean_interval([]) == (0.0, 0.0) and mean_interval([0.7]) == (0.7, 0.0)
+
+
+def test_paired_interval_removes_task_difficulty():
+    """Same tasks before and after: easy tasks stay solved, hard ones unsolved, a few flip to
+    solved. Pooled rates barely separate; the paired per-task differences clearly do."""
+    before = [1.0] * 40 + [0.0] * 40 + [0.0] * 20
+    after = [1.0] * 40 + [0.0] * 40 + [1.0] * 10 + [0.0] * 10
+    (b, hb), (a, ha) = mean_interval(before), mean_interval(after)
+    diff, half = mean_interval([x - y for x, y in zip(after, before)])
+    assert diff == pytest.approx(a - b) == pytest.approx(0.1)
+    assert a - b < hb + ha and half < diff  # separated only by the paired test
