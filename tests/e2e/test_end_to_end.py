@@ -21,8 +21,9 @@ SMALL = ["sft.num_demos=48", "sft.steps=10", "grpo.num_steps=2", "grpo.batch_siz
          "grpo.group_size=4", "eval.num_tasks=8", "env.num_train_tasks=64", "env.num_heldout_tasks=8",
          "logging.progress_bar=false", "generation.max_model_len=512", "trainer.zero_stage=1",
          # An untrained policy earns reward 0 everywhere, so group advantages are all zero; the
-         # entropy bonus keeps the optimizer steps real (weights must move for the sync checks).
-         "grpo.entropy_coef=0.01",
+         # entropy bonus keeps the optimizer steps real (weights must move for the sync checks),
+         # and dynamic sampling, which drops zero-variance groups, must not throw them away.
+         "grpo.entropy_coef=0.01", "grpo.dynamic_sampling=false",
          # vLLM prompt logprobs are those of the raw model (temperature 1); compare like with like.
          "generation.temperature=1.0"]
 
