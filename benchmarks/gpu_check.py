@@ -197,10 +197,8 @@ def _answer(outbox: Any, child: Any, timeout_s: float = 120.0) -> Any:
 
 def ipc_sync(shape: str, model_path: str | None, bucket_mb: int, floor_gb_s: float) -> dict[str, Any]:
     """Sync sender -> receiver process over CUDA IPC; time it; check the receiver's logprobs."""
-    from torch.multiprocessing.reductions import reduce_tensor
-
     from actors.weight_sync.buckets import entries_to_wire, pack_buckets
-    from actors.weight_sync.cuda_ipc import device_uuid
+    from actors.weight_sync.cuda_ipc import device_uuid, ipc_bucket
 
     ctx = mp.get_context("spawn")
     inbox, outbox = ctx.Queue(), ctx.Queue()
@@ -227,9 +225,7 @@ def ipc_sync(shape: str, model_path: str | None, bucket_mb: int, floor_gb_s: flo
     def ship(index: int, buf: Any, entries: list) -> None:  # what CudaIpcSender._ship sends
         used = entries[-1].offset + entries[-1].nbytes
         torch.cuda.synchronize()
-        rebuild, args = reduce_tensor(buf[:used])
-        inbox.put(pickle.dumps({"handle": pickle.dumps((rebuild, args)), "device_uuid": uuid,
-                                "entries": entries_to_wire(entries)}))
+        inbox.put(pickle.dumps(ipc_bucket(buf[:used], uuid, entries_to_wire(entries))))
         if _answer(outbox, child) != "ok":
             raise RuntimeError(f"receiver failed on bucket {index}")
 

@@ -96,11 +96,11 @@ class TrainingRun:
         self.policy_dir = policy_dir
         self.start_policy(policy_dir)
         if not self.resume:
-            self.evaluate("sft")
+            self.evaluate_heldout("sft")
             self.run_log.log(dict(self.summary), step=0)
         try:
             self.grpo()
-            self.evaluate("grpo")
+            self.evaluate_heldout("grpo")
             self.summary.update(self.improvement())
         except HealthStop as stop:  # unhealthy run: keep its state, weights and metrics
             logger.error("health alarm stopped the run: %s", stop)
@@ -113,7 +113,7 @@ class TrainingRun:
         self.finish()
         return self.summary
 
-    def evaluate(self, label: str) -> None:
+    def evaluate_heldout(self, label: str) -> None:
         """Held-out evaluation; per-task rates go to eval_<label>_tasks.json (for the paired test)."""
         cfg = self.cfg
         metrics, rates = evaluate(self.pool, self.heldout, label, cfg.eval.samples_per_task,

@@ -10,7 +10,8 @@ from tqdm import tqdm
 from envs.dataset import Task
 from envs.pool import EnvWorkerPool
 from envs.registry import Solver
-from monitor.rollout_metrics import mean_interval, rollout_metrics
+from monitor.eval_stats import heldout_metrics
+from monitor.rollout_metrics import rollout_metrics
 from rollout.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -35,15 +36,12 @@ def run_tasks(pool: EnvWorkerPool, tasks: list[Task], samples_per_task: int = 1,
 
 def evaluate(pool: EnvWorkerPool, tasks: list[Task], label: str, samples_per_task: int = 1,
              progress: bool = True) -> tuple[dict[str, float], list[float]]:
-    """pass@1 on `tasks` with a task-level 95% interval, plus rollout metrics; and the per-task
-    success rates in task order, for a paired comparison of two evaluations on the same tasks."""
-    k = samples_per_task
-    trajs = run_tasks(pool, tasks, k, desc=f"eval {label}", progress=progress)
-    per_task = [sum(t.success for t in trajs[i * k:(i + 1) * k]) / k for i in range(len(tasks))]
-    rate, half_width = mean_interval(per_task)
+    """Held-out metrics (pass@1 with a task-level 95% interval, pass@k, maj@k, rollout metrics);
+    and the per-task success rates in task order, for a paired comparison on the same tasks."""
+    trajs = run_tasks(pool, tasks, samples_per_task, desc=f"eval {label}", progress=progress)
     metrics = rollout_metrics(trajs, prefix=f"eval_{label}")
-    metrics.update({f"eval_{label}/pass@1": rate, f"eval_{label}/ci95": half_width,
-                    f"eval_{label}/samples_per_task": float(k)})
-    logger.info("held-out success %s: %.3f +- %.3f (%d tasks x %d samples)", label, rate, half_width,
-                len(tasks), k)
-    return metrics, per_task
+    summary, per_task = heldout_metrics(trajs, samples_per_task, prefix=f"eval_{label}")
+    metrics.update(summary)
+    logger.info("held-out success %s: %.3f +- %.3f (%d tasks x %d samples)", label,
+                metrics[f"eval_{label}/pass@1"], metrics[f"eval_{label}/ci95"], len(tasks), samples_per_task)
+    return metrics, [t.pass_at_1 for t in per_task]

@@ -48,12 +48,17 @@ class CudaIpcSender(StreamingSender):
                                       f"{self.uuid}; {label} uses {uuids or 'no GPU'} (use nccl)")
 
     def _ship(self, index: int, data: torch.Tensor, wire: list[list]) -> None:
-        from torch.multiprocessing.reductions import reduce_tensor
-
-        rebuild, args = reduce_tensor(data)
-        bucket = {"handle": pickle.dumps((rebuild, args)), "device_uuid": self.uuid, "entries": wire}
+        bucket = ipc_bucket(data, self.uuid, wire)
         wait_all(self._call_all("receive_bucket", "cuda_ipc", bucket, self.timeout_s),
                  rpc_deadline(self.timeout_s), f"receive bucket {index} (cuda_ipc)")
+
+
+def ipc_bucket(data: torch.Tensor, uuid: str, wire: list[list]) -> dict[str, Any]:
+    """One bucket as the worker receives it: a pickled CUDA IPC handle of `data` and its entries."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    rebuild, args = reduce_tensor(data)
+    return {"handle": pickle.dumps((rebuild, args)), "device_uuid": uuid, "entries": wire}
 
 
 def worker_open_bucket(bucket: dict[str, Any], device: torch.device) -> list[tuple[str, torch.Tensor]]:
