@@ -18,6 +18,9 @@ Weight updates: `update_weights` (one-shot transports) or `begin_update` / `rece
 The served version changes only after a successful reload; a reload that fails after vLLM's
 weights were touched marks the worker unhealthy (generate raises `WorkerUnhealthyError`) because
 its weights are then neither version.
+
+Colocated mode (engine and trainer rank on one GPU): `sleep` / `wake_up` free and restore vLLM's
+memory around the trainer's step (launch/run.py drives them).
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class GenerationWorker:
         self.startup_s = 0.0
         self.engine_workers: list[dict[str, Any]] = []
         self.resubmitted = 0  # requests aborted by a weight update (pause_mode="abort") and rerun
+        self.asleep: set[str] = set()  # vLLM memory tags released by sleep(): "weights", "kv_cache"
+        self._weights_discarded = False  # by a level-2 sleep, until a weight update refills them
         self._start_lock = asyncio.Lock()
         self._update_lock = asyncio.Lock()
 
@@ -114,6 +119,7 @@ class GenerationWorker:
             dtype=cfg.dtype, seed=cfg.seed, enforce_eager=cfg.enforce_eager,
             tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
             kv_cache_memory_bytes=kv_bytes, worker_extension_cls=EXTENSION,
+            enable_sleep_mode=cfg.enable_sleep_mode and current_platform.is_sleep_mode_available(),
             # The sampled token's logprob under the distribution it was sampled from (logits /
             # temperature; top-p 1): the trainer recomputes log_softmax(logits / temperature).
             logprobs_mode="processed_logprobs", disable_log_stats=True)
@@ -144,7 +150,7 @@ class GenerationWorker:
     async def health(self) -> dict[str, Any]:
         return {"name": self.name, "healthy": self.update.healthy, "reason": self.update.reason,
                 "version": self.version, "in_flight": self.gate.in_flight, "resubmitted": self.resubmitted,
-                "pause_mode": self.gate.mode}
+                "pause_mode": self.gate.mode, "asleep": sorted(self.asleep)}
 
     async def set_pause_mode(self, mode: PauseMode) -> None:
         """"wait": a weight update waits for in-flight requests (each output is from one version;
@@ -213,11 +219,22 @@ class GenerationWorker:
         return await self.gate.pause(self.engine, timeout_s)
 
     async def resume(self) -> float:
-        """Admit requests again; returns how long generation was paused."""
-        return self.gate.resume()
+        """Admit requests again; returns how long generation was paused (0 while asleep: only
+        `wake_up` resumes a sleeping engine)."""
+        return 0.0 if self.asleep else self.gate.resume()
+
+    async def _pause_for_update(self, timeout_s: float) -> float:
+        """A sleeping engine is already paused and drained; its weights must be awake to load."""
+        if "weights" in self.asleep:
+            raise RuntimeError(f"{self.name}: its weights are asleep; call wake_up(['weights']) before a "
+                               f"weight update (still serving version {self.version})")
+        return 0.0 if self.asleep else await self.pause(timeout_s)
 
     async def _resume_after_reload(self) -> float:
-        """Cached prefixes hold KV computed with the old weights: drop them, then admit requests."""
+        """Cached prefixes hold KV computed with the old weights: drop them, then admit requests.
+        While the KV cache is asleep there is no cache, and `wake_up` admits requests."""
+        if self.asleep:
+            return 0.0
         try:
             await asyncio.wait_for(self.engine.reset_prefix_cache(), 60.0)
         except Exception as err:  # noqa: BLE001 - stale cache must not serve silently
@@ -238,7 +255,7 @@ class GenerationWorker:
             self.update.check_can_update(self.version, version)
             check_full_manifest(self.name, [e[1:] for e in payload["entries"]], self.spec, self.optional)
             await self.ready()
-            drain_s = await self.pause(left())
+            drain_s = await self._pause_for_update(left())
             t0 = time.perf_counter()
             try:
                 result = (await self.update.run(self.engine, "labrl_reload_shm", (payload,), left(),
@@ -246,7 +263,7 @@ class GenerationWorker:
                 if result.get("refused"):  # failed before any weight was touched: not fatal
                     raise RuntimeError(f"{self.name} refused the weight update (still serving version "
                                        f"{self.version}): {result['refused']}")
-                self.version = version
+                self.version, self._weights_discarded = version, False
             finally:
                 reload_rpc_s = time.perf_counter() - t0
                 pause_s = await self._resume_after_reload()
@@ -258,7 +275,7 @@ class GenerationWorker:
         """Streaming update, step 1: pause and put vLLM's layers into loadable form."""
         async with self._update_lock:
             self.update.check_can_update(self.version, version)
-            await self.pause(timeout_s)
+            await self._pause_for_update(timeout_s)
             try:
                 await self.update.run(self.engine, "labrl_begin_update", (), timeout_s,
                                       f"begin update to version {version}", fatal=True)
@@ -292,7 +309,7 @@ class GenerationWorker:
                 self.update.mark_unhealthy(f"update to version {version} missed {len(missing)} parameters, "
                                            f"e.g. {missing[:3]}")
                 raise RuntimeError(f"{self.name}: {self.update.reason}; worker marked unhealthy")
-            self.version = version
+            self.version, self._weights_discarded = version, False
         finally:
             self.update.close()
             pause_s = await self._resume_after_reload()
@@ -308,6 +325,59 @@ class GenerationWorker:
             self.update.close()
             self.update.mark_unhealthy(f"update aborted mid-stream: {reason}")
             await self._resume_after_reload()
+
+    # ---- colocated mode: give the GPU to the trainer between rollouts --------------------------
+    async def sleep(self, level: int = 1, timeout_s: float = 300.0) -> dict[str, float]:
+        """Drain admitted requests, then release vLLM's memory. Level 1 moves the weights to host
+        memory and drops the KV cache; level 2 drops the weights too (cheaper: the weight sync after
+        the trainer's step refills them anyway). Requests that arrive while asleep wait for
+        `wake_up`. On CPU vLLM keeps its memory (it logs that it ignores sleep); the protocol is the
+        same, so the orchestration is tested here."""
+        if level not in (1, 2):
+            raise ValueError(f"{self.name}: sleep level must be 1 or 2, got {level}")
+        async with self._update_lock:
+            if self.asleep:
+                raise RuntimeError(f"{self.name} is already asleep ({sorted(self.asleep)})")
+            self.update.check_healthy()
+            drain_s = await self.pause(timeout_s)
+            free_before = await self._free_device_bytes()
+            t0 = time.perf_counter()
+            try:
+                await asyncio.wait_for(self.engine.sleep(level), timeout_s)
+            except BaseException as err:  # memory half released: never serve from it again
+                self.update.mark_unhealthy(f"sleep(level={level}) failed: {type(err).__name__}: {err}")
+                raise
+            self.asleep = {"weights", "kv_cache"}
+            self._weights_discarded = level == 2
+            out = {"drain_s": drain_s, "sleep_s": time.perf_counter() - t0}
+            free_after = await self._free_device_bytes()
+        if free_before is not None and free_after is not None:
+            out["freed_gb"] = (free_after - free_before) / 1e9
+        return out
+
+    async def _free_device_bytes(self) -> int | None:
+        """Free GPU memory summed over the engine's devices; None on CPU."""
+        free = [w["free_bytes"] for w in await self.engine.collective_rpc("labrl_worker_info")]
+        return None if None in free else sum(free)
+
+    async def wake_up(self, tags: list[str] | None = None, timeout_s: float = 300.0) -> dict[str, float]:
+        """Restore `tags` (None: all). Colocated order: wake "weights", sync, then wake
+        "kv_cache"; requests are admitted again once everything is back."""
+        unknown = set(tags or ()) - {"weights", "kv_cache"}
+        if unknown or not self.asleep:
+            raise RuntimeError(f"{self.name}: cannot wake {tags} (unknown tags {sorted(unknown)}; "
+                               f"asleep: {sorted(self.asleep)})")
+        async with self._update_lock:
+            t0 = time.perf_counter()
+            await asyncio.wait_for(self.engine.wake_up(tags), timeout_s)
+            self.asleep -= set(tags or self.asleep)
+            paused_s = 0.0
+            if not self.asleep:
+                if self._weights_discarded:
+                    self.update.mark_unhealthy("woke from a level-2 sleep without a weight update: its "
+                                               "weights were discarded")
+                paused_s = self.gate.resume()
+        return {"wake_s": time.perf_counter() - t0, "paused_s": paused_s}
 
     async def nccl_init(self, info: dict[str, Any], timeout_s: float = 300.0) -> None:
         """Join the trainer's weight-broadcast NCCL group (one rank per vLLM worker process)."""

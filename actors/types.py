@@ -54,7 +54,8 @@ class EngineConfig:
 
     `kv_cache_gb` is the CPU KV cache (VLLM_CPU_KVCACHE_SPACE); on GPUs `gpu_memory_utilization`
     applies instead. fp32 + eager is the CPU default; GPU runs would use bfloat16 and
-    enforce_eager=False.
+    enforce_eager=False. `enable_sleep_mode` lets `GenerationWorker.sleep` release GPU memory
+    (vLLM's cumem allocator); platforms without it (CPU) keep their memory while "asleep".
     """
 
     model_path: str
@@ -65,6 +66,7 @@ class EngineConfig:
     enforce_eager: bool = True
     dtype: str = "float32"
     seed: int = 0
+    enable_sleep_mode: bool = False
 
 
 class WorkerUnhealthyError(RuntimeError):

@@ -156,8 +156,9 @@ class LabrlWorkerExtension:
         import torch
 
         device = getattr(self, "device", None)
-        uuid = None
+        uuid = free = None
         if isinstance(device, torch.device) and device.type == "cuda":
             uuid = str(torch.cuda.get_device_properties(device).uuid)
+            free = int(torch.cuda.mem_get_info(device)[0])
         return {"pid": os.getpid(), "device": str(device or "cpu"), "gpu_uuid": uuid,
-                "rank": int(self.parallel_config.rank)}
+                "rank": int(self.parallel_config.rank), "free_bytes": free}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import ray
@@ -73,7 +74,7 @@ def make_generation_workers(cfg: LabrlConfig, model_dir: str, indices: list[int]
     engine = EngineConfig(model_path=model_dir, max_model_len=g.max_model_len, kv_cache_gb=g.kv_cache_gb,
                           gpu_memory_utilization=g.gpu_memory_utilization,
                           tensor_parallel_size=g.tensor_parallel_size, enforce_eager=g.enforce_eager,
-                          dtype=cfg.model.dtype, seed=cfg.seed)
+                          dtype=cfg.model.dtype, seed=cfg.seed, enable_sleep_mode=g.sleep_level > 0)
     def options(i: int) -> dict:
         if placement is None:
             return {"num_cpus": g.cpus_per_worker, "num_gpus": g.gpus_per_worker}
@@ -120,6 +121,32 @@ def sync_weights(trainer: PolicyTrainerGroup, workers: list, version: int, cfg: 
                                  cfg.sync.timeout_s)
     return {f"sync/{k}": float(v) for k, v in dataclasses.asdict(stats).items()
             if isinstance(v, (int, float))}
+
+
+def sleep_engines(workers: list, level: int, timeout_s: float) -> dict[str, float]:
+    """Colocated mode, before a trainer step: every engine drains and releases its GPU memory."""
+    t0 = time.perf_counter()
+    out = _get_all([w.sleep.remote(level, timeout_s) for w in workers], timeout_s, f"sleep(level={level})")
+    metrics = {"colocate/sleep_s": time.perf_counter() - t0}
+    if all("freed_gb" in o for o in out):  # GPU engines: what the trainer gained
+        metrics["colocate/freed_gb"] = sum(o["freed_gb"] for o in out)
+    return metrics
+
+
+def wake_engines(workers: list, tags: list[str], timeout_s: float) -> dict[str, float]:
+    """Colocated mode, around the weight sync: wake "weights", sync, then wake "kv_cache"."""
+    t0 = time.perf_counter()
+    out = _get_all([w.wake_up.remote(tags, timeout_s) for w in workers], timeout_s, f"wake_up({tags})")
+    key = "_".join(tags)
+    return {f"colocate/wake_{key}_s": time.perf_counter() - t0,
+            "colocate/generation_paused_s": max(o["paused_s"] for o in out)}
+
+
+def _get_all(refs: list, timeout_s: float, what: str) -> list:
+    try:
+        return ray.get(refs, timeout=timeout_s + 30)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"generation workers: {what} did not finish within {timeout_s + 30:.0f} s") from None
 
 
 def answers(actor, timeout_s: float = 10.0) -> bool:

@@ -84,6 +84,11 @@ class GenerationConfig(Section):
     kv_cache_gb: float = Field(1.0, gt=0, description="CPU KV cache (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = Field(0.5, gt=0, lt=1)
     enforce_eager: bool = True
+    sleep_level: Literal[0, 1, 2] = Field(
+        0, description="placement.mode=colocated: engines sleep while the trainer steps, giving it their "
+                       "GPU memory. 1: weights to host memory, KV cache dropped; 2: weights dropped too "
+                       "(the weight sync after the step refills them; cheapest). 0: engines stay resident, "
+                       "so their memory and the trainer's must fit side by side. Needs rollout.max_staleness=0.")
 
     @model_validator(mode="after")
     def _check_gpu_layout(self) -> "GenerationConfig":
@@ -291,9 +296,16 @@ class LabrlConfig(Section):
     @model_validator(mode="after")
     def _check_colocation(self) -> "LabrlConfig":
         """Colocated engines live inside trainer ranks' bundles: one engine per rank, one GPU shared."""
+        g, t = self.generation, self.trainer
+        if g.sleep_level and self.placement.mode != "colocated":
+            raise ValueError(f"generation.sleep_level={g.sleep_level} frees GPU memory for a trainer sharing the "
+                             "GPU: it needs placement.mode=colocated")
+        if g.sleep_level and self.rollout.max_staleness:
+            raise ValueError(f"generation.sleep_level={g.sleep_level}: engines sleep while the trainer steps, so "
+                             f"nothing can generate ahead; set rollout.max_staleness=0 (got "
+                             f"{self.rollout.max_staleness})")
         if self.placement.mode != "colocated":
             return self
-        g, t = self.generation, self.trainer
         if g.tensor_parallel_size > 1:
             raise ValueError("placement.mode=colocated needs generation.tensor_parallel_size=1 (an engine "
                              "shares a single trainer rank's GPU)")

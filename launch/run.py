@@ -63,6 +63,7 @@ class TrainingRun:
         self.summary: dict[str, float] = dict(resume.summary) if resume else {}
         self.pool = self.trainer = self.run_log = self.placement = None
         self.gen_workers: list = []
+        self._sleeping: list[int] = []  # engines asleep for the trainer step (colocated mode)
         self.version = resume.policy_version if resume else 0
         # Called after every GRPO step with (step, metrics): periodic work and fault-injection tests.
         self.step_hooks: list = []
@@ -175,23 +176,41 @@ class TrainingRun:
                              dynamic_sampling=cfg.grpo.dynamic_sampling,
                              max_refill_rounds=cfg.grpo.max_refill_rounds),
             TappedPool(self.pool, recorder), training_stream(self.dataset.tasks("train"), cfg),
-            train_fn=lambda samples: self.trainer.train_step(samples, C.loss_config(cfg)),
+            train_fn=self._train_step,
             sync_fn=self._sync,
             log_fn=StepMonitor(self.run_log, HealthMonitor(cfg.monitor), recorder),
             start_step=self.version)
         self._run_with_progress(pipeline)
 
+    def _train_step(self, samples: list) -> dict[str, float]:
+        """One optimizer step; colocated engines sleep through it (generation.sleep_level)."""
+        metrics: dict[str, float] = {}
+        level = self.cfg.generation.sleep_level
+        if level:
+            metrics.update(C.sleep_engines(self.gen_workers, level, self.cfg.sync.timeout_s))
+            self._sleeping = list(range(len(self.gen_workers)))
+        metrics.update(self.trainer.train_step(samples, C.loss_config(self.cfg)))
+        return metrics
+
     def _sync(self, version: int) -> dict[str, float]:
         replaced = self._replace_dead_generation_workers()
-        metrics = C.sync_weights(self.trainer, self.gen_workers, version, self.cfg)
+        # Sleeping engines load the new weights before their KV cache comes back (and with it,
+        # admission): colocated, the trainer's memory is only freed by then.
+        sleeping = [self.gen_workers[i] for i in self._sleeping if i not in replaced]
+        self._sleeping = []
+        metrics = C.wake_engines(sleeping, ["weights"], self.cfg.sync.timeout_s) if sleeping else {}
+        metrics.update(C.sync_weights(self.trainer, self.gen_workers, version, self.cfg))
+        if sleeping:
+            metrics.update(C.wake_engines(sleeping, ["kv_cache"], self.cfg.sync.timeout_s))
         if replaced:  # route to the new engines only once they serve the current weights
             self.pool.set_router(GenerationRouter(self.gen_workers))
         self.version = version
-        metrics["fault/generation_workers_replaced"] = float(replaced)
+        metrics["fault/generation_workers_replaced"] = float(len(replaced))
         return metrics
 
-    def _replace_dead_generation_workers(self) -> int:
-        """A generation worker that no longer answers is replaced by a fresh engine."""
+    def _replace_dead_generation_workers(self) -> list[int]:
+        """A generation worker that no longer answers is replaced by a fresh engine; returns the
+        indices replaced."""
         dead = [i for i, w in enumerate(self.gen_workers) if not C.answers(w)]
         for i in dead:
             logger.warning("generation worker %d is gone; starting a replacement", i)
@@ -200,7 +219,7 @@ class TrainingRun:
         if dead:
             C.wait_ready([self.gen_workers[i] for i in dead], "replacement generation workers",
                          timeout_s=self.cfg.placement.ready_timeout_s)
-        return len(dead)
+        return dead
 
     def _run_with_progress(self, pipeline: GRPOPipeline) -> None:
         from tqdm import tqdm

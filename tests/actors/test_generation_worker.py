@@ -202,6 +202,45 @@ def test_failed_sync_keeps_old_version(worker, sender, hf_model, tokenizer):
     assert ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT) == served
 
 
+def test_colocated_sleep_sync_wake_cycle(worker, sender, hf_model, tokenizer):
+    """The colocated step: drain and sleep, wake the weights, sync, wake the KV cache. Requests
+    made while asleep wait and then run on the new weights; the order is enforced."""
+    prompt = sample_ids(tokenizer)
+    running = worker.generate.remote(prompt, SamplingSpec(max_tokens=48, seed=0))
+    time.sleep(0.2)
+    slept = ray.get(worker.sleep.remote(1), timeout=TIMEOUT)
+    assert ray.get(running, timeout=1).policy_version == 3  # drained before sleeping, not aborted
+    assert len(ray.get(running).token_ids) == 48 and slept["sleep_s"] >= 0
+    assert ray.get(worker.health.remote())["asleep"] == ["kv_cache", "weights"]
+    waiting = worker.generate.remote(prompt, SamplingSpec(max_tokens=8, seed=1))
+    with pytest.raises(RuntimeError, match="already asleep"):
+        ray.get(worker.sleep.remote(1), timeout=TIMEOUT)
+    perturb(hf_model, seed=5)
+    with pytest.raises(WeightSyncError, match="weights are asleep"):
+        sender.send(hf_model.named_parameters(), version=4)
+    ray.get(worker.wake_up.remote(["weights"]), timeout=TIMEOUT)
+    assert sender.send(hf_model.named_parameters(), version=4).version == 4
+    ready, _ = ray.wait([waiting], timeout=1.0)
+    assert not ready, "a request ran while the KV cache was asleep"
+    woke = ray.get(worker.wake_up.remote(["kv_cache"]), timeout=TIMEOUT)
+    assert woke["paused_s"] > 1.0
+    assert ray.get(waiting, timeout=TIMEOUT).policy_version == 4
+    ids = prompt + ray.get(waiting).token_ids
+    got = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
+    assert max(abs(a - b) for a, b in zip(got, hf_logprobs(hf_model, ids))) < 1e-3
+    assert ray.get(worker.health.remote())["asleep"] == []
+
+
+def test_level2_sleep_without_weight_update_marks_unhealthy(worker, tokenizer):
+    """Level 2 discards the weights: waking without a sync must not serve them silently."""
+    ray.get(worker.sleep.remote(2), timeout=TIMEOUT)
+    ray.get(worker.wake_up.remote(None), timeout=TIMEOUT)
+    health = ray.get(worker.health.remote())
+    assert not health["healthy"] and "level-2 sleep" in health["reason"]
+    with pytest.raises(Exception, match="unhealthy"):
+        ray.get(worker.generate.remote(sample_ids(tokenizer), SamplingSpec(max_tokens=4)), timeout=TIMEOUT)
+
+
 def test_sync_to_killed_worker_names_it(worker, sender, hf_model):
     ray.kill(worker)
     time.sleep(1.0)

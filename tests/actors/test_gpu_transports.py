@@ -6,6 +6,9 @@ GPU is tested everywhere.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import ray
 import torch
@@ -42,32 +45,58 @@ class TrainerStub:
         return [0.0] + [logp[i, t].item() for i, t in enumerate(ids[1:])]
 
 
-def _roundtrip(tiny_model_dir: str, transport: str, worker_gpus: float, trainer_gpus: float) -> None:
+@contextlib.contextmanager
+def _gpu_worker(tiny_model_dir: str, num_gpus: float, name: str, **engine: object) -> Iterator[object]:
     from actors.generation import GenerationWorker
     from actors.types import EngineConfig
 
     worker = GenerationWorker.as_actor(EngineConfig(model_path=tiny_model_dir, max_model_len=256,
-                                                    gpu_memory_utilization=0.3), num_gpus=worker_gpus,
-                                       name=f"gpu-{transport}")
+                                                    gpu_memory_utilization=0.3, **engine),
+                                       num_gpus=num_gpus, name=name)
     try:
         ray.get(worker.ready.remote(), timeout=600)
-        trainer = TrainerStub.options(num_gpus=trainer_gpus).remote(tiny_model_dir, transport, [worker])
-        for version in (1, 2):
-            stats = ray.get(trainer.sync.remote(version, seed=version), timeout=300)
-            assert stats.version == version and stats.num_buckets > 1
-        assert ray.get(worker.policy_version.remote()) == 2
-        ids = [1, 5, 9, 2, 7, 3, 8, 6, 10, 11]
-        got = ray.get(worker.prompt_logprobs.remote(ids))
-        want = ray.get(trainer.logprobs.remote(ids))
-        assert max(abs(a - b) for a, b in zip(got, want)) < 2e-3
+        yield worker
     finally:
         ray.get(worker.shutdown.remote(), timeout=120)
         ray.kill(worker)
 
 
+def _assert_serves_trainer_weights(worker, trainer) -> None:
+    ids = [1, 5, 9, 2, 7, 3, 8, 6, 10, 11]
+    got = ray.get(worker.prompt_logprobs.remote(ids))
+    want = ray.get(trainer.logprobs.remote(ids))
+    assert max(abs(a - b) for a, b in zip(got, want)) < 2e-3
+
+
+def _roundtrip(tiny_model_dir: str, transport: str, worker_gpus: float, trainer_gpus: float) -> None:
+    with _gpu_worker(tiny_model_dir, worker_gpus, f"gpu-{transport}") as worker:
+        trainer = TrainerStub.options(num_gpus=trainer_gpus).remote(tiny_model_dir, transport, [worker])
+        for version in (1, 2):
+            stats = ray.get(trainer.sync.remote(version, seed=version), timeout=300)
+            assert stats.version == version and stats.num_buckets > 1
+        assert ray.get(worker.policy_version.remote()) == 2
+        _assert_serves_trainer_weights(worker, trainer)
+
+
 @needs_gpu
 def test_cuda_ipc_colocated_sync_matches_hf(ray_local, tiny_model_dir):
     _roundtrip(tiny_model_dir, "cuda_ipc", worker_gpus=0.4, trainer_gpus=0.4)
+
+
+@needs_gpu
+@pytest.mark.parametrize("level", [1, 2])
+def test_colocated_sleep_frees_gpu_memory_and_sync_refills(ray_local, tiny_model_dir, level):
+    """The colocated step on one GPU: sleep frees the engine's memory (KV cache, and the weights),
+    the weights wake, a cuda_ipc sync loads the trainer's, the KV cache wakes, logprobs match."""
+    with _gpu_worker(tiny_model_dir, 0.4, f"gpu-sleep-{level}", enable_sleep_mode=True) as worker:
+        trainer = TrainerStub.options(num_gpus=0.4).remote(tiny_model_dir, "cuda_ipc", [worker])
+        slept = ray.get(worker.sleep.remote(level), timeout=300)
+        assert slept["freed_gb"] > 1.0, slept  # 0.3 of the GPU was reserved, mostly KV cache
+        ray.get(worker.wake_up.remote(["weights"]), timeout=300)
+        assert ray.get(trainer.sync.remote(1, seed=1), timeout=300).version == 1
+        ray.get(worker.wake_up.remote(["kv_cache"]), timeout=300)
+        assert ray.get(worker.health.remote())["healthy"]
+        _assert_serves_trainer_weights(worker, trainer)
 
 
 @needs_two_gpus

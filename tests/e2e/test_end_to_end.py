@@ -115,3 +115,24 @@ def test_default_training_entrypoint_writes_a_complete_run_directory(cfg, cluste
         sum(a["success_rate"] - b["success_rate"] for a, b in zip(after, before)) / len(before))
     assert json.loads((run_dir / "summary.json").read_text())["eval_grpo/pass@1"] == summary["eval_grpo/pass@1"]
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline files missing"
+
+
+def test_colocated_engines_sleep_through_each_trainer_step(cfg, cluster):
+    """placement.mode=colocated with generation.sleep_level=1: every step puts the engine to
+    sleep before the trainer runs, wakes its weights for the sync, then its KV cache. (On CPU vLLM
+    keeps its memory; the protocol and its ordering are what runs here.)"""
+    colocated = load_config(None, SMALL + [f"logging.runs_root={cfg.logging.runs_root}/colocated",
+                                           "run_name=e2e-colocated", "sft.enabled=false",
+                                           "placement.mode=colocated", "generation.sleep_level=1",
+                                           "rollout.max_staleness=0"])
+    train(colocated)
+    run_dir = next(p for p in __import__("pathlib").Path(colocated.logging.runs_root).iterdir())
+    steps = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+             if "timing/step_s" in r]
+    assert [r["policy_version"] for r in steps] == [1.0, 2.0]
+    for r in steps:
+        assert "train/loss" in r and r["sync/version"] == r["policy_version"]
+        assert r["colocate/sleep_s"] >= 0 and r["colocate/wake_weights_s"] >= 0
+        # generation stayed closed from the sleep until the KV cache woke: through the whole step
+        assert r["colocate/generation_paused_s"] >= r["train/wall_time_s"]
+        assert r["rollout/staleness_max"] == 0

@@ -55,6 +55,19 @@ def test_weight_sync_transport_must_fit_the_layout(overrides, message):
         load_config(None, overrides)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["generation.sleep_level=1", "rollout.max_staleness=0"], "sleep_level=1 .* needs placement.mode=colocated"),
+    (["generation.sleep_level=2", "placement.mode=colocated", "rollout.max_staleness=1"],
+     "set rollout.max_staleness=0"),
+    (["generation.sleep_level=3", "placement.mode=colocated", "rollout.max_staleness=0"], "sleep_level"),
+])
+def test_engine_sleep_needs_colocation_and_a_synchronous_loop(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    ok = load_config(None, ["generation.sleep_level=2", "placement.mode=colocated", "rollout.max_staleness=0"])
+    assert ok.generation.sleep_level == 2
+
+
 def test_zero0_is_refused_in_bf16_on_gpu():
     """DeepSpeed 0.19.8 stage 0 in bf16 failed at initialize on an H200 (benchmarks/gpu_check.py)."""
     with pytest.raises(ConfigError, match="trainer.zero_stage=0 cannot train in bf16"):
