@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 EXTENSION = "actors.vllm_extension.LabrlWorkerExtension"
-PauseMode = Literal["wait", "abort"]
+PauseMode = Literal["wait", "abort", "keep", "recompute"]
+PAUSE_MODES: tuple[str, ...] = ("wait", "abort", "keep", "recompute")
 __all__ = ["EXTENSION", "GenerationWorker", "PauseMode", "WorkerUnhealthyError"]
 
 
@@ -58,8 +59,7 @@ class GenerationWorker:
         self.config = config
         self.model_path = resolve_model_path(config.model_path)
         self.name = name or f"gen-{uuid.uuid4().hex[:6]}"
-        if pause_mode not in ("wait", "abort"):
-            raise ValueError(f"pause_mode must be 'wait' or 'abort', got {pause_mode!r}")
+        _check_pause_mode(pause_mode)
         self.spec, self.optional = read_weight_spec(self.model_path)
         # vLLM's worker process must import actors.vllm_extension: it inherits this environment.
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -77,6 +77,7 @@ class GenerationWorker:
         self.startup_s = 0.0
         self.engine_workers: list[dict[str, Any]] = []
         self.resubmitted = 0  # requests aborted by a weight update (pause_mode="abort") and rerun
+        self.spanned_updates = 0  # outputs sampled partly before, partly after an in-flight update
         self.asleep: set[str] = set()  # vLLM memory tags released by sleep(): "weights", "kv_cache"
         self._weights_discarded = False  # by a level-2 sleep, until a weight update refills them
         self._start_lock = asyncio.Lock()
@@ -150,14 +151,19 @@ class GenerationWorker:
     async def health(self) -> dict[str, Any]:
         return {"name": self.name, "healthy": self.update.healthy, "reason": self.update.reason,
                 "version": self.version, "in_flight": self.gate.in_flight, "resubmitted": self.resubmitted,
-                "pause_mode": self.gate.mode, "asleep": sorted(self.asleep)}
+                "pause_mode": self.gate.mode, "asleep": sorted(self.asleep),
+                "spanned_updates": self.spanned_updates}
 
     async def set_pause_mode(self, mode: PauseMode) -> None:
-        """"wait": a weight update waits for in-flight requests (each output is from one version;
-        the pause lasts as long as the longest running request). "abort": in-flight requests are
-        aborted and transparently rerun after the update (short pause, wasted tokens)."""
-        if mode not in ("wait", "abort"):
-            raise ValueError(f"pause_mode must be 'wait' or 'abort', got {mode!r}")
+        """How a weight update treats requests already running:
+        "wait": it waits for them (each output is from one version; the pause lasts as long as the
+        longest running request). "abort": they are aborted and rerun from scratch after the update
+        (short pause, wasted tokens; one version per output). "keep": they stay inside vLLM, paused
+        in place with their KV cache, and continue on the new weights (no wasted work; tokens after
+        the update attend to KV computed by the old weights). "recompute": as "keep", but their KV
+        cache is recomputed under the new weights before they continue. With keep/recompute an
+        output can span versions: `GenerationOutput.newest_policy_version` says so."""
+        _check_pause_mode(mode)
         self.gate.mode = mode
 
     # ---- generation ---------------------------------------------------------------------------
@@ -176,13 +182,14 @@ class GenerationWorker:
             max_tokens=min(spec.max_tokens, room), temperature=spec.temperature, top_p=spec.top_p,
             stop_token_ids=list(spec.stop_token_ids), seed=spec.seed, logprobs=0, detokenize=False,
             output_kind=RequestOutputKind.FINAL_ONLY)
-        final, version = await self._run(prompt_token_ids, params)
+        final, version, newest = await self._run(prompt_token_ids, params)
         out = final.outputs[0]
         token_ids = list(out.token_ids)
         logprobs = [float(step[tok].logprob) for step, tok in zip(out.logprobs, token_ids)]
         finish = "stop" if out.finish_reason == "stop" else "length"
+        self.spanned_updates += newest != version
         return GenerationOutput(token_ids=token_ids, logprobs=logprobs, finish_reason=finish,
-                                policy_version=version)
+                                policy_version=version, newest_policy_version=newest)
 
     async def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
         """Logprob of each token given its prefix under the served weights (first token: 0.0)."""
@@ -191,13 +198,15 @@ class GenerationWorker:
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False,
                                 output_kind=RequestOutputKind.FINAL_ONLY)
-        final, _ = await self._run(token_ids, params)
+        final, *_ = await self._run(token_ids, params)
         values = [0.0]
         for tok, step in zip(token_ids[1:], final.prompt_logprobs[1:]):
             values.append(float(step[tok].logprob))
         return values
 
-    async def _run(self, prompt_token_ids: list[int], params: Any) -> tuple[Any, int]:
+    async def _run(self, prompt_token_ids: list[int], params: Any) -> tuple[Any, int, int]:
+        """The final output, the version served when it was admitted and the one served when it
+        finished (equal unless an in-flight update ran meanwhile)."""
         if self.engine is None:
             await self.ready()
         while True:
@@ -208,7 +217,7 @@ class GenerationWorker:
                                                        params, request_id=request_id):
                     final = item
             if final is not None and final.finished and final.outputs[0].finish_reason != "abort":
-                return final, version
+                return final, version, self.version
             self.resubmitted += 1
             logger.debug("%s: request %s aborted by a weight update; resubmitting", self.name, request_id)
 
@@ -218,10 +227,24 @@ class GenerationWorker:
         await self.ready()
         return await self.gate.pause(self.engine, timeout_s)
 
+    async def _reopen(self, weights_changed: bool) -> float:
+        """Admit requests again; with new weights, stale KV goes first: cached prefixes always,
+        and in pause_mode "recompute" the running requests' KV too (they are preempted and
+        recomputed). A sleeping engine stays closed: `wake_up` reopens it."""
+        if self.asleep:
+            return 0.0
+        if weights_changed and self.gate.held_in_engine != "keep":
+            recompute = self.gate.held_in_engine == "recompute"
+            try:
+                await asyncio.wait_for(self.engine.reset_prefix_cache(reset_running_requests=recompute), 60.0)
+            except Exception as err:  # noqa: BLE001 - stale cache must not serve silently
+                self.update.mark_unhealthy(f"could not clear the prefix cache after a reload: {err}")
+        return await self.gate.resume(self.engine)
+
     async def resume(self) -> float:
         """Admit requests again; returns how long generation was paused (0 while asleep: only
         `wake_up` resumes a sleeping engine)."""
-        return 0.0 if self.asleep else self.gate.resume()
+        return await self._reopen(weights_changed=False)
 
     async def _pause_for_update(self, timeout_s: float) -> float:
         """A sleeping engine is already paused and drained; its weights must be awake to load."""
@@ -229,17 +252,6 @@ class GenerationWorker:
             raise RuntimeError(f"{self.name}: its weights are asleep; call wake_up(['weights']) before a "
                                f"weight update (still serving version {self.version})")
         return 0.0 if self.asleep else await self.pause(timeout_s)
-
-    async def _resume_after_reload(self) -> float:
-        """Cached prefixes hold KV computed with the old weights: drop them, then admit requests.
-        While the KV cache is asleep there is no cache, and `wake_up` admits requests."""
-        if self.asleep:
-            return 0.0
-        try:
-            await asyncio.wait_for(self.engine.reset_prefix_cache(), 60.0)
-        except Exception as err:  # noqa: BLE001 - stale cache must not serve silently
-            self.update.mark_unhealthy(f"could not clear the prefix cache after a reload: {err}")
-        return self.gate.resume()
 
     async def update_weights(self, transport: str, payload: dict[str, Any], version: int,
                              timeout_s: float = 300.0) -> dict[str, Any]:
@@ -266,7 +278,7 @@ class GenerationWorker:
                 self.version, self._weights_discarded = version, False
             finally:
                 reload_rpc_s = time.perf_counter() - t0
-                pause_s = await self._resume_after_reload()
+                pause_s = await self._reopen(weights_changed=True)
         logger.info("%s: now serving version %d (paused %.3f s)", self.name, version, pause_s)
         return {"version": version, "pause_s": pause_s, "drain_s": drain_s, "reload_rpc_s": reload_rpc_s,
                 "reload_s": result["reload_s"]}
@@ -280,7 +292,7 @@ class GenerationWorker:
                 await self.update.run(self.engine, "labrl_begin_update", (), timeout_s,
                                       f"begin update to version {version}", fatal=True)
             except BaseException:
-                await self._resume_after_reload()
+                await self._reopen(weights_changed=True)
                 raise
             self.update.start(version)
 
@@ -312,7 +324,7 @@ class GenerationWorker:
             self.version, self._weights_discarded = version, False
         finally:
             self.update.close()
-            pause_s = await self._resume_after_reload()
+            pause_s = await self._reopen(weights_changed=True)
         return {"version": version, "pause_s": pause_s}
 
     async def abort_update(self, reason: str) -> None:
@@ -324,7 +336,7 @@ class GenerationWorker:
                 logger.exception("%s: finalize during abort failed", self.name)
             self.update.close()
             self.update.mark_unhealthy(f"update aborted mid-stream: {reason}")
-            await self._resume_after_reload()
+            await self._reopen(weights_changed=True)
 
     # ---- colocated mode: give the GPU to the trainer between rollouts --------------------------
     async def sleep(self, level: int = 1, timeout_s: float = 300.0) -> dict[str, float]:
@@ -339,7 +351,8 @@ class GenerationWorker:
             if self.asleep:
                 raise RuntimeError(f"{self.name} is already asleep ({sorted(self.asleep)})")
             self.update.check_healthy()
-            drain_s = await self.pause(timeout_s)
+            await self.ready()
+            drain_s = await self.gate.pause(self.engine, timeout_s, mode="wait")  # nothing stays inside
             free_before = await self._free_device_bytes()
             t0 = time.perf_counter()
             try:
@@ -376,10 +389,15 @@ class GenerationWorker:
                 if self._weights_discarded:
                     self.update.mark_unhealthy("woke from a level-2 sleep without a weight update: its "
                                                "weights were discarded")
-                paused_s = self.gate.resume()
+                paused_s = await self.gate.resume(self.engine)
         return {"wake_s": time.perf_counter() - t0, "paused_s": paused_s}
 
     async def nccl_init(self, info: dict[str, Any], timeout_s: float = 300.0) -> None:
         """Join the trainer's weight-broadcast NCCL group (one rank per vLLM worker process)."""
         await self.ready()
         await self.update.run(self.engine, "labrl_nccl_init", (info,), timeout_s, "nccl group init", fatal=False)
+
+
+def _check_pause_mode(mode: str) -> None:
+    if mode not in PAUSE_MODES:
+        raise ValueError(f"pause_mode must be one of {PAUSE_MODES}, got {mode!r}")

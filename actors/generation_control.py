@@ -91,6 +91,7 @@ class EngineGate:
         self._idle.set()
         self._in_flight: set[str] = set()
         self._paused_at: float | None = None
+        self.held_in_engine: str | None = None  # "keep"/"recompute": requests wait inside vLLM
 
     @property
     def in_flight(self) -> int:
@@ -113,20 +114,27 @@ class EngineGate:
             if not self._in_flight:
                 self._idle.set()
 
-    async def pause(self, engine: Any, timeout_s: float) -> float:
-        """Close the gate and drain (mode "wait") or abort (mode "abort") admitted requests.
+    async def pause(self, engine: Any, timeout_s: float, mode: str | None = None) -> float:
+        """Close the gate, then settle the admitted requests by `mode` (default: the gate's):
+        drain ("wait"), abort then drain ("abort"), or hold them inside vLLM ("keep", "recompute").
 
-        vLLM itself is not paused: with the gate closed and nothing admitted it has no request
-        to step, so a reload through collective_rpc runs on an idle engine (this saves two engine
-        round trips per sync). Callers that changed weights clear the prefix cache before resuming.
+        After a drain vLLM itself is not paused: with the gate closed and nothing admitted it has
+        no request to step, so a reload through collective_rpc runs on an idle engine (this saves
+        two engine round trips per sync). Callers that changed weights clear the prefix cache
+        before resuming.
         """
         if self._paused_at is not None:
             raise RuntimeError(f"{self.name} is already paused")
+        mode = mode or self.mode
         start = time.perf_counter()
         self._open.clear()
         self._paused_at = start
         try:
-            if self.mode == "abort" and self._in_flight:
+            if mode in ("keep", "recompute"):
+                await asyncio.wait_for(engine.pause_generation(mode="keep", clear_cache=False), timeout_s)
+                self.held_in_engine = mode
+                return time.perf_counter() - start
+            if mode == "abort" and self._in_flight:
                 await engine.abort(list(self._in_flight))
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout_s)
@@ -140,9 +148,13 @@ class EngineGate:
             raise
         return time.perf_counter() - start
 
-    def resume(self) -> float:
+    async def resume(self, engine: Any) -> float:
+        """Reopen the gate (and vLLM's scheduler, if requests were held in it); returns the pause."""
         if self._paused_at is None:
             return 0.0
+        if self.held_in_engine:
+            await asyncio.wait_for(engine.resume_generation(), 60.0)
+            self.held_in_engine = None
         paused = time.perf_counter() - self._paused_at
         self._paused_at = None
         self._open.set()

@@ -39,13 +39,15 @@ class GenerationOutput:
     from (vLLM `processed_logprobs`: log_softmax(logits / temperature), after top-p truncation and
     renormalisation), which the trainer recomputes at the rollout temperature; keep top_p = 1.0 or
     the trainer's log_softmax(logits / T) will not match. `policy_version` is the weight version
-    that produced every token of it.
+    that produced its first token; `newest_policy_version` the one serving when it finished. They
+    differ only when an in-flight weight update (pause_mode "keep" or "recompute") ran meanwhile.
     """
 
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: GenFinishReason
     policy_version: int
+    newest_policy_version: int | None = None  # None: policy_version
 
 
 @dataclass

@@ -30,6 +30,7 @@ class PolicyTurn:
     logprobs: list[float]
     finish_reason: str  # "stop" | "length"
     policy_version: int
+    newest_policy_version: int | None = None  # a turn that spanned an in-flight weight update
 
 
 @dataclass
@@ -120,6 +121,8 @@ async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, limits: 
         state.generation_s += time.monotonic() - clock
         state.turns += 1
         state.versions.append(turn.policy_version)
+        if turn.newest_policy_version not in (None, turn.policy_version):
+            state.versions.append(turn.newest_policy_version)
         state.extend(turn.token_ids, generated=True, logprobs=turn.logprobs)
         if turn.finish_reason == "length":
             # The turn never closed: what it would have said is unknown, so the episode ends here.

@@ -44,7 +44,8 @@ class SamplerTurnPolicy:
 
     async def act(self, ctx: TurnContext) -> PolicyTurn:
         out = await self.router.generate(ctx.prompt_token_ids, self.request_spec(ctx))
-        return PolicyTurn(out.token_ids, out.logprobs, out.finish_reason, out.policy_version)
+        return PolicyTurn(out.token_ids, out.logprobs, out.finish_reason, out.policy_version,
+                          out.newest_policy_version)
 
 
 class ReferenceTurnPolicy:

@@ -80,7 +80,7 @@ def make_generation_workers(cfg: LabrlConfig, model_dir: str, indices: list[int]
             return {"num_cpus": g.cpus_per_worker, "num_gpus": g.gpus_per_worker}
         return placement.generation_options(i)
 
-    return [GenerationWorker.as_actor(engine, name=f"gen{i}", **options(i))
+    return [GenerationWorker.as_actor(engine, name=f"gen{i}", pause_mode=cfg.sync.pause_mode, **options(i))
             for i in (range(g.num_workers) if indices is None else indices)]
 
 

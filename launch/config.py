@@ -181,6 +181,12 @@ class SyncConfig(Section):
     transport: Literal["shm", "nccl", "cuda_ipc"] = "shm"
     bucket_mb: int = Field(64, gt=0)
     timeout_s: float = Field(120.0, gt=0)
+    pause_mode: Literal["wait", "abort", "keep", "recompute"] = Field(
+        "wait", description="What a sync does to requests running on an engine (actors/generation.py). "
+                            "wait: finish them first (one version per turn); abort: rerun them from scratch "
+                            "after; keep: pause them in place and continue on the new weights with their KV "
+                            "cache; recompute: as keep, with their KV recomputed under the new weights. "
+                            "keep/recompute turns can span two versions (both are recorded).")
 
 
 class EvalConfig(Section):

@@ -62,6 +62,20 @@ def test_length_truncation_is_recorded(codec):
     assert traj.policy_versions == [3] and sum(traj.loss_mask) == 160
 
 
+class _SpansAnUpdate(_NoToolCalls):
+    """Each turn was sampled partly by version 7 and partly by 8 (an in-flight weight update)."""
+
+    async def act(self, ctx):
+        turn = await super().act(ctx)
+        turn.newest_policy_version = 8
+        return turn
+
+
+def test_turns_spanning_an_update_record_both_versions(codec):
+    traj = _play(_SpansAnUpdate(codec), codec, TASKS[0], EpisodeLimits(max_turns=2))
+    assert traj.policy_versions == [7, 8] * traj.num_turns and traj.policy_version == 7  # staleness: oldest
+
+
 def test_prose_without_tool_calls_hits_the_budget(codec):
     traj = _play(_NoToolCalls(codec), codec, TASKS[0], EpisodeLimits(max_turns=3))
     assert traj.reward == 0.0 and traj.num_turns <= 3
