@@ -18,6 +18,17 @@ mini-batch here, so each micro-batch's loss is its exact share of the full-batch
 
 Alignment: token t's logprob is predicted from position t-1, so position 0 never carries loss;
 collated tensors are already shifted ([B, L-1]).
+
+Shared prompts (`collate(..., share_prefix_tokens=N)`): the samples of a GRPO group start with the
+same prompt, everything before their first loss token. Instead of running that prefix once per
+sample, a group becomes one packed row, ``prefix, suffix_1, ..., suffix_k``, in which each suffix
+attends to the prefix and to itself only (a 4D mask) and keeps the position ids it had alone.
+Every token then sees exactly the context it saw in its own row, so the logprobs are the same up to
+float summation order, and the prefix's gradient is the sum over the suffixes, as before; the
+model just runs each prompt once (the 30M `trl_compare` step: 4,167 -> ~2,100 tokens). Rows stop
+growing at N tokens (several rows per group if needed), which bounds the attention each packed row
+wastes on masked-out pairs. The per-sample tensors (targets, masks, advantages) keep the unpacked
+[B, L-1] layout; `logit_index` maps each of their positions to its row position in the packed logits.
 """
 
 from __future__ import annotations
@@ -200,17 +211,80 @@ class Collated:
     advantages: Tensor       # [B]
     ref_logprobs: Tensor | None  # [B, L-1] if every sample carried them
     is_placeholder: bool = False
+    # Packed shared prefixes (module doc): input_ids [R, W], attention_mask [R, 1, W, W] bool
+    # (True = may attend), position_ids [R, W]; logit_index [B, L-1] into the flattened [R * W].
+    position_ids: Tensor | None = None
+    logit_index: Tensor | None = None
 
     def to(self, device: torch.device) -> "Collated":
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
         return Collated(move(self.input_ids), move(self.attention_mask), move(self.target_ids),
                         move(self.mask), move(self.sampler_logprobs), move(self.advantages),
-                        move(self.ref_logprobs), self.is_placeholder)
+                        move(self.ref_logprobs), self.is_placeholder, move(self.position_ids),
+                        move(self.logit_index))
 
 
-def collate(mb: MicroBatch, pad_id: int) -> Collated:
-    """Right-pad a micro-batch into tensors; an empty micro-batch becomes one fully masked row."""
+def _prefix_length(s: TrainSample) -> int:
+    """Tokens before the first loss token (the prompt all samples of a group share)."""
+    return next((t for t, m in enumerate(s.loss_mask) if m), len(s.token_ids))
+
+
+def pack_shared_prefixes(samples: list[TrainSample], pad_id: int,
+                         max_row_tokens: int) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """(input_ids, attention_mask, position_ids, logit_index) of the packed layout (module doc), or
+    None when no two samples share a prefix, or packing would not run fewer tokens than padding."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(tuple(s.token_ids[:_prefix_length(s)]), []).append(i)
+    if all(len(g) < 2 or not prefix for prefix, g in groups.items()):
+        return None
+    rows: list[tuple[tuple[int, ...], list[int]]] = []  # (prefix, members) per packed row
+    for prefix, members in groups.items():
+        for i in members:
+            suffix = len(samples[i].token_ids) - len(prefix)
+            if (prefix and rows and rows[-1][0] == prefix
+                    and _row_width(samples, rows[-1]) + suffix <= max_row_tokens):
+                rows[-1][1].append(i)
+            else:
+                rows.append((prefix, [i]))
+    width = max(_row_width(samples, r) for r in rows)
+    longest = max(len(s.token_ids) for s in samples)
+    if len(rows) * width >= len(samples) * longest:
+        return None
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    attn = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # padding sees itself only
+    index = torch.zeros((len(samples), max(1, longest - 1)), dtype=torch.long)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    for r, (prefix, members) in enumerate(rows):
+        p, col = len(prefix), len(prefix)
+        ids[r, :p] = torch.tensor(prefix, dtype=torch.long)
+        pos[r, :p] = torch.arange(p)
+        attn[r, :p, :p] = causal[:p, :p]
+        for i in members:
+            n = len(samples[i].token_ids) - p
+            ids[r, col:col + n] = torch.tensor(samples[i].token_ids[p:], dtype=torch.long)
+            pos[r, col:col + n] = torch.arange(p, p + n)
+            attn[r, col:col + n, :p] = True
+            attn[r, col:col + n, col:col + n] = causal[:n, :n]
+            # Token t (t >= 1) is predicted at token t-1's place: the prefix, then this suffix.
+            where = torch.cat([torch.arange(p), torch.arange(col, col + n)])[: longest - 1]
+            index[i, : len(where)] = r * width + where
+            col += n
+    return ids, attn.unsqueeze(1), pos, index
+
+
+def _row_width(samples: list[TrainSample], row: tuple[tuple[int, ...], list[int]]) -> int:
+    prefix, members = row
+    return len(prefix) + sum(len(samples[i].token_ids) - len(prefix) for i in members)
+
+
+def collate(mb: MicroBatch, pad_id: int, share_prefix_tokens: int = 0) -> Collated:
+    """Right-pad a micro-batch into tensors; an empty micro-batch becomes one fully masked row.
+
+    `share_prefix_tokens > 0` packs samples with a common prompt into rows of at most that many
+    tokens (module doc) when that runs fewer tokens than the padded layout."""
     samples = mb.samples or [TrainSample([pad_id, pad_id], [0, 0], [0.0, 0.0], 0.0)]
     width = max(2, max(len(s.token_ids) for s in samples))
     b = len(samples)
@@ -229,6 +303,11 @@ def collate(mb: MicroBatch, pad_id: int) -> Collated:
         if ref is not None:
             ref[i, :n] = torch.tensor(s.ref_logprobs, dtype=torch.float32)
     adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
-    return Collated(ids, attn, ids[:, 1:].contiguous(), mask[:, 1:].contiguous(),
-                    slp[:, 1:].contiguous(), adv,
-                    None if ref is None else ref[:, 1:].contiguous(), not mb.samples)
+    out = Collated(ids, attn, ids[:, 1:].contiguous(), mask[:, 1:].contiguous(),
+                   slp[:, 1:].contiguous(), adv,
+                   None if ref is None else ref[:, 1:].contiguous(), not mb.samples)
+    packed = pack_shared_prefixes(mb.samples, pad_id, share_prefix_tokens) if (
+        share_prefix_tokens > 0 and mb.samples) else None
+    if packed is not None:
+        out.input_ids, out.attention_mask, out.position_ids, out.logit_index = packed
+    return out

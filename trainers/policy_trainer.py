@@ -54,6 +54,21 @@ def _peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def shifted_logits(model: Any, b: Collated, attn_implementation: str, dtype: torch.dtype) -> Tensor:
+    """Logits [B, L-1, V] in the per-sample layout (position t predicts token t+1), from the padded
+    rows or from the packed shared-prefix rows (`trainers.batching`)."""
+    if b.logit_index is None:
+        return model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                     use_cache=False).logits[:, :-1]
+    mask = b.attention_mask
+    if attn_implementation != "sdpa":  # eager adds the mask to the scores
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(dtype).min)
+    logits = model(input_ids=b.input_ids, attention_mask=mask, position_ids=b.position_ids,
+                   use_cache=False).logits
+    return logits.reshape(-1, logits.shape[-1])[b.logit_index]
+
+
 class PolicyTrainerRank:
     """A DeepSpeed engine holding this rank's share of the policy (see module docstring)."""
 
@@ -113,6 +128,10 @@ class PolicyTrainerRank:
         if s.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         n_params = sum(p.numel() for p in model.parameters())
+        # Packed shared prompts need a 4D mask: the eager and SDPA attentions take one.
+        self.attn_implementation = model.config._attn_implementation
+        self.share_prefix_tokens = (s.share_prefix_tokens if self.attn_implementation in ("sdpa", "eager")
+                                    else 0)
         self.engine, *_ = deepspeed.initialize(
             model=model, optimizer=make_optimizer(model, s),
             lr_scheduler=lambda opt: make_scheduler(opt, s), config=ds_config)
@@ -137,10 +156,15 @@ class PolicyTrainerRank:
         engine.clip_fp32_gradients = clip_and_record
 
     # --------------------------------------------------------------- forward
+    def _collate(self, mb: MicroBatch) -> Collated:
+        return collate(mb, self.pad_id, self.share_prefix_tokens).to(self.device)
+
+    def _logits(self, model: Any, b: Collated) -> Tensor:
+        return shifted_logits(model, b, self.attn_implementation, self.settings.torch_dtype())
+
     def _forward(self, b: Collated, *, entropy: str = "none") -> tuple[Tensor, Tensor | None]:
         """Per-token logprobs [B, L-1] (and entropy: "none", "no_grad" or "grad")."""
-        logits = self.engine(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                             use_cache=False).logits[:, :-1]
+        logits = self._logits(self.engine, b)
         temperature = self.settings.temperature
         logprobs = gather_logprobs(logits, b.target_ids, temperature=temperature)
         ent = None
@@ -171,8 +195,7 @@ class PolicyTrainerRank:
         out: list[Tensor | None] = []
         with torch.no_grad():
             for b in batches:
-                logits = self.ref_model(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                        use_cache=False).logits[:, :-1]
+                logits = self._logits(self.ref_model, b)
                 out.append(gather_logprobs(logits, b.target_ids, temperature=self.settings.temperature))
         return out
 
@@ -187,8 +210,7 @@ class PolicyTrainerRank:
         """
         t0 = time.perf_counter()
         self.engine.train()
-        batches = [[collate(mb, self.pad_id).to(self.device) for mb in sh.micro_batches]
-                   for sh in shards]
+        batches = [[self._collate(mb) for mb in sh.micro_batches] for sh in shards]
         single_update = len(shards) == 1 and ppo_epochs == 1
         old = None if single_update else [self._logprobs_no_grad(bs) for bs in batches]
         refs = [self._ref_logprobs(bs, loss_cfg) for bs in batches]
@@ -272,7 +294,7 @@ class PolicyTrainerRank:
         self.engine.eval()
         out: list[tuple[int, list[float]]] = []
         for mb in micro_batches:
-            b = collate(mb, self.pad_id).to(self.device)
+            b = self._collate(mb)
             lp = self._forward(b)[0].float().cpu()
             for row, (idx, s) in enumerate(zip(mb.indices, mb.samples)):
                 out.append((idx, [0.0] + lp[row, : len(s.token_ids) - 1].tolist()))

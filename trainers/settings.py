@@ -47,6 +47,9 @@ class TrainerSettings:
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     micro_batch_tokens: int = 8192
+    # Samples sharing a prompt run it once, packed into rows of at most this many tokens
+    # (`trainers.batching`); 0 turns packing off. Needs the eager or SDPA attention.
+    share_prefix_tokens: int = 1024
     gradient_checkpointing: bool = False
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     attn_implementation: str | None = None
@@ -75,6 +78,8 @@ class TrainerSettings:
             errors.append(f"temperature={self.temperature} must be > 0 (training samples)")
         if self.grad_clip < 0:
             errors.append(f"grad_clip={self.grad_clip} must be >= 0 (0 disables clipping)")
+        if self.share_prefix_tokens < 0:
+            errors.append(f"share_prefix_tokens={self.share_prefix_tokens} must be >= 0")
         if self.micro_batch_tokens <= 0:
             errors.append(f"micro_batch_tokens={self.micro_batch_tokens} must be > 0")
         if self.warmup_steps < 0:
