@@ -298,9 +298,10 @@ class GenerationWorker:
 
     async def receive_bucket(self, transport: str, bucket: dict[str, Any], timeout_s: float = 300.0) -> None:
         """Streaming update, step 2 (per bucket): receive and load; a failure is fatal."""
-        method = {"nccl": "labrl_load_nccl", "cuda_ipc": "labrl_load_ipc"}.get(transport)
+        method = {"nccl": "labrl_load_broadcast", "gloo": "labrl_load_broadcast",
+                  "cuda_ipc": "labrl_load_ipc"}.get(transport)
         if method is None:
-            raise ValueError(f"{self.name}: receive_bucket supports nccl and cuda_ipc, not {transport!r}")
+            raise ValueError(f"{self.name}: receive_bucket supports nccl, gloo and cuda_ipc, not {transport!r}")
         self.update.expect_open("receive_bucket")
         problem = check_bucket(bucket["entries"], self.spec, self.optional)
         if problem:
@@ -392,10 +393,11 @@ class GenerationWorker:
                 paused_s = await self.gate.resume(self.engine)
         return {"wake_s": time.perf_counter() - t0, "paused_s": paused_s}
 
-    async def nccl_init(self, info: dict[str, Any], timeout_s: float = 300.0) -> None:
-        """Join the trainer's weight-broadcast NCCL group (one rank per vLLM worker process)."""
+    async def group_init(self, info: dict[str, Any], timeout_s: float = 300.0) -> None:
+        """Join the trainer's weight-broadcast group, nccl or gloo (one rank per vLLM worker process)."""
         await self.ready()
-        await self.update.run(self.engine, "labrl_nccl_init", (info,), timeout_s, "nccl group init", fatal=False)
+        await self.update.run(self.engine, "labrl_group_init", (info,), timeout_s,
+                              f"{info['backend']} group init", fatal=False)
 
 
 def _check_pause_mode(mode: str) -> None:

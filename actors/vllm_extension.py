@@ -98,19 +98,25 @@ class LabrlWorkerExtension:
                                f"(a loader kept a view instead of copying): {aliased[:5]}")
         return {"reload_s": time.perf_counter() - start, "pid": os.getpid()}
 
-    # ---- streaming reload (NCCL, CUDA IPC) ---------------------------------------------------
+    # ---- streaming reload (nccl, gloo, CUDA IPC) ---------------------------------------------
     def labrl_begin_update(self) -> None:
         """Put every layer back into its loadable (checkpoint) layout; loads are buffered per layer
-        and each layer is re-processed as soon as all its weights have arrived."""
+        and each layer is re-processed as soon as all its weights have arrived. CPU engines with
+        plain weights (labrl_prepare_direct_reload) need none of that: each bucket is copied in."""
+        self._labrl_streaming = True
+        if getattr(self, "_labrl_direct", False):
+            return
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
         with set_current_vllm_config(self.vllm_config):
             initialize_layerwise_reload(self.model_runner.get_model())
-        self._labrl_streaming = True
 
     def labrl_finish_update(self) -> None:
         """Process layers still pending and drop caches derived from the old weights."""
+        self._labrl_streaming = False
+        if getattr(self, "_labrl_direct", False):
+            return
         from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
@@ -121,7 +127,6 @@ class LabrlWorkerExtension:
             fn = getattr(self.model_runner, reset, None)
             if callable(fn):
                 fn()
-        self._labrl_streaming = False
 
     def _labrl_load(self, weights) -> None:
         from vllm.config import set_current_vllm_config
@@ -131,20 +136,20 @@ class LabrlWorkerExtension:
         with set_current_vllm_config(self.vllm_config):
             self.model_runner.get_model().load_weights(weights)
 
-    def labrl_nccl_init(self, info: dict[str, Any]) -> None:
-        from actors.weight_sync.nccl import worker_join_group
+    def labrl_group_init(self, info: dict[str, Any]) -> None:
+        """Join the trainer's broadcast group (nccl: this worker's GPU; gloo: host memory)."""
+        import torch
 
-        self._labrl_nccl = worker_join_group(info, self.parallel_config.rank)
+        from actors.weight_sync.broadcast import worker_join_group
 
-    def labrl_load_nccl(self, bucket: dict[str, Any]) -> None:
-        from actors.weight_sync.nccl import worker_receive_bucket
+        device = torch.device("cpu") if info["backend"] == "gloo" else self.device
+        self._labrl_group = (worker_join_group(info, self.parallel_config.rank, device), device)
 
-        self._labrl_load(worker_receive_bucket(self._labrl_nccl, bucket, self.device))
+    def labrl_load_broadcast(self, bucket: dict[str, Any]) -> None:
+        from actors.weight_sync.broadcast import worker_receive_bucket
 
-    def labrl_nccl_close(self) -> None:
-        group = getattr(self, "_labrl_nccl", None)
-        if group is not None:
-            del self._labrl_nccl
+        group, device = getattr(self, "_labrl_group", (None, None))
+        self._labrl_load(worker_receive_bucket(group, bucket, device))
 
     def labrl_load_ipc(self, bucket: dict[str, Any]) -> None:
         from actors.weight_sync.cuda_ipc import worker_open_bucket

@@ -19,15 +19,15 @@ Layout (`placement.mode`):
     (node-local collectives, fails fast when no node holds all ranks), else PACK.
   * weight sync over shared memory (sync.transport=shm) or CUDA IPC needs every engine
     on the trainer's node, so trainer bundles (0..R-1) and engine bundles share ONE STRICT_PACK
-    group ("policy"). A cross-node transport (nccl) gets one group per engine plus one for the
+    group ("policy"). A cross-node transport (nccl, gloo) gets one group per engine plus one for the
     trainer, so engines and trainer may sit on different nodes.
   * env workers: one bundle per worker {CPU, <rollout.env_worker_resource>: 0.001}, SPREAD, so
     episodes (tool calls, parsing) spread over the nodes and one node loss costs few workers.
 - colocated: one shared group of trainer.num_ranks bundles; rank i and engine i share bundle i
   (a whole GPU is reserved per bundle; the actors take their fractions). Trainer and vLLM then
-  compete for GPU memory: vLLM should sleep while the trainer steps. GenerationWorker has no
-  sleep/wake_up yet, so today both stay resident and `gpu_memory_utilization` must leave the
-  trainer room (see configs/qwen2.5-0.5b-1gpu.yaml).
+  compete for GPU memory: with generation.sleep_level 1 or 2 the engines sleep while the trainer
+  steps; with 0 both stay resident and `gpu_memory_utilization` must leave the trainer room (see
+  configs/qwen2.5-0.5b-1gpu.yaml).
 
 Use (`launch/components.py`):
 
@@ -65,7 +65,7 @@ ROLES = ("generation", "trainer", "env_workers")
 # to 1000 workers, so the resource only selects nodes and never limits the count.
 ENV_WORKER_RESOURCE_UNITS = 0.001
 # Weight-sync transports that need every engine on the trainer's rank-0 node (shared memory and
-# CUDA IPC handles do not cross nodes; nccl does).
+# CUDA IPC handles do not cross nodes; the nccl and gloo broadcasts do).
 SAME_NODE_TRANSPORTS = ("shm", "cuda_ipc")
 
 

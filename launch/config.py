@@ -174,11 +174,12 @@ class TrainerConfig(Section):
 class SyncConfig(Section):
     """How the trainer pushes weights to the engines after every step (actors/weight_sync/).
 
-    shm: CPU shared memory, engines on the trainer's node. nccl: GPU broadcast from trainer rank 0,
+    shm: CPU shared memory, engines on the trainer's node. gloo: CPU broadcast from trainer rank 0
+    over TCP, any node (CPU engines elsewhere than the trainer). nccl: GPU broadcast from trainer rank 0,
     any node. cuda_ipc: GPU handles, engines sharing the trainer's GPUs (placement.mode=colocated).
     """
 
-    transport: Literal["shm", "nccl", "cuda_ipc"] = "shm"
+    transport: Literal["shm", "gloo", "nccl", "cuda_ipc"] = "shm"
     bucket_mb: int = Field(64, gt=0)
     timeout_s: float = Field(120.0, gt=0)
     pause_mode: Literal["wait", "abort", "keep", "recompute"] = Field(
@@ -339,6 +340,9 @@ class LabrlConfig(Section):
                                                       and self.trainer.gpus_per_rank > 0):
             raise ValueError(f"sync.transport={transport} moves GPU tensors: set generation.gpus_per_worker "
                              f"and trainer.gpus_per_rank above 0, or use sync.transport=shm on CPU")
+        if transport == "gloo" and self.generation.gpus_per_worker > 0:
+            raise ValueError("sync.transport=gloo broadcasts host-memory buckets to CPU engines; GPU engines "
+                             "take sync.transport=nccl")
         if transport == "cuda_ipc" and self.placement.mode != "colocated":
             raise ValueError("sync.transport=cuda_ipc shares GPU memory between processes on one GPU: "
                              "it needs placement.mode=colocated (use nccl for disaggregated engines)")

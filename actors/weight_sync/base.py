@@ -195,22 +195,24 @@ class WeightSender(abc.ABC):
 
 def make_sender(transport: str, receivers: list[Any], bucket_bytes: int = 256 << 20,
                 timeout_s: float = 300.0, **options: Any) -> WeightSender:
-    """Build the sender for `transport`: "shm" (CPU, same node), "nccl" (GPU broadcast from the
-    trainer's rank 0), or "cuda_ipc" (GPU, trainer and workers on the same device).
+    """Build the sender for `transport`: "shm" (CPU, same node), "gloo" (CPU broadcast from the
+    trainer's rank 0, any node), "nccl" (GPU broadcast, any node), or "cuda_ipc" (GPU, trainer and
+    workers on the same device).
 
-    `options` go to the transport (e.g. `master_address`/`master_port` for nccl,
+    `options` go to the transport (e.g. `master_address`/`master_port` for nccl and gloo,
     `keep_segments` for shm).
     """
     if transport == "shm":
         from actors.weight_sync.shm import ShmSender
 
         return ShmSender(receivers, bucket_bytes, timeout_s, **options)
-    if transport == "nccl":
-        from actors.weight_sync.nccl import NcclSender
+    if transport in ("nccl", "gloo"):
+        from actors.weight_sync.broadcast import GlooSender, NcclSender
 
-        return NcclSender(receivers, bucket_bytes, timeout_s, **options)
+        sender = NcclSender if transport == "nccl" else GlooSender
+        return sender(receivers, bucket_bytes, timeout_s, **options)
     if transport == "cuda_ipc":
         from actors.weight_sync.cuda_ipc import CudaIpcSender
 
         return CudaIpcSender(receivers, bucket_bytes, timeout_s, **options)
-    raise ValueError(f"unknown weight-sync transport {transport!r}; choose shm, nccl or cuda_ipc")
+    raise ValueError(f"unknown weight-sync transport {transport!r}; choose shm, gloo, nccl or cuda_ipc")

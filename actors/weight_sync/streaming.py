@@ -1,6 +1,6 @@
-"""Shared driver of the GPU transports (nccl, cuda_ipc): begin -> bucket, bucket, ... -> finish.
+"""Shared driver of the streaming transports (nccl, gloo, cuda_ipc): begin -> bucket, ... -> finish.
 
-GPU memory rules out staging a second full model, so buckets stream through one reused GPU buffer
+GPU memory rules out staging a second full model, so buckets stream through one reused buffer
 and each worker loads a bucket as it arrives (vLLM's layer-wise reload keeps a layer's tensors until
 the layer is complete, then processes it). Consequence, stated plainly: a failure *after* the first
 bucket leaves the workers with some layers new and some old, so they are told to abort and mark
@@ -37,9 +37,10 @@ def require_cuda(transport: str) -> torch.device:
 
 class StreamingSender(WeightSender):
     transport = "streaming"
+    device_type = "cuda"  # where buckets are packed
 
     def __init__(self, receivers: Sequence[Any], bucket_bytes: int, timeout_s: float) -> None:
-        self.device = require_cuda(self.transport)
+        self.device = require_cuda(self.transport) if self.device_type == "cuda" else torch.device("cpu")
         super().__init__(receivers, bucket_bytes, timeout_s)
         self._buffer: torch.Tensor | None = None
 
@@ -61,7 +62,8 @@ class StreamingSender(WeightSender):
 
         def on_full(index: int, buffer: torch.Tensor, entries: list[BucketEntry]) -> None:
             used = entries[-1].offset + entries[-1].nbytes
-            torch.cuda.current_stream(self.device).synchronize()  # packing copies are done
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()  # packing copies are done
             self._ship(index, buffer[:used], entries_to_wire(entries))
 
         try:

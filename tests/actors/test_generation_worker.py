@@ -54,6 +54,13 @@ def sender(worker):
     s.close()
 
 
+@pytest.fixture(scope="module")
+def gloo_sender(worker):
+    s = make_sender("gloo", [worker], bucket_bytes=256 << 10, timeout_s=TIMEOUT)
+    yield s
+    s.close()
+
+
 def hf_logprobs(model, token_ids: list[int], temperature: float = 1.0) -> list[float]:
     with torch.no_grad():
         logits = model(torch.tensor([token_ids])).logits[0].float()
@@ -258,6 +265,19 @@ def test_inflight_update_continues_running_requests(worker, sender, hf_model, to
     assert last_error < 1e-3 if mode == "recompute" else last_error > 1e-2
 
 
+def test_gloo_broadcast_streams_buckets_into_the_engine(worker, gloo_sender, hf_model, tokenizer):
+    """The broadcast transport (the nccl protocol, over gloo on CPU): begin, one broadcast per
+    bucket loaded as it arrives, finish; the engine then serves exactly the sent weights."""
+    ids = sample_ids(tokenizer) + tokenizer("The answer is 2 H2 + O2 -> 2 H2O")["input_ids"]
+    perturb(hf_model, seed=7)
+    stats = gloo_sender.send(hf_model.named_parameters(), version=7)
+    assert stats.version == 7 and stats.num_buckets > 1
+    assert stats.bytes == sum(p.numel() * 4 for p in hf_model.parameters())
+    assert ray.get(worker.policy_version.remote()) == 7
+    got = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
+    assert max(abs(a - b) for a, b in zip(got, hf_logprobs(hf_model, ids))) < 1e-3
+
+
 def test_level2_sleep_without_weight_update_marks_unhealthy(worker, tokenizer):
     """Level 2 discards the weights: waking without a sync must not serve them silently."""
     ray.get(worker.sleep.remote(2), timeout=TIMEOUT)
@@ -268,10 +288,11 @@ def test_level2_sleep_without_weight_update_marks_unhealthy(worker, tokenizer):
         ray.get(worker.generate.remote(sample_ids(tokenizer), SamplingSpec(max_tokens=4)), timeout=TIMEOUT)
 
 
-def test_sync_to_killed_worker_names_it(worker, sender, hf_model):
+def test_sync_to_killed_worker_names_it(worker, sender, gloo_sender, hf_model):
     ray.kill(worker)
     time.sleep(1.0)
-    start = time.perf_counter()
-    with pytest.raises(WeightSyncError, match=r"worker\[0\].*test-gen-0.*died"):
-        sender.send(hf_model.named_parameters(), version=5)
-    assert time.perf_counter() - start < TIMEOUT
+    for transport in (sender, gloo_sender):
+        start = time.perf_counter()
+        with pytest.raises(WeightSyncError, match=r"worker\[0\].*test-gen-0.*died"):
+            transport.send(hf_model.named_parameters(), version=8)
+        assert time.perf_counter() - start < TIMEOUT

@@ -1,4 +1,5 @@
-"""The real DeepSpeed trainer syncing to two real vLLM engines over shm, under ZeRO-0 and ZeRO-3.
+"""The real DeepSpeed trainer syncing to two real vLLM engines, under ZeRO-0 and ZeRO-3, over shm
+(one-shot) and gloo (the streaming broadcast protocol nccl uses on GPUs).
 
 After a GRPO step and a sync, each engine serves exactly the trainer's weights: its prompt
 logprobs equal the trainer's own on the same tokens (fp32, max abs difference <= 1e-3), it
@@ -46,8 +47,10 @@ def grpo_samples(seed: int, n: int = 8) -> list[TrainSample]:
     return out
 
 
-@pytest.mark.parametrize("stage, ranks, version", [(0, 1, 1), (3, 2, 2)])
-def test_engines_serve_the_trainer_weights_after_a_step(engines, tiny_model_dir, stage, ranks, version):
+@pytest.mark.parametrize("stage, ranks, transport, version", [(0, 1, "shm", 1), (3, 2, "shm", 2),
+                                                               (3, 2, "gloo", 3)])
+def test_engines_serve_the_trainer_weights_after_a_step(engines, tiny_model_dir, stage, ranks, transport,
+                                                        version):
     group = PolicyTrainerGroup(TrainerSettings(
         model_path=tiny_model_dir, num_ranks=ranks, zero_stage=stage, lr=3e-2, micro_batch_tokens=96,
         cpus_per_rank=1, zero3_persistence_threshold=0), name=f"two-engines-z{stage}")
@@ -55,7 +58,7 @@ def test_engines_serve_the_trainer_weights_after_a_step(engines, tiny_model_dir,
         probe = grpo_samples(99, 1)[0].token_ids
         before = ray.get([e.prompt_logprobs.remote(probe) for e in engines], timeout=TIMEOUT)
         group.train_step(grpo_samples(stage), PolicyLossConfig())
-        stats = group.sync_weights(engines, version, "shm", bucket_bytes=64 << 10, timeout_s=TIMEOUT)
+        stats = group.sync_weights(engines, version, transport, bucket_bytes=64 << 10, timeout_s=TIMEOUT)
         assert stats.version == version and stats.num_buckets > 1
         trainer = group.compute_logprobs([probe])[0]
         for engine, old in zip(engines, before):
