@@ -8,7 +8,8 @@
 Both sides train the same locally built character-level Qwen2 on the same single-turn task
 ("Repeat: <string>", reward = `benchmarks.repeat_task.repeat_score`) with the same shape: 8 prompts
 x 8 completions per optimizer step, at most 32 new tokens at temperature 1, the same number of
-optimizer steps, lr 3e-4, no KL term, bf16 and gradient checkpointing off. labrl runs through
+optimizer steps, lr 3e-4, no KL term, bf16 and gradient checkpointing off, every group trained
+(labrl's dynamic sampling off: at random init nearly every group is flat and would be refilled). labrl runs through
 `launch.run.TrainingRun` (SFT disabled, `benchmarks.repeat_env:SPEC`), once per
 `--labrl-staleness` value: 0 is on-policy like TRL (generate, then train), 1 is labrl's normal
 asynchronous mode (step k+1's generation overlaps step k's training); TRL runs in its own virtual environment (results/trl-venv, built on
@@ -100,7 +101,7 @@ def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespac
                  f"env.num_train_tasks={max(64, args.steps * PROMPTS_PER_STEP)}", "env.num_heldout_tasks=8",
                  "eval.num_tasks=8", f"generation.max_new_tokens={NEW_TOKENS}", "generation.temperature=1.0",
                  "generation.max_model_len=256", f"grpo.num_steps={args.steps}", f"grpo.batch_size={batch}",
-                 f"grpo.group_size={COMPLETIONS_PER_PROMPT}", f"rollout.max_staleness={staleness}",
+                 f"grpo.group_size={COMPLETIONS_PER_PROMPT}", "grpo.dynamic_sampling=false", f"rollout.max_staleness={staleness}",
                  f"trainer.lr={LR}", "grpo.kl_coef=0.0", f"logging.runs_root={WORK_DIR}",
                  "logging.wandb_mode=disabled", "logging.progress_bar=false", "logging.sample_every=0"]
     t0 = time.perf_counter()
@@ -114,7 +115,8 @@ def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespac
                        [m.get("rollout/num_generated_tokens", 0.0) for m in steps], total - sum(step_s),
                        [m.get("rollout/reward_mean", float("nan")) for m in steps])
     out["run_dir"] = str(run.run_dir)
-    for key in ("timing/wait_rollout_s", "timing/train_s", "timing/sync_s"):  # per-step breakdown
+    for key in ("timing/wait_rollout_s", "timing/train_s", "timing/sync_s",  # per-step breakdown
+                "train/num_tokens", "train/num_model_tokens"):
         values = sorted(steady([m.get(key, float("nan")) for m in steps]))
         out[key.split("/")[1]] = values[len(values) // 2] if values else float("nan")
     return out
@@ -211,6 +213,7 @@ def columns(args: argparse.Namespace) -> list[tuple]:
             ("completions/s", num("completions_per_s"), ".2f"), ("trained tok/s", num("trained_tokens_per_s"), ".0f"),
             ("step s", num("step_s_median"), ".2f"), ("gen wait s", num("wait_rollout_s"), ".2f"),
             ("train s", num("train_s"), ".2f"), ("sync s", num("sync_s"), ".2f"),
+            ("train tok", num("num_tokens"), ".0f"), ("model tok", num("num_model_tokens"), ".0f"),
             ("compl len", num("completion_len_mean"), ".1f"), ("setup s", num("setup_s"), ".0f"),
             *[(f"vs TRL {t}t compl / tok", vs_trl(t), "") for t in ([] if args.skip_trl else args.trl_threads)],
             ("error", lambda r: (r.get("error") or "")[:40], "")]

@@ -257,6 +257,9 @@ class PolicyTrainerRank:
         mbs = [mb for sh in shards for mb in sh.micro_batches]
         state.add("train/num_tokens", sum(mb.num_tokens for mb in mbs), "sum")
         state.add("train/num_padded_tokens", sum(mb.padded_tokens for mb in mbs), "sum")
+        # Positions the model ran (padding included; fewer than padded_tokens with shared prompts).
+        state.add("train/num_model_tokens", sum(b.input_ids.numel() for bs in batches for b in bs
+                                                if not b.is_placeholder), "sum")
         state.add("train/num_sequences", sum(len(mb.samples) for mb in mbs), "sum")
         state.add("train/num_micro_batches", len(mbs), "max")
         state.add("train/step_time_s", elapsed, "max")
