@@ -1,4 +1,4 @@
-"""Benchmark: trainer -> GenerationWorker weight sync over shared memory vs the memcpy floor.
+"""Benchmark: trainer -> GenerationWorker weight sync (shm, gloo broadcast) vs the memcpy floor.
 
 For each model size a random Qwen2 is built and saved locally (no downloads), one GenerationWorker
 (vLLM) serves it, and the driver (standing in for the trainer's rank 0) syncs perturbed weights
@@ -7,7 +7,7 @@ warm 256 MiB buffer right before every sync (the load on this shared VM drifts; 
 compared with the floor measured next to it, then the median is taken). Correctness is checked on
 every size (vLLM prompt logprobs vs HF).
 
-    .venv/bin/python benchmarks/weight_sync.py --sizes 10M,100M,500M --repeats 5
+    .venv/bin/python benchmarks/weight_sync.py --sizes 10M,100M,500M --repeats 5 --transports shm,gloo
 
 Prints a table and one JSON line (prefixed `JSON `). Timings on a shared 2-core VM drift a lot:
 compare numbers from one run only.
@@ -78,7 +78,8 @@ class Memcpy:
         return self.nbytes / min(times) / 1e9, self.nbytes / statistics.median(times) / 1e9
 
 
-def run_size(size: str, repeats: int, bucket_mb: int, kv_gb: float, gen: bool, direct: bool) -> dict:
+def run_size(size: str, repeats: int, bucket_mb: int, kv_gb: float, gen: bool, direct: bool,
+             transports: list[str]) -> list[dict]:
     from transformers import Qwen2ForCausalLM
 
     workdir = Path(tempfile.mkdtemp(prefix=f"labrl-bench-{size}-"))
@@ -99,43 +100,50 @@ def run_size(size: str, repeats: int, bucket_mb: int, kv_gb: float, gen: bool, d
             outs = ray.get([worker.generate.remote([1, 2, 3, 4 + i], spec) for i in range(64)])
             result["gen_tokens_per_s"] = round(sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t))
         model = Qwen2ForCausalLM.from_pretrained(workdir, dtype=torch.float32).eval()
-        sender = make_sender("shm", [worker], bucket_bytes=bucket_mb << 20, timeout_s=600)
-        memcpy = Memcpy()
-        stats, floors = [], []
-        for version in range(1, repeats + 1):
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.mul_(1.001)
-            floors.append(memcpy.gbps())  # measured right before each sync: the load here drifts
-            stats.append(sender.send(model.named_parameters(), version=version))
-        ids = [1, 5, 9, 2, 7, 3, 8, 6]
+        rows, version = [], 0
+        for transport in transports:  # one engine, each transport in turn (versions keep rising)
+            sender = make_sender(transport, [worker], bucket_bytes=bucket_mb << 20, timeout_s=600)
+            rows.append({**result, "transport": transport, **measure(sender, worker, model, version, repeats)})
+            version += repeats
+            sender.close()
+        ray.get(worker.shutdown.remote(), timeout=120)
+        ray.kill(worker)
+        del model
+        return rows
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure(sender, worker, model, version: int, repeats: int) -> dict:
+    """`repeats` syncs of perturbed weights, each against the memcpy floor measured just before it."""
+    memcpy = Memcpy()
+    stats, floors = [], []
+    for version in range(version + 1, version + repeats + 1):
         with torch.no_grad():
-            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
-        want = [0.0] + [logp[i, t].item() for i, t in enumerate(ids[1:])]
-        got = ray.get(worker.prompt_logprobs.remote(ids))
-        total = stats[0].bytes
-        steady = list(zip(stats, floors))[1:] or list(zip(stats, floors))
-        med = statistics.median(s.seconds for s, _ in steady)
-        best_gbps = statistics.median(f[0] for _, f in steady)
-        # per sync: its time over the floor measured just before it (best-of-3 memcpy), then median
-        ratio = statistics.median(s.seconds / (total / (f[0] * 1e9)) for s, f in steady)
-        ratio_med = statistics.median(s.seconds / (total / (f[1] * 1e9)) for s, f in steady)
-        result.update({
-            "bytes": total, "buckets": stats[0].num_buckets, "memcpy_gbps": round(best_gbps, 2),
+            for p in model.parameters():
+                p.mul_(1.001)
+        floors.append(memcpy.gbps())  # measured right before each sync: the load here drifts
+        stats.append(sender.send(model.named_parameters(), version=version))
+    ids = [1, 5, 9, 2, 7, 3, 8, 6]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    want = [0.0] + [logp[i, t].item() for i, t in enumerate(ids[1:])]
+    got = ray.get(worker.prompt_logprobs.remote(ids))
+    total = stats[0].bytes
+    steady = list(zip(stats, floors))[1:] or list(zip(stats, floors))
+    med = statistics.median(s.seconds for s, _ in steady)
+    best_gbps = statistics.median(f[0] for _, f in steady)
+    # per sync: its time over the floor measured just before it (best-of-3 memcpy), then median
+    ratio = statistics.median(s.seconds / (total / (f[0] * 1e9)) for s, f in steady)
+    ratio_med = statistics.median(s.seconds / (total / (f[1] * 1e9)) for s, f in steady)
+    return {"bytes": total, "buckets": stats[0].num_buckets, "memcpy_gbps": round(best_gbps, 2),
             "floor_s": round(total / best_gbps / 1e9, 3), "first_sync_s": round(stats[0].seconds, 3),
             "sync_s": round(med, 3), "stage_s": round(statistics.median(s.stage_s for s, _ in steady), 3),
             "apply_s": round(statistics.median(s.apply_s for s, _ in steady), 3),
             "pause_s": round(statistics.median(s.generation_pause_s for s, _ in steady), 3),
             "sync_gbps": round(total / med / 1e9, 2), "ratio_vs_floor": round(ratio, 2),
             "ratio_vs_median_memcpy": round(ratio_med, 2),
-            "max_logprob_err": float(max(abs(a - b) for a, b in zip(got, want)))})
-        sender.close()
-        ray.get(worker.shutdown.remote(), timeout=120)
-        ray.kill(worker)
-        del model
-        return result
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            "max_logprob_err": float(max(abs(a - b) for a, b in zip(got, want)))}
 
 
 def main() -> None:
@@ -148,6 +156,7 @@ def main() -> None:
     parser.add_argument("--modes", default="direct",
                         help="comma list of CPU reload modes: direct (plain weights, default) and/or layerwise "
                              "(vLLM's in-place reload with oneDNN repacking)")
+    parser.add_argument("--transports", default="shm", help="comma list: shm and/or gloo")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
@@ -155,20 +164,20 @@ def main() -> None:
     rows = []
     for size in args.sizes.split(","):
         for mode in args.modes.split(","):
-            rows.append(run_size(size.strip(), args.repeats, args.bucket_mb, args.kv_gb, args.gen,
-                                 mode.strip() == "direct"))
+            rows.extend(run_size(size.strip(), args.repeats, args.bucket_mb, args.kv_gb, args.gen,
+                                 mode.strip() == "direct", args.transports.split(",")))
             print(f"done {size} {mode}: {rows[-1]}", flush=True)
     ray.shutdown()
-    cols = ["size", "mode", "params", "bytes", "buckets", "startup_s", "first_sync_s", "sync_s", "stage_s", "apply_s",
+    cols = ["size", "transport", "mode", "params", "bytes", "buckets", "startup_s", "first_sync_s", "sync_s", "stage_s", "apply_s",
             "pause_s", "memcpy_gbps", "floor_s", "sync_gbps", "ratio_vs_floor", "ratio_vs_median_memcpy",
             "max_logprob_err"]
     if args.gen:
-        cols.insert(5, "gen_tokens_per_s")
+        cols.insert(6, "gen_tokens_per_s")
     widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows)) for c in cols]
     print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for r in rows:
         print("  ".join(f"{r.get(c, '')}".ljust(w) for c, w in zip(cols, widths)))
-    print("JSON " + json.dumps({"benchmark": "weight_sync_shm", "bucket_mb": args.bucket_mb, "results": rows}))
+    print("JSON " + json.dumps({"benchmark": "weight_sync", "bucket_mb": args.bucket_mb, "results": rows}))
 
 
 if __name__ == "__main__":
