@@ -100,7 +100,8 @@ class BroadcastSender(StreamingSender):
             try:  # gloo blocks until every worker has received, or its timeout
                 self.group.broadcast(data, src=0)
             except RuntimeError as err:
-                raise WeightSyncError(f"{phase} failed (a worker died or never posted its receive): {err}; "
+                wait_all(refs, 5.0, f"receive bucket {index} ({self.transport})")  # names a dead worker
+                raise WeightSyncError(f"{phase} failed (a worker never posted its receive): {err}; "
                                       f"the group is now unusable, rebuild the sender") from err
         wait_all(refs, rpc_deadline(self.timeout_s), f"receive bucket {index} ({self.transport})")
 

@@ -39,6 +39,51 @@ class FakeWorker:
         return self.calls
 
 
+@ray.remote(num_cpus=0)
+class FakeBroadcastReceiver:
+    """The streaming side of a GenerationWorker over a real gloo group, without vLLM; with
+    `die_at_bucket=k` the process exits when bucket k arrives, before posting its receive."""
+
+    def __init__(self, name: str, spec: dict, die_at_bucket: int = -1) -> None:
+        self.name, self.spec, self.die_at = name, spec, die_at_bucket
+        self.group, self.buckets, self.received = None, 0, {}
+
+    def describe(self) -> dict:
+        return {"name": self.name, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "version": 0, "healthy": True, "weight_spec": self.spec, "optional_names": [],
+                "tensor_parallel_size": 1}
+
+    def group_init(self, info: dict, timeout_s: float) -> None:
+        import torch
+
+        from actors.weight_sync.broadcast import worker_join_group
+
+        self.group = worker_join_group(info, 0, torch.device("cpu"))
+
+    def begin_update(self, version: int, timeout_s: float) -> None:
+        pass
+
+    def receive_bucket(self, transport: str, bucket: dict, timeout_s: float) -> None:
+        import torch
+
+        from actors.weight_sync.broadcast import worker_receive_bucket
+
+        if self.buckets == self.die_at:
+            os._exit(1)
+        self.buckets += 1
+        for name, tensor in worker_receive_bucket(self.group, bucket, torch.device("cpu")):
+            self.received[name] = tensor.clone()
+
+    def finish_update(self, version: int, timeout_s: float) -> dict:
+        return {"version": version, "pause_s": 0.0}
+
+    def abort_update(self, reason: str) -> None:
+        pass
+
+    def weights(self) -> dict:
+        return self.received
+
+
 def started(*handles, timeout: float = 180.0) -> None:
     """Wait until fake actors run: actor start-up on a loaded 2-core VM can take tens of seconds,
     and it is not what the tests time."""

@@ -93,6 +93,29 @@ def test_sender_to_killed_worker_and_dead_at_handshake(ray_local):
     ray.kill(ok)
 
 
+def test_gloo_broadcast_delivers_and_a_receiver_killed_mid_stream_raises_in_time(ray_local):
+    """Two receivers in one gloo group: a sync delivers every tensor exactly; then one dies when
+    its second bucket arrives, and the sender raises within the timeout, naming it."""
+    from tests.actors.fakes import FakeBroadcastReceiver
+
+    named = [(f"layer{i}.weight", torch.randn(128, 128)) for i in range(4)]  # 64 KiB each: a bucket each
+    spec = {name: (tuple(t.shape), "float32") for name, t in named}
+    ok = FakeBroadcastReceiver.remote("steady", spec)
+    victim = FakeBroadcastReceiver.remote("victim", spec, die_at_bucket=len(named) + 1)  # 2nd of sync 2
+    started(ok, victim)
+    sender = make_sender("gloo", [ok, victim], bucket_bytes=64 << 10, timeout_s=20.0)
+    stats = sender.send(named, version=1)
+    assert stats.num_buckets == len(named)
+    got = ray.get(ok.weights.remote())
+    assert all(torch.equal(got[name], t) for name, t in named)
+    start = time.perf_counter()
+    with pytest.raises(WeightSyncError, match=r"(?s)worker\[1\].*victim.*died"):
+        sender.send(named, version=2)
+    assert time.perf_counter() - start < 25
+    sender.close()
+    ray.kill(ok)
+
+
 def test_unknown_transport():
     with pytest.raises(ValueError, match="unknown weight-sync transport"):
         make_sender("carrier-pigeon", [object()], 1, 1.0)
