@@ -17,7 +17,8 @@ first use by `benchmarks.trl_venv`) through `benchmarks.trl_runner`, once per `-
 (OMP_NUM_THREADS). Per model size the runs interleave labrl and TRL, and the side that goes first
 alternates.
 
-Throughput counts optimizer steps after the first (warm-up) one: completions/s = 64 x steps / their
+Throughput counts optimizer steps after the first (warm-up) one, less labrl steps skipped for lack of
+signal (all rewards equal: labrl runs no update, TRL does): completions/s = 64 x steps / their
 wall time; trained tokens/s = prompt + completion tokens fed to the optimizer / the same time.
 Start-up (Ray actors, vLLM engine, DeepSpeed; TRL trainer construction) is reported apart.
 Threads: labrl's trainer rank and vLLM engine each compute on one thread (Ray gives a num_cpus=1 actor
@@ -77,16 +78,21 @@ def steady(values: list[float]) -> list[float]:
 
 
 def side_summary(step_s: list[float], tokens: list[float], completion_tokens: list[float],
-                 setup_s: float, rewards: list[float]) -> dict[str, Any]:
-    wall = sum(steady(step_s))
-    n = len(steady(step_s))
+                 setup_s: float, rewards: list[float], timed: list[bool] | None = None) -> dict[str, Any]:
+    """Throughput over the `timed` steps (default: all but the warm-up one)."""
+    timed = timed if timed is not None else [i > 0 or len(step_s) == 1 for i in range(len(step_s))]
+
+    def pick(values: list[float]) -> list[float]:
+        return [v for v, t in zip(values, timed) if t]
+
+    wall = sum(pick(step_s))
+    n = len(pick(step_s))
     completions = n * PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT
-    return {"steps_timed": n, "timed_s": wall, "step_s_median": sorted(steady(step_s))[n // 2] if n else float("nan"),
+    return {"steps_timed": n, "timed_s": wall, "step_s_median": sorted(pick(step_s))[n // 2] if n else float("nan"),
             "completions_per_s": ratio(completions, wall),
-            "trained_tokens_per_s": ratio(sum(steady(tokens)), wall),
-            "completion_tokens_per_s": ratio(sum(steady(completion_tokens)), wall),
-            "completion_len_mean": ratio(sum(completion_tokens), len(completion_tokens) * PROMPTS_PER_STEP
-                                         * COMPLETIONS_PER_PROMPT),
+            "trained_tokens_per_s": ratio(sum(pick(tokens)), wall),
+            "completion_tokens_per_s": ratio(sum(pick(completion_tokens)), wall),
+            "completion_len_mean": ratio(sum(pick(completion_tokens)), n * PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT),
             "setup_s": setup_s, "step_s": step_s, "reward_first": rewards[0] if rewards else None,
             "reward_last": rewards[-1] if rewards else None}
 
@@ -111,13 +117,17 @@ def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespac
     steps = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [m for m in steps if "timing/step_s" in m]
     step_s = [m["timing/step_s"] for m in steps]
+    # A batch whose rewards are all equal (common at random init: every reward 0) has no learning
+    # signal and labrl skips its update; TRL still runs one. Such steps do less work: not timed.
+    timed = [i > 0 and not m.get("train/skipped_no_signal") for i, m in enumerate(steps)]
     out = side_summary(step_s, [m.get("train/num_tokens", 0.0) for m in steps],
                        [m.get("rollout/num_generated_tokens", 0.0) for m in steps], total - sum(step_s),
-                       [m.get("rollout/reward_mean", float("nan")) for m in steps])
+                       [m.get("rollout/reward_mean", float("nan")) for m in steps], timed)
     out["run_dir"] = str(run.run_dir)
+    out["steps_skipped_no_signal"] = sum(bool(m.get("train/skipped_no_signal")) for m in steps)
     for key in ("timing/wait_rollout_s", "timing/train_s", "timing/sync_s",  # per-step breakdown
                 "train/num_tokens", "train/num_model_tokens"):
-        values = sorted(steady([m.get(key, float("nan")) for m in steps]))
+        values = sorted(m.get(key, float("nan")) for m, t in zip(steps, timed) if t)
         out[key.split("/")[1]] = values[len(values) // 2] if values else float("nan")
     return out
 
@@ -215,6 +225,7 @@ def columns(args: argparse.Namespace) -> list[tuple]:
             ("train s", num("train_s"), ".2f"), ("sync s", num("sync_s"), ".2f"),
             ("train tok", num("num_tokens"), ".0f"), ("model tok", num("num_model_tokens"), ".0f"),
             ("compl len", num("completion_len_mean"), ".1f"), ("setup s", num("setup_s"), ".0f"),
+            ("timed/skipped", lambda r: f"{r.get('steps_timed', '')}/{r.get('steps_skipped_no_signal', '-')}", ""),
             *[(f"vs TRL {t}t compl / tok", vs_trl(t), "") for t in ([] if args.skip_trl else args.trl_threads)],
             ("error", lambda r: (r.get("error") or "")[:40], "")]
 
