@@ -57,7 +57,7 @@ def test_engines_serve_the_trainer_weights_after_a_step(engines, tiny_model_dir,
     try:
         probe = grpo_samples(99, 1)[0].token_ids
         before = ray.get([e.prompt_logprobs.remote(probe) for e in engines], timeout=TIMEOUT)
-        group.train_step(grpo_samples(stage), PolicyLossConfig())
+        group.train_step(grpo_samples(version), PolicyLossConfig())  # each case its own update
         stats = group.sync_weights(engines, version, transport, bucket_bytes=64 << 10, timeout_s=TIMEOUT)
         assert stats.version == version and stats.num_buckets > 1
         trainer = group.compute_logprobs([probe])[0]
