@@ -328,6 +328,33 @@ class GenerationWorker:
             pause_s = await self._reopen(weights_changed=True)
         return {"version": version, "pause_s": pause_s}
 
+    async def share_weights(self, timeout_s: float = 300.0) -> dict[str, Any]:
+        """shm_inplace, once: move vLLM's weights into a shared file; returns its path and layout."""
+        await self.ready()
+        if self.config.tensor_parallel_size != 1:
+            raise ValueError(f"{self.name}: shm_inplace needs tensor_parallel_size 1")
+        async with self._update_lock:  # paused: locating the tensors writes markers into the weights
+            await self._pause_for_update(timeout_s)
+            try:
+                return (await self.update.run(self.engine, "labrl_share_weights", (self.spec,), timeout_s,
+                                              "share weights", fatal=True))[0]
+            finally:
+                await self._reopen(weights_changed=False)
+
+    async def begin_inplace(self, version: int, timeout_s: float = 300.0) -> None:
+        """shm_inplace, step 1: drain and pause; the trainer then writes the weights in place."""
+        async with self._update_lock:
+            self.update.check_can_update(self.version, version)
+            await self._pause_for_update(timeout_s)
+            self.update.start(version)
+
+    async def finish_inplace(self, version: int, timeout_s: float = 300.0) -> dict[str, Any]:
+        """shm_inplace, step 2: serve the new version (drop KV computed with the old weights)."""
+        self.update.expect_open("finish_inplace")
+        self.version, self._weights_discarded = version, False
+        self.update.close()
+        return {"version": version, "pause_s": await self._reopen(weights_changed=True)}
+
     async def abort_update(self, reason: str) -> None:
         """The sender gave up mid-stream: weights are partly replaced, so mark unhealthy."""
         if self.update.open:

@@ -151,6 +151,18 @@ class LabrlWorkerExtension:
         group, device = getattr(self, "_labrl_group", (None, None))
         self._labrl_load(worker_receive_bucket(group, bucket, device))
 
+    def labrl_share_weights(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Move the weights into a shared file the trainer writes into (actors/weight_sync/inplace.py)."""
+        if not getattr(self, "_labrl_direct", False):
+            raise RuntimeError("shm_inplace needs a CPU engine with plain weights (cpu_direct_reload)")
+        from vllm.config import set_current_vllm_config
+
+        from actors.weight_sync.inplace import share_model_weights
+
+        with set_current_vllm_config(self.vllm_config):
+            path, nbytes, layout = share_model_weights(self.model_runner.get_model(), spec)
+        return {"path": path, "nbytes": nbytes, "layout": layout}
+
     def labrl_load_ipc(self, bucket: dict[str, Any]) -> None:
         from actors.weight_sync.cuda_ipc import worker_open_bucket
 

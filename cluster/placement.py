@@ -66,7 +66,7 @@ ROLES = ("generation", "trainer", "env_workers")
 ENV_WORKER_RESOURCE_UNITS = 0.001
 # Weight-sync transports that need every engine on the trainer's rank-0 node (shared memory and
 # CUDA IPC handles do not cross nodes; the nccl and gloo broadcasts do).
-SAME_NODE_TRANSPORTS = ("shm", "cuda_ipc")
+SAME_NODE_TRANSPORTS = ("shm", "shm_inplace", "cuda_ipc")
 
 
 @dataclass(frozen=True)

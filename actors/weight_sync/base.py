@@ -211,8 +211,12 @@ def make_sender(transport: str, receivers: list[Any], bucket_bytes: int = 256 <<
 
         sender = NcclSender if transport == "nccl" else GlooSender
         return sender(receivers, bucket_bytes, timeout_s, **options)
+    if transport == "shm_inplace":
+        from actors.weight_sync.inplace import InplaceSender
+
+        return InplaceSender(receivers, bucket_bytes, timeout_s, **options)
     if transport == "cuda_ipc":
         from actors.weight_sync.cuda_ipc import CudaIpcSender
 
         return CudaIpcSender(receivers, bucket_bytes, timeout_s, **options)
-    raise ValueError(f"unknown weight-sync transport {transport!r}; choose shm, gloo, nccl or cuda_ipc")
+    raise ValueError(f"unknown weight-sync transport {transport!r}; choose shm, shm_inplace, gloo, nccl or cuda_ipc")

@@ -79,17 +79,22 @@ def remove_stale_segments(shm_dir: str = "/dev/shm") -> list[str]:
     return removed
 
 
+def require_one_node(sender: WeightSender) -> None:
+    """shm transports reach only workers on the sender's node."""
+    here = ray.get_runtime_context().get_node_id()
+    for label, info in sender.infos.items():
+        if info["node_id"] != here:
+            raise WeightSyncError(f"{sender.transport} transport needs every GenerationWorker on the sender's "
+                                  f"node {here[:12]}; {label} is on node {info['node_id'][:12]} (use gloo)")
+
+
 class ShmSender(WeightSender):
     """Stage in /dev/shm, then one `update_weights("shm", manifest)` RPC per worker, in parallel."""
 
     def __init__(self, receivers: Sequence[Any], bucket_bytes: int, timeout_s: float,
                  keep_segments: bool = True, shm_dir: str = "/dev/shm") -> None:
         super().__init__(receivers, bucket_bytes, timeout_s)
-        here = ray.get_runtime_context().get_node_id()
-        for label, info in self.infos.items():
-            if info["node_id"] != here:
-                raise WeightSyncError(f"shm transport needs every GenerationWorker on the sender's node "
-                                      f"{here[:12]}; {label} is on node {info['node_id'][:12]} (use nccl)")
+        require_one_node(self)
         self.keep_segments = keep_segments
         self.shm_dir = shm_dir
         self._tag = f"labrl-ws-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -6,6 +6,7 @@ import asyncio
 import os
 
 import ray
+import torch
 
 from actors.types import WorkerUnhealthyError
 from actors.types import GenerationOutput, SamplingSpec
@@ -82,6 +83,45 @@ class FakeBroadcastReceiver:
 
     def weights(self) -> dict:
         return self.received
+
+
+@ray.remote(num_cpus=0)
+class FakeInplaceReceiver:
+    """The shm_inplace side of a GenerationWorker without vLLM: weights in a shared file laid out
+    by the spec; records the protocol calls it gets."""
+
+    def __init__(self, name: str, spec: dict) -> None:
+        from actors.weight_sync.shm import _create_segment
+
+        self.name, self.spec, self.calls = name, spec, []
+        self.layout, offset = {}, 0
+        for key, (shape, dtype) in spec.items():
+            self.layout[key] = (offset, tuple(shape), dtype)
+            offset += 4 * int(torch.tensor(shape).prod())
+        self.segment = _create_segment(f"/dev/shm/labrl-ws-{os.getpid()}-engine-fake", offset)
+        self.segment.tensor.zero_()
+
+    def describe(self) -> dict:
+        return {"name": self.name, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "version": 0, "healthy": True, "weight_spec": self.spec, "optional_names": [],
+                "tensor_parallel_size": 1}
+
+    def share_weights(self, timeout_s: float) -> dict:
+        return {"path": self.segment.path, "nbytes": self.segment.nbytes, "layout": self.layout}
+
+    def begin_inplace(self, version: int, timeout_s: float) -> None:
+        self.calls.append(("begin", version))
+
+    def finish_inplace(self, version: int, timeout_s: float) -> dict:
+        self.calls.append(("finish", version))
+        return {"version": version, "pause_s": 0.0}
+
+    def abort_update(self, reason: str) -> None:
+        self.calls.append(("abort", reason))
+
+    def state(self) -> tuple[list, dict]:
+        return self.calls, {k: self.segment.tensor[o:o + 4 * int(torch.tensor(s).prod())].view(torch.float32)
+                            .view(s).clone() for k, (o, s, _) in self.layout.items()}
 
 
 def started(*handles, timeout: float = 180.0) -> None:

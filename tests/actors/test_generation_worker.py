@@ -278,6 +278,24 @@ def test_gloo_broadcast_streams_buckets_into_the_engine(worker, gloo_sender, hf_
     assert max(abs(a - b) for a, b in zip(got, hf_logprobs(hf_model, ids))) < 1e-3
 
 
+def test_inplace_sync_writes_into_the_engine_weights(worker, hf_model, tokenizer):
+    """shm_inplace: the engine's weights move into a shared file once (serving unchanged), then the
+    sender writes each tensor in place; the engine serves exactly the sent weights."""
+    ids = sample_ids(tokenizer) + tokenizer("The answer is 2 H2 + O2 -> 2 H2O")["input_ids"]
+    served = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
+    sender = make_sender("shm_inplace", [worker], bucket_bytes=1 << 20, timeout_s=TIMEOUT)
+    try:
+        assert ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT) == served  # sharing moved, not changed
+        perturb(hf_model, seed=8)
+        stats = sender.send(hf_model.named_parameters(), version=8)
+        assert stats.version == 8 and stats.bytes == sum(p.numel() * 4 for p in hf_model.parameters())
+    finally:
+        sender.close()
+    assert ray.get(worker.policy_version.remote()) == 8
+    got = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
+    assert max(abs(a - b) for a, b in zip(got, hf_logprobs(hf_model, ids))) < 1e-3
+
+
 def test_level2_sleep_without_weight_update_marks_unhealthy(worker, tokenizer):
     """Level 2 discards the weights: waking without a sync must not serve them silently."""
     ray.get(worker.sleep.remote(2), timeout=TIMEOUT)
@@ -294,5 +312,5 @@ def test_sync_to_killed_worker_names_it(worker, sender, gloo_sender, hf_model):
     for transport in (sender, gloo_sender):
         start = time.perf_counter()
         with pytest.raises(WeightSyncError, match=r"worker\[0\].*test-gen-0.*died"):
-            transport.send(hf_model.named_parameters(), version=8)
+            transport.send(hf_model.named_parameters(), version=9)
         assert time.perf_counter() - start < TIMEOUT

@@ -116,6 +116,28 @@ def test_gloo_broadcast_delivers_and_a_receiver_killed_mid_stream_raises_in_time
     ray.kill(ok)
 
 
+def test_inplace_writes_every_tensor_and_a_bad_one_mid_stream_aborts(ray_local):
+    """shm_inplace: the sender writes each tensor to its place in the engine's file between
+    begin and finish; a bad tensor after the first writes makes it tell the engine to abort."""
+    from tests.actors.fakes import FakeInplaceReceiver
+
+    named = [(f"layer{i}.weight", torch.randn(8, 8)) for i in range(3)]
+    spec = {name: (tuple(t.shape), "float32") for name, t in named}
+    engine = FakeInplaceReceiver.remote("engine", spec)
+    started(engine)
+    sender = make_sender("shm_inplace", [engine], bucket_bytes=1 << 20, timeout_s=20.0)
+    assert sender.send(named, version=1).bytes == 3 * 8 * 8 * 4
+    calls, weights = ray.get(engine.state.remote())
+    assert calls == [("begin", 1), ("finish", 1)] and all(torch.equal(weights[n], t) for n, t in named)
+    bad = [named[0], ("layer1.weight", torch.zeros(4, 8)), named[2]]
+    with pytest.raises(WeightSyncError, match=r"(?s)failed after the engines were paused.*unhealthy.*layer1"):
+        sender.send(bad, version=2)
+    calls, _ = ray.get(engine.state.remote())
+    assert [c[0] for c in calls[2:]] == ["begin", "abort"]
+    sender.close()
+    ray.kill(engine)
+
+
 def test_unknown_transport():
     with pytest.raises(ValueError, match="unknown weight-sync transport"):
         make_sender("carrier-pigeon", [object()], 1, 1.0)
