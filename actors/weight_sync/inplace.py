@@ -119,9 +119,8 @@ class InplaceSender(WeightSender):
 
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> SyncStats:
         start = time.perf_counter()
-        call = lambda method: {label: getattr(r, method).remote(version, self.timeout_s)  # noqa: E731
-                               for label, r in zip(self.labels, self.receivers)}
-        wait_all(call("begin_inplace"), rpc_deadline(self.timeout_s), f"begin_inplace to version {version} (drain)")
+        wait_all(self._call("begin_inplace", version), rpc_deadline(self.timeout_s),
+                 f"begin_inplace to version {version} (drain)")
         total = 0
         try:
             with torch.no_grad():
@@ -130,7 +129,8 @@ class InplaceSender(WeightSender):
                         if name in views:  # a tied lm_head has no place of its own
                             views[name].copy_(tensor)
                     total += tensor.numel() * tensor.element_size()
-            results = wait_all(call("finish_inplace"), rpc_deadline(self.timeout_s), f"finish_inplace to version {version}")
+            results = wait_all(self._call("finish_inplace", version), rpc_deadline(self.timeout_s),
+                               f"finish_inplace to version {version}")
         except BaseException as err:
             refs = {label: r.abort_update.remote(f"{type(err).__name__}: {err}") for label, r in
                     zip(self.labels, self.receivers)}
@@ -146,6 +146,9 @@ class InplaceSender(WeightSender):
                     seconds, pause)
         return SyncStats(version=version, seconds=seconds, bytes=total, gb_per_s=total / seconds / 1e9,
                          num_buckets=0, generation_pause_s=pause, stage_s=0.0, apply_s=seconds)
+
+    def _call(self, method: str, version: int) -> dict[str, Any]:
+        return {label: getattr(r, method).remote(version, self.timeout_s) for label, r in zip(self.labels, self.receivers)}
 
     def close(self) -> None:
         self.targets = []
