@@ -391,9 +391,8 @@ class GenerationWorker:
             self.asleep = {"weights", "kv_cache"}
             self._weights_discarded = level == 2
             out = {"drain_s": drain_s, "sleep_s": time.perf_counter() - t0}
-            free_after = await self._free_device_bytes()
-        if free_before is not None and free_after is not None:
-            out["freed_gb"] = (free_after - free_before) / 1e9
+            if free_before is not None:  # GPU: what the trainer gained (None on CPU: no second RPC)
+                out["freed_gb"] = (await self._free_device_bytes() - free_before) / 1e9
         return out
 
     async def _free_device_bytes(self) -> int | None:

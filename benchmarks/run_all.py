@@ -51,7 +51,7 @@ EXISTING = (
     Bench("trainer", "benchmarks.trainer", ("--stages", "0", "1", "--ranks", "1", "--hidden", "256", "--layers", "4"),
           (), writes_json=False, description="trainer tokens/s vs ZeRO stage (other engineers' benchmark)"),
     Bench("weight_sync", "benchmarks.weight_sync", ("--sizes", "10M", "--repeats", "2", "--transports",
-                                                    "shm,shm_inplace,gloo"), (), writes_json=False,
+                                                    "shm,shm_inplace,gloo"), (),
           description="trainer -> vLLM weight sync (shm, shm_inplace, gloo) vs memcpy floor"),
 )
 

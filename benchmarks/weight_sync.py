@@ -7,16 +7,15 @@ warm 256 MiB buffer right before every sync (the load on this shared VM drifts; 
 compared with the floor measured next to it, then the median is taken). Correctness is checked on
 every size (vLLM prompt logprobs vs HF).
 
-    .venv/bin/python benchmarks/weight_sync.py --sizes 10M,100M,500M --repeats 5 --transports shm,gloo
+    .venv/bin/python benchmarks/weight_sync.py --sizes 10M,100M,500M --repeats 5 --transports shm,shm_inplace,gloo
 
-Prints a table and one JSON line (prefixed `JSON `). Timings on a shared 2-core VM drift a lot:
-compare numbers from one run only.
+Prints a table and one JSON line and writes results/weight_sync.json (`benchmarks.common.emit`).
+Timings on a shared 2-core VM drift a lot: compare numbers from one run only.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import statistics
@@ -34,6 +33,9 @@ sys.path.insert(0, str(REPO))
 from actors.generation import GenerationWorker  # noqa: E402
 from actors.types import EngineConfig, SamplingSpec  # noqa: E402
 from actors.weight_sync import make_sender  # noqa: E402
+from benchmarks.common import emit, format_table, setup_logging  # noqa: E402
+
+logger = logging.getLogger("benchmarks.weight_sync")
 
 # hidden, intermediate, layers, heads, kv_heads, vocab  (tied embeddings, fp32)
 SHAPES = {
@@ -156,9 +158,9 @@ def main() -> None:
     parser.add_argument("--modes", default="direct",
                         help="comma list of CPU reload modes: direct (plain weights, default) and/or layerwise "
                              "(vLLM's in-place reload with oneDNN repacking)")
-    parser.add_argument("--transports", default="shm", help="comma list: shm and/or gloo")
+    parser.add_argument("--transports", default="shm", help="comma list of transports: shm, shm_inplace, gloo")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    setup_logging()
     ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     rows = []
@@ -166,19 +168,14 @@ def main() -> None:
         for mode in args.modes.split(","):
             rows.extend(run_size(size.strip(), args.repeats, args.bucket_mb, args.kv_gb, args.gen,
                                  mode.strip() == "direct", args.transports.split(",")))
-            print(f"done {size} {mode}: {rows[-1]}", flush=True)
+            logger.info("done %s %s: %s", size, mode, rows[-1])
     ray.shutdown()
-    cols = ["size", "transport", "mode", "params", "bytes", "buckets", "startup_s", "first_sync_s", "sync_s", "stage_s", "apply_s",
-            "pause_s", "memcpy_gbps", "floor_s", "sync_gbps", "ratio_vs_floor", "ratio_vs_median_memcpy",
-            "max_logprob_err"]
+    cols = ["size", "transport", "mode", "params", "bytes", "buckets", "startup_s", "first_sync_s", "sync_s",
+            "stage_s", "apply_s", "pause_s", "memcpy_gbps", "floor_s", "sync_gbps", "ratio_vs_floor",
+            "ratio_vs_median_memcpy", "max_logprob_err"]
     if args.gen:
         cols.insert(6, "gen_tokens_per_s")
-    widths = [max(len(c), *(len(f"{r.get(c, '')}") for r in rows)) for c in cols]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    for r in rows:
-        print("  ".join(f"{r.get(c, '')}".ljust(w) for c, w in zip(cols, widths)))
-    print("JSON " + json.dumps({"benchmark": "weight_sync", "bucket_mb": args.bucket_mb, "results": rows}))
-
+    emit("weight_sync", {"config": vars(args), "results": rows}, format_table(rows, [(c, c, "") for c in cols]))
 
 if __name__ == "__main__":
     main()

@@ -68,6 +68,14 @@ def hf_logprobs(model, token_ids: list[int], temperature: float = 1.0) -> list[f
     return [0.0] + [logp[i, t].item() for i, t in enumerate(token_ids[1:])]
 
 
+def assert_serves(worker, model, ids: list[int], version: int) -> list[float]:
+    """The worker reports `version` and its logprobs on `ids` are the model's (1e-3); returns them."""
+    assert ray.get(worker.policy_version.remote()) == version
+    got = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
+    assert max(abs(a - b) for a, b in zip(got, hf_logprobs(model, ids))) < 1e-3
+    return got
+
+
 def perturb(model, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -131,10 +139,7 @@ def test_sync_new_weights_matches_hf(worker, sender, hf_model, tokenizer):
     stats = sender.send(hf_model.named_parameters(), version=1)
     assert stats.version == 1 and stats.num_buckets > 1
     assert stats.bytes == sum(p.numel() * 4 for p in hf_model.parameters())
-    assert ray.get(worker.policy_version.remote()) == 1
-    after = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
-    want = hf_logprobs(hf_model, ids)
-    assert max(abs(a - b) for a, b in zip(after, want)) < 1e-3
+    after = assert_serves(worker, hf_model, ids, version=1)
     assert max(abs(a - b) for a, b in zip(after, before)) > 1e-2  # the weights really changed
 
 
@@ -273,9 +278,7 @@ def test_gloo_broadcast_streams_buckets_into_the_engine(worker, gloo_sender, hf_
     stats = gloo_sender.send(hf_model.named_parameters(), version=7)
     assert stats.version == 7 and stats.num_buckets > 1
     assert stats.bytes == sum(p.numel() * 4 for p in hf_model.parameters())
-    assert ray.get(worker.policy_version.remote()) == 7
-    got = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
-    assert max(abs(a - b) for a, b in zip(got, hf_logprobs(hf_model, ids))) < 1e-3
+    assert_serves(worker, hf_model, ids, version=7)
 
 
 def test_inplace_sync_writes_into_the_engine_weights(worker, hf_model, tokenizer):
@@ -291,9 +294,7 @@ def test_inplace_sync_writes_into_the_engine_weights(worker, hf_model, tokenizer
         assert stats.version == 8 and stats.bytes == sum(p.numel() * 4 for p in hf_model.parameters())
     finally:
         sender.close()
-    assert ray.get(worker.policy_version.remote()) == 8
-    got = ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT)
-    assert max(abs(a - b) for a, b in zip(got, hf_logprobs(hf_model, ids))) < 1e-3
+    assert_serves(worker, hf_model, ids, version=8)
 
 
 def test_level2_sleep_without_weight_update_marks_unhealthy(worker, tokenizer):
