@@ -3,7 +3,7 @@
     python -m benchmarks.trl_compare                          # tiny (~1M) and ~30M models, 4 steps each
     python -m benchmarks.trl_compare --sizes tiny --steps 3
     python -m benchmarks.trl_compare --skip-trl               # labrl only
-    python -m benchmarks.trl_compare --sizes 30M --labrl-staleness 0 1 --trl-threads 1 2
+    python -m benchmarks.trl_compare --sizes 30M --labrl-staleness 0 1 --trl-threads 1 2 --labrl-dense
 
 Both sides train the same locally built character-level Qwen2 on the same single-turn task
 ("Repeat: <string>", reward = `benchmarks.repeat_task.repeat_score`) with the same shape: 8 prompts
@@ -19,7 +19,9 @@ alternates.
 
 Throughput counts optimizer steps after the first (warm-up) one, less labrl steps skipped for lack of
 signal (all rewards equal: labrl runs no update, TRL does): completions/s = 64 x steps / their
-wall time; trained tokens/s = prompt + completion tokens fed to the optimizer / the same time.
+wall time; trained tokens/s = prompt + completion tokens of the optimizer batches / the same time (every
+sample of a batch counts; labrl does not run a sample whose advantage is 0 through the model, since its
+gradient is exactly zero without a KL term; `--labrl-dense` adds a run that does, as TRL does).
 Start-up (Ray actors, vLLM engine, DeepSpeed; TRL trainer construction) is reported apart.
 Threads: labrl's trainer rank and vLLM engine each compute on one thread (Ray gives a num_cpus=1 actor
 OMP_NUM_THREADS=1) and together use both cores, so TRL with 2 threads (the whole machine) is the
@@ -97,12 +99,15 @@ def side_summary(step_s: list[float], tokens: list[float], completion_tokens: li
             "reward_last": rewards[-1] if rewards else None}
 
 
-def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespace, dense: bool = False) -> dict[str, Any]:
     from launch.config import load_config
     from launch.run import TrainingRun
 
     batch = PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT
-    overrides = [f"run_name=trl-compare-labrl-{size}-s{staleness}", f"model.path={model_dir}", "sft.enabled=false",
+    # One rank: ZeRO would partition nothing and only add flat-buffer copies to each step (TRL
+    # steps a plain AdamW too). `dense` runs every sample through the model, as TRL does.
+    overrides = [f"run_name=trl-compare-labrl-{size}-s{staleness}{'-dense' * dense}", f"model.path={model_dir}",
+                 "sft.enabled=false", "trainer.zero_stage=0", f"trainer.skip_zero_advantage={str(not dense).lower()}",
                  "env.name=benchmarks.repeat_env:SPEC", "env.difficulties=[1]", "env.max_turns=1",
                  f"env.num_train_tasks={max(64, args.steps * PROMPTS_PER_STEP)}", "env.num_heldout_tasks=8",
                  "eval.num_tasks=8", f"generation.max_new_tokens={NEW_TOKENS}", "generation.temperature=1.0",
@@ -120,13 +125,13 @@ def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespac
     # A batch whose rewards are all equal (common at random init: every reward 0) has no learning
     # signal and labrl skips its update; TRL still runs one. Such steps do less work: not timed.
     timed = [i > 0 and not m.get("train/skipped_no_signal") for i, m in enumerate(steps)]
-    out = side_summary(step_s, [m.get("train/num_tokens", 0.0) for m in steps],
+    out = side_summary(step_s, [m.get("train/batch_tokens", 0.0) for m in steps],
                        [m.get("rollout/num_generated_tokens", 0.0) for m in steps], total - sum(step_s),
                        [m.get("rollout/reward_mean", float("nan")) for m in steps], timed)
     out["run_dir"] = str(run.run_dir)
     out["steps_skipped_no_signal"] = sum(bool(m.get("train/skipped_no_signal")) for m in steps)
     for key in ("timing/wait_rollout_s", "timing/train_s", "timing/sync_s",  # per-step breakdown
-                "train/num_tokens", "train/num_model_tokens"):
+                "train/batch_tokens", "train/num_model_tokens", "train/num_zero_advantage_skipped"):
         values = sorted(m.get(key, float("nan")) for m, t in zip(steps, timed) if t)
         out[key.split("/")[1]] = values[len(values) // 2] if values else float("nan")
     return out
@@ -172,7 +177,7 @@ def run_trl(size: str, model_dir: str, threads: int, python: Path, args: argpars
 
 def run_order(labrl_first: bool, args: argparse.Namespace) -> list[tuple[str, int]]:
     """labrl and TRL runs interleaved, `labrl_first` deciding which side opens."""
-    labrl = [("labrl", k) for k in args.labrl_staleness]
+    labrl = [("labrl", k) for k in args.labrl_staleness] + [("labrl dense", 1)] * args.labrl_dense
     trl = [] if args.skip_trl else [("trl", t) for t in args.trl_threads]
     first, second = (labrl, trl) if labrl_first else (trl, labrl)
     order = [run for pair in zip(first, second) for run in pair]
@@ -186,10 +191,11 @@ def compare_size(size: str, labrl_first: bool, python: Path | None, args: argpar
     params_m = count_params(model_dir) / 1e6
     rows: list[dict[str, Any]] = []
     for position, (side, knob) in enumerate(run_order(labrl_first, args)):
-        label = f"labrl staleness {knob}" if side == "labrl" else f"TRL {knob} thread{'s' * (knob > 1)}"
+        label = {"labrl": f"labrl staleness {knob}", "labrl dense": f"labrl staleness {knob}, every sample run",
+                 "trl": f"TRL {knob} thread{'s' * (knob > 1)}"}[side]
         logger.info("%s: running %s", size, label)
-        if side == "labrl":
-            res = run_labrl(size, model_dir, knob, args)
+        if side.startswith("labrl"):
+            res = run_labrl(size, model_dir, knob, args, dense=side == "labrl dense")
         elif python is None:
             res = {"error": "TRL environment unavailable"}
         else:
@@ -202,7 +208,7 @@ def compare_size(size: str, labrl_first: bool, python: Path | None, args: argpar
         rows.append({"size": size, "params_m": params_m, "side": side, "knob": knob, "label": label,
                      "order": position + 1, **res})
     for r in rows:
-        if r["side"] == "labrl":
+        if r["side"].startswith("labrl"):
             r["vs_trl"] = {t["knob"]: {key: ratio(r.get(key, float("nan")), t.get(key, float("nan")))
                                        for key in ("completions_per_s", "trained_tokens_per_s")}
                            for t in rows if t["side"] == "trl"}
@@ -223,7 +229,8 @@ def columns(args: argparse.Namespace) -> list[tuple]:
             ("completions/s", num("completions_per_s"), ".2f"), ("trained tok/s", num("trained_tokens_per_s"), ".0f"),
             ("step s", num("step_s_median"), ".2f"), ("gen wait s", num("wait_rollout_s"), ".2f"),
             ("train s", num("train_s"), ".2f"), ("sync s", num("sync_s"), ".2f"),
-            ("train tok", num("num_tokens"), ".0f"), ("model tok", num("num_model_tokens"), ".0f"),
+            ("batch tok", num("batch_tokens"), ".0f"), ("model tok", num("num_model_tokens"), ".0f"),
+            ("zero-adv skipped", num("num_zero_advantage_skipped"), ".0f"),
             ("compl len", num("completion_len_mean"), ".1f"), ("setup s", num("setup_s"), ".0f"),
             ("timed/skipped", lambda r: f"{r.get('steps_timed', '')}/{r.get('steps_skipped_no_signal', '-')}", ""),
             *[(f"vs TRL {t}t compl / tok", vs_trl(t), "") for t in ([] if args.skip_trl else args.trl_threads)],
@@ -236,6 +243,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the first is warm-up)")
     p.add_argument("--labrl-staleness", type=int, nargs="+", default=[0, 1],
                    help="one labrl run per value of rollout.max_staleness (0: on-policy; 1: generation overlaps training)")
+    p.add_argument("--labrl-dense", action="store_true",
+                   help="one more labrl run at staleness 1 with trainer.skip_zero_advantage=false: every sample "
+                        "through the model, as TRL does (what skipping zero-advantage samples is worth)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2],
                    help="one TRL run per OMP_NUM_THREADS value: 1 matches labrl's trainer rank alone, 2 is the whole "

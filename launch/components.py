@@ -107,7 +107,8 @@ def make_trainer(cfg: LabrlConfig, model_dir: str, placement: Placement | None =
                                gpus_per_rank=t.gpus_per_rank, zero_stage=t.zero_stage, lr=t.lr,
                                weight_decay=t.weight_decay, warmup_steps=t.warmup_steps,
                                grad_clip=t.grad_clip, micro_batch_tokens=t.micro_batch_tokens,
-                               gradient_checkpointing=t.gradient_checkpointing, seed=cfg.seed,
+                               gradient_checkpointing=t.gradient_checkpointing,
+                               skip_zero_advantage=t.skip_zero_advantage, seed=cfg.seed,
                                temperature=cfg.generation.temperature)
     if placement is None:
         return PolicyTrainerGroup(settings)

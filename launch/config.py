@@ -154,6 +154,10 @@ class TrainerConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     micro_batch_tokens: int = Field(8192, gt=0, description="Token budget of one packed micro-batch.")
     gradient_checkpointing: bool = False
+    skip_zero_advantage: bool = Field(
+        True, description="Do not run samples whose advantage is 0 through the model when the loss has "
+                          "no KL or entropy term: their gradient is exactly zero (they still count in "
+                          "the loss normalisers, so the update is unchanged).")
     num_nodes: int | None = Field(
         None, gt=0, description="Nodes the ranks span. 1: all ranks on one node (fails fast when no node "
                                 "holds them); None: packed onto as few nodes as Ray finds.")

@@ -179,11 +179,16 @@ def plan_micro_batches(samples: list[TrainSample], num_ranks: int,
 
 
 def plan_train_step(samples: list[TrainSample], num_ranks: int, num_mini_batches: int,
-                    token_budget: int) -> list[list[MiniBatchShard]]:
+                    token_budget: int, skip_zero_advantage: bool = False) -> list[list[MiniBatchShard]]:
     """The whole step's work: `[rank][mini_batch] -> MiniBatchShard`.
 
     Mini-batches are contiguous slices of `samples` (the caller shuffles if it wants to); each is
     one optimizer step with its own global normalisers.
+
+    `skip_zero_advantage`: samples whose advantage is 0 stay in the normalisers but are left out
+    of the micro-batches. Only for a loss whose sole term is advantage x ratio (no KL, no entropy
+    bonus): their gradient is then exactly zero, so the update is the same and the model runs
+    fewer tokens. A mini-batch left with no sample gets no micro-batch on any rank.
     """
     if not samples:
         raise ValueError("train step needs at least one sample")
@@ -194,6 +199,8 @@ def plan_train_step(samples: list[TrainSample], num_ranks: int, num_mini_batches
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         mini = samples[lo:hi]
         tokens, seqs = global_normalizers(mini)
+        if skip_zero_advantage:
+            mini = [s for s in mini if s.advantage != 0.0]
         for rank, mbs in enumerate(plan_micro_batches(mini, num_ranks, token_budget)):
             plan[rank].append(MiniBatchShard(mbs, tokens, seqs))
     return plan

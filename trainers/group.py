@@ -99,13 +99,18 @@ class PolicyTrainerGroup:
             logger.info("train_step skipped: every advantage is 0 and no KL/entropy term (no signal)")
             return {"train/skipped_no_signal": 1.0, "train/num_sequences": float(len(samples))}
         t0 = time.perf_counter()
-        plan = plan_train_step(samples, s.num_ranks, num_mini_batches, s.micro_batch_tokens)
+        skip_flat = s.skip_zero_advantage and advantage_is_the_only_signal(loss_cfg)
+        plan = plan_train_step(samples, s.num_ranks, num_mini_batches, s.micro_batch_tokens, skip_flat)
         refs = [rank.train_step.remote(plan[r], loss_cfg, ppo_epochs)
                 for r, rank in enumerate(self.ranks)]
         states = self._wait(refs, f"train_step ({len(samples)} samples, {num_mini_batches} "
                             f"mini-batch(es) x {ppo_epochs} epoch(s))", s.step_timeout_s)
         metrics = merge_states(states)
         metrics["train/skipped_no_signal"] = 0.0
+        # The whole batch, run or not (`train/num_tokens` counts what the model ran).
+        metrics["train/batch_tokens"] = float(sum(len(x.token_ids) for x in samples))
+        metrics["train/num_zero_advantage_skipped"] = float(
+            sum(x.advantage == 0.0 for x in samples) if skip_flat else 0)
         wall = time.perf_counter() - t0
         metrics["train/wall_time_s"] = wall
         metrics["train/tokens_per_s"] = metrics["train/num_tokens"] / max(wall, 1e-9)
@@ -171,6 +176,11 @@ class PolicyTrainerGroup:
         self.ranks = []
 
 
+def advantage_is_the_only_signal(loss_cfg: PolicyLossConfig) -> bool:
+    """True when the loss has no KL or entropy term: a sample with advantage 0 has zero gradient."""
+    return not (loss_cfg.kl_coef or loss_cfg.entropy_coef)
+
+
 def has_learning_signal(samples: list[TrainSample], loss_cfg: PolicyLossConfig) -> bool:
     """False when the policy loss has zero gradient: all advantages 0 and no KL or entropy term."""
-    return bool(loss_cfg.kl_coef or loss_cfg.entropy_coef or any(x.advantage != 0.0 for x in samples))
+    return not advantage_is_the_only_signal(loss_cfg) or any(x.advantage != 0.0 for x in samples)

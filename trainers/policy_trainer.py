@@ -220,8 +220,12 @@ class PolicyTrainerRank:
             "no_grad" if self.settings.log_entropy else "none")
         state = MetricState()
         skipped = 0  # updates with nothing finite on any rank (every rank counts the same)
+        flat = 0  # updates whose samples all had advantage 0: no micro-batch, no step
         for _ in range(ppo_epochs):
             for k, (shard, bs) in enumerate(zip(shards, batches)):
+                if not bs:  # every sample of this mini-batch had advantage 0 (same on all ranks)
+                    flat += 1
+                    continue
                 finite = 0
                 for j, b in enumerate(bs):
                     logprobs, ent = self._forward(b, entropy="none" if b.is_placeholder else want_entropy)
@@ -253,6 +257,8 @@ class PolicyTrainerRank:
                     state.add("train/grad_norm", float(grad_norm), "mean")
         if skipped:
             state.add("train/skipped_nonfinite", float(skipped), "max")
+        if flat:
+            state.add("train/skipped_no_signal_updates", float(flat), "max")
         elapsed = time.perf_counter() - t0
         mbs = [mb for sh in shards for mb in sh.micro_batches]
         state.add("train/num_tokens", sum(mb.num_tokens for mb in mbs), "sum")

@@ -50,6 +50,9 @@ class TrainerSettings:
     # Samples sharing a prompt run it once, packed into rows of at most this many tokens
     # (`trainers.batching`); 0 turns packing off. Needs the eager or SDPA attention.
     share_prefix_tokens: int = 1024
+    # Samples with advantage 0 carry no gradient when the loss has no KL or entropy term: they
+    # count in the loss normalisers but are not run (`trainers.batching.plan_train_step`).
+    skip_zero_advantage: bool = True
     gradient_checkpointing: bool = False
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     attn_implementation: str | None = None
@@ -148,8 +151,9 @@ def make_optimizer(model: torch.nn.Module, settings: TrainerSettings) -> torch.o
             (decay if ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": settings.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    # On CPU the fused kernel steps a 30M model in 0.03 s against 0.12 s for the default loop.
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr,
-                             betas=settings.betas, eps=settings.eps)
+                             betas=settings.betas, eps=settings.eps, fused=not settings.use_gpu or None)
 
 
 class LrShape:

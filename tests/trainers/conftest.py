@@ -112,12 +112,41 @@ def check_resume(group, ckpt_dir: str, seed: int, cfg: PolicyLossConfig) -> None
     assert_params_close(group.gather_parameters(), uninterrupted, atol=0, rtol=0)
 
 
+def check_zero_advantage_skipping(group, ckpt_dir: str, seed: int, cfg: PolicyLossConfig) -> None:
+    """From one checkpoint, a batch with every sample run and the same batch with its zero-advantage
+    samples skipped give the same loss, gradient norm and weights; the model runs fewer tokens. A
+    mini-batch with no signal at all makes no optimizer step."""
+    samples = make_samples(seed, 12)
+    for s in samples[::2]:
+        s.advantage = 0.0
+    group.save_checkpoint(ckpt_dir)
+    results = []
+    try:
+        for skip in (False, True):
+            group.load_checkpoint(ckpt_dir)
+            group.settings.skip_zero_advantage = skip
+            results.append((group.train_step(samples, cfg), group.gather_parameters()))
+    finally:
+        group.settings.skip_zero_advantage = True
+    (dense, dense_params), (skipped, skipped_params) = results
+    assert skipped["train/num_zero_advantage_skipped"] == 6 and dense["train/num_zero_advantage_skipped"] == 0
+    assert skipped["train/num_sequences"] == 6 and dense["train/num_sequences"] == 12
+    assert skipped["train/num_tokens"] < dense["train/num_tokens"] == skipped["train/batch_tokens"]
+    assert skipped["train/loss"] == pytest.approx(dense["train/loss"], rel=1e-5)
+    assert skipped["train/grad_norm"] == pytest.approx(dense["train/grad_norm"], rel=1e-5)
+    assert_params_close(skipped_params, dense_params, atol=1e-6, rtol=1e-5)
+    flat_first = sorted(samples, key=lambda s: s.advantage != 0.0)  # mini-batch 1: all six flat ones
+    step = group.step
+    m = group.train_step(flat_first, cfg, num_mini_batches=2)
+    assert group.step == step + 1 and m["train/skipped_no_signal_updates"] == 1.0
+
+
 @pytest.fixture(scope="session")
 def th() -> SimpleNamespace:
     return SimpleNamespace(make_samples=make_samples, reference_steps=reference_steps,
                            assert_params_close=assert_params_close, set_on_policy=set_on_policy,
                            assert_logprobs_match_hf=assert_logprobs_match_hf,
-                           check_resume=check_resume)
+                           check_resume=check_resume, check_zero_advantage_skipping=check_zero_advantage_skipping)
 
 
 @pytest.fixture(scope="session")

@@ -95,6 +95,10 @@ def test_resume_equals_uninterrupted(group, tmp_path, th):
     th.check_resume(group, str(tmp_path / "ckpt"), seed=50, cfg=CFG)
 
 
+def test_zero_advantage_samples_skipped_without_changing_the_update(group, tmp_path, th):
+    th.check_zero_advantage_skipping(group, str(tmp_path / "ckpt"), seed=70, cfg=CFG)
+
+
 def test_sync_and_export_deliver_full_weights(group, receiver, tmp_path, th):
     full = group.gather_parameters()
     stats = group.sync_weights([receiver], version=7, transport="shm", bucket_bytes=16 << 10,

@@ -111,6 +111,10 @@ def test_resume_equals_uninterrupted(group, tmp_path, th):
     th.check_resume(group, str(tmp_path / "ckpt"), seed=20, cfg=CFG)
 
 
+def test_zero_advantage_samples_skipped_without_changing_the_update(group, tmp_path, th):
+    th.check_zero_advantage_skipping(group, str(tmp_path / "ckpt"), seed=60, cfg=CFG)
+
+
 def test_export_reloads_in_transformers(group, tmp_path, th):
     from models.loading import load_tokenizer
 
