@@ -179,7 +179,8 @@ class GenerationWorker:
             raise ValueError(f"{self.name}: prompt of {len(prompt_token_ids)} tokens leaves no room to "
                              f"generate within max_model_len={self.config.max_model_len}")
         params = SamplingParams(
-            max_tokens=min(spec.max_tokens, room), temperature=spec.temperature, top_p=spec.top_p,
+            max_tokens=min(spec.max_tokens, room), min_tokens=min(spec.min_tokens, room),
+            temperature=spec.temperature, top_p=spec.top_p,
             stop_token_ids=list(spec.stop_token_ids), seed=spec.seed, logprobs=0, detokenize=False,
             output_kind=RequestOutputKind.FINAL_ONLY)
         final, version, newest = await self._run(prompt_token_ids, params)

@@ -21,10 +21,16 @@ class SamplingSpec:
     top_p: float = 1.0
     stop_token_ids: list[int] = field(default_factory=list)
     seed: int | None = None
+    # Stop tokens are suppressed until this many tokens exist (vLLM's min_tokens). The returned
+    # logprobs then exclude the stop tokens' probability mass, which the trainer's do not.
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:
             raise ValueError(f"SamplingSpec.max_tokens must be > 0, got {self.max_tokens}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ValueError(f"SamplingSpec.min_tokens must be in [0, max_tokens={self.max_tokens}], "
+                             f"got {self.min_tokens}")
         if self.temperature < 0:
             raise ValueError(f"SamplingSpec.temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:

@@ -7,7 +7,9 @@
 
 Both sides train the same locally built character-level Qwen2 on the same single-turn task
 ("Repeat: <string>", reward = `benchmarks.repeat_task.repeat_score`) with the same shape: 8 prompts
-x 8 completions per optimizer step, at most 32 new tokens at temperature 1, the same number of
+x 8 completions per optimizer step, exactly 32 new tokens (EOS suppressed until then; `--free-length`:
+at most 32; a completion cut at 32 is scored on both sides, `env.score_truncated_turns=true` in labrl)
+at temperature 1, the same number of
 optimizer steps, lr 3e-4, no KL term, bf16 and gradient checkpointing off, every group trained
 (labrl's dynamic sampling off: at random init nearly every group is flat and would be refilled). labrl runs through
 `launch.run.TrainingRun` (SFT disabled, `benchmarks.repeat_env:SPEC`), once per
@@ -61,6 +63,12 @@ def build_model(size: str) -> str:
         hidden_size=hidden, intermediate_size=inter, num_layers=layers, num_heads=heads, num_kv_heads=kv)))
 
 
+def min_new_tokens(args: argparse.Namespace) -> int:
+    """Equal lengths (the default): EOS is suppressed before the 32nd token on both sides, so both
+    do the same work per completion whatever their policies learn about stopping."""
+    return 0 if args.free_length else NEW_TOKENS
+
+
 def count_params(model_dir: str) -> int:
     """Parameters stored in the checkpoint (tied embeddings once)."""
     import math
@@ -109,12 +117,15 @@ def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespac
     overrides = [f"run_name=trl-compare-labrl-{size}-s{staleness}{'-dense' * dense}", f"model.path={model_dir}",
                  "sft.enabled=false", "trainer.zero_stage=0", f"trainer.skip_zero_advantage={str(not dense).lower()}",
                  "env.name=benchmarks.repeat_env:SPEC", "env.difficulties=[1]", "env.max_turns=1",
+                 "env.score_truncated_turns=true",  # as TRL: a completion cut at 32 tokens is still scored
                  f"env.num_train_tasks={max(64, args.steps * PROMPTS_PER_STEP)}", "env.num_heldout_tasks=8",
-                 "eval.num_tasks=8", f"generation.max_new_tokens={NEW_TOKENS}", "generation.temperature=1.0",
+                 "eval.num_tasks=8", f"generation.max_new_tokens={NEW_TOKENS}",
+                 f"generation.min_new_tokens={min_new_tokens(args)}", "generation.temperature=1.0",
                  "generation.max_model_len=256", f"grpo.num_steps={args.steps}", f"grpo.batch_size={batch}",
                  f"grpo.group_size={COMPLETIONS_PER_PROMPT}", "grpo.dynamic_sampling=false", f"rollout.max_staleness={staleness}",
                  f"trainer.lr={LR}", "grpo.kl_coef=0.0", f"logging.runs_root={WORK_DIR}",
-                 "logging.wandb_mode=disabled", "logging.progress_bar=false", "logging.sample_every=0"]
+                 "logging.wandb_mode=disabled", "logging.progress_bar=false", "logging.sample_every=0",
+                 *args.labrl_override]
     t0 = time.perf_counter()
     run = TrainingRun(load_config(None, overrides))
     run.execute()
@@ -147,7 +158,7 @@ def trl_job(size: str, model_dir: str, threads: int, args: argparse.Namespace) -
                 for p, _ in pairs]
     return {"model_dir": model_dir, "prompts": rendered, "targets": [t for _, t in pairs], "steps": args.steps,
             "batch_size": PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT, "num_generations": COMPLETIONS_PER_PROMPT,
-            "max_completion_length": NEW_TOKENS, "temperature": 1.0, "learning_rate": LR, "seed": 0,
+            "max_completion_length": NEW_TOKENS, "min_completion_length": min_new_tokens(args), "temperature": 1.0, "learning_rate": LR, "seed": 0,
             "output_dir": str(WORK_DIR / f"trl-out-{size}-t{threads}")}
 
 
@@ -246,6 +257,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--labrl-dense", action="store_true",
                    help="one more labrl run at staleness 1 with trainer.skip_zero_advantage=false: every sample "
                         "through the model, as TRL does (what skipping zero-advantage samples is worth)")
+    p.add_argument("--labrl-override", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="dotted config overrides for every labrl run (e.g. generation.num_workers=2)")
+    p.add_argument("--free-length", action="store_true",
+                   help="let EOS end completions early (lengths then differ between the sides' policies)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2],
                    help="one TRL run per OMP_NUM_THREADS value: 1 matches labrl's trainer rank alone, 2 is the whole "
@@ -268,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         except TrlVenvError as err:
             venv_error = str(err)
             logger.error("TRL venv could not be built: %s", err)
-    start_local_ray(3)
+    start_local_ray(4)  # logical CPUs: room for a second engine via --labrl-override
     try:
         rows = [row for i, size in enumerate(args.sizes) for row in compare_size(size, i % 2 == 0, python, args)]
     finally:

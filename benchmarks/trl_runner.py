@@ -3,7 +3,8 @@
     results/trl-venv/bin/python -m benchmarks.trl_runner JOB.json OUT.json
 
 JOB.json: model_dir, prompts (already chat-rendered text), targets, steps, batch_size, num_generations,
-max_completion_length, temperature, learning_rate, seed, output_dir. OUT.json: set-up time, the wall
+max_completion_length, min_completion_length (0: EOS may end a completion at once), temperature,
+learning_rate, seed, output_dir. OUT.json: set-up time, the wall
 time of every optimizer step (generation + reward + loss + step, measured by a callback) and TRL's
 per-step logs (tokens, completion lengths, rewards).
 """
@@ -53,6 +54,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         output_dir=job["output_dir"], per_device_train_batch_size=job["batch_size"],
         num_generations=job["num_generations"], gradient_accumulation_steps=1, num_iterations=1,
         max_completion_length=job["max_completion_length"], temperature=job["temperature"], top_p=1.0, top_k=0,
+        generation_kwargs={"min_new_tokens": job["min_completion_length"]} if job.get("min_completion_length") else None,
         learning_rate=job["learning_rate"], lr_scheduler_type="constant", max_steps=job["steps"], beta=0.0,
         seed=job["seed"],
         bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, logging_steps=1,

@@ -51,6 +51,9 @@ class EpisodeLimits:
     max_new_tokens: int = 96
     max_model_len: int = 768
     timeout_s: float = 120.0
+    # A turn cut at max_new_tokens ends the episode unscored (False), or its text goes to the
+    # environment like any other turn (True; the trajectory still counts as truncated).
+    score_truncated_turns: bool = False
 
 
 @dataclass
@@ -125,9 +128,11 @@ async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, limits: 
             state.versions.append(turn.newest_policy_version)
         state.extend(turn.token_ids, generated=True, logprobs=turn.logprobs)
         if turn.finish_reason == "length":
-            # The turn never closed: what it would have said is unknown, so the episode ends here.
-            state.finish, state.reason, state.truncated = "length", "truncated_length", True
-            return
+            state.truncated = True
+            if not limits.score_truncated_turns:
+                # The turn never closed: what it would have said is unknown, so the episode ends here.
+                state.finish, state.reason = "length", "truncated_length"
+                return
         action = parse_assistant(codec.assistant_text(turn.token_ids))
         state.tool_calls += len(action.tool_calls) + (1 if action.parse_error else 0)
         clock = time.monotonic()
@@ -138,7 +143,8 @@ async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, limits: 
         if done or truncated:
             state.reward, state.reason = float(reward), reward_reason(reward)
             # A spent budget ends the episode (done) but as truncated: report it as the budget.
-            state.finish, state.truncated = ("budget" if truncated else "env_done"), bool(truncated)
+            state.finish = "budget" if truncated else "env_done"
+            state.truncated = state.truncated or bool(truncated)
             state.history += observations
             return
         state.extend(codec.continuation_tokens(state.history, observations), generated=False)

@@ -54,7 +54,7 @@ def gpus_requested(cfg: LabrlConfig) -> float:
 
 def sampling_spec(cfg: LabrlConfig, model_dir: str, temperature: float | None = None) -> SamplingSpec:
     tok = load_tokenizer(model_dir)
-    return SamplingSpec(max_tokens=cfg.generation.max_new_tokens,
+    return SamplingSpec(max_tokens=cfg.generation.max_new_tokens, min_tokens=cfg.generation.min_new_tokens,
                         temperature=cfg.generation.temperature if temperature is None else temperature,
                         top_p=cfg.generation.top_p,
                         stop_token_ids=[tok.convert_tokens_to_ids(tok.eos_token)],
@@ -63,7 +63,8 @@ def sampling_spec(cfg: LabrlConfig, model_dir: str, temperature: float | None = 
 
 def episode_limits(cfg: LabrlConfig) -> EpisodeLimits:
     return EpisodeLimits(max_turns=cfg.env.max_turns, max_new_tokens=cfg.generation.max_new_tokens,
-                         max_model_len=cfg.generation.max_model_len, timeout_s=cfg.env.episode_timeout_s)
+                         max_model_len=cfg.generation.max_model_len, timeout_s=cfg.env.episode_timeout_s,
+                         score_truncated_turns=cfg.env.score_truncated_turns)
 
 
 def make_generation_workers(cfg: LabrlConfig, model_dir: str, indices: list[int] | None = None,

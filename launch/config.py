@@ -39,6 +39,10 @@ class EnvConfig(Section):
     num_heldout_tasks: int = Field(200, gt=0)
     max_turns: int = Field(6, gt=0, description="Assistant turns per episode before truncation.")
     episode_timeout_s: float = Field(120.0, gt=0)
+    score_truncated_turns: bool = Field(
+        False, description="A turn cut at generation.max_new_tokens: false ends the episode unscored "
+                           "(reward 0, reason truncated_length); true hands its text to the environment "
+                           "like any turn (TRL's default). Either way the trajectory counts as truncated.")
     tool_timeout_s: float = Field(5.0, gt=0)
     task_filter_profile: str | None = Field(
         None, description="Reward profile JSONL (`labrl profile`): training drops tasks whose profiled "
@@ -80,6 +84,9 @@ class GenerationConfig(Section):
                                   "a rerun or resumed run on the same weights samples the same tokens. "
                                   "Off by default: per-request generators cost vLLM some speed.")
     max_new_tokens: int = Field(96, gt=0, description="Per assistant turn.")
+    min_new_tokens: int = Field(0, ge=0, description="Per assistant turn, EOS suppressed until then (benchmarks "
+                                "use it for equal-length completions). The sampler's logprobs then leave "
+                                "out EOS's probability, a small mismatch the IS correction sees.")
     max_model_len: int = Field(768, gt=0, description="Whole episode, prompt included.")
     kv_cache_gb: float = Field(1.0, gt=0, description="CPU KV cache (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = Field(0.5, gt=0, lt=1)
@@ -299,6 +306,9 @@ class LabrlConfig(Section):
                              f"grpo.group_size ({g.group_size})")
         if self.generation.max_new_tokens >= self.generation.max_model_len:
             raise ValueError("generation.max_new_tokens must be smaller than generation.max_model_len")
+        if self.generation.min_new_tokens > self.generation.max_new_tokens:
+            raise ValueError(f"generation.min_new_tokens ({self.generation.min_new_tokens}) must be at most "
+                             f"generation.max_new_tokens ({self.generation.max_new_tokens})")
         if self.model.path is None and self.model.hidden_size % self.model.num_heads:
             raise ValueError("model.hidden_size must be divisible by model.num_heads")
         if self.model.path is None and self.model.num_heads % self.model.num_kv_heads:

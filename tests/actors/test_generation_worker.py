@@ -113,6 +113,10 @@ def test_stop_token_and_length_clamp(worker, tokenizer):
                   timeout=TIMEOUT)
     assert out.finish_reason == "stop"
     assert len(out.token_ids) == 1 and len(out.logprobs) == 1  # the stop token is returned
+    allowed = every_token[-1]  # min_tokens: the stop tokens are off for the first 4 tokens
+    out = ray.get(worker.generate.remote(prompt, SamplingSpec(max_tokens=16, min_tokens=4,
+                                                              stop_token_ids=every_token[:-1])), timeout=TIMEOUT)
+    assert out.token_ids[:4] == [allowed] * 4 and len(out.token_ids) >= 5
     long_prompt = prompt * (MAX_MODEL_LEN // len(prompt))
     room = MAX_MODEL_LEN - len(long_prompt)
     out = ray.get(worker.generate.remote(long_prompt, SamplingSpec(max_tokens=500)), timeout=TIMEOUT)

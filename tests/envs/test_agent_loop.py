@@ -62,6 +62,23 @@ def test_length_truncation_is_recorded(codec):
     assert traj.policy_versions == [3] and sum(traj.loss_mask) == 160
 
 
+def test_truncated_turn_is_scored_when_asked(codec):
+    """A turn cut by length that says the right thing: unscored by default, scored on request."""
+    from benchmarks.repeat_env import SPEC as REPEAT
+
+    task = REPEAT.make_dataset(1, 1).tasks("train")[0]
+
+    class CutAnswer:
+        async def act(self, ctx):
+            ids = codec.encode(task.data["target"])
+            return PolicyTurn(ids, [-1.0] * len(ids), "length", 2)
+
+    for score, reward, finish in [(False, 0.0, "length"), (True, 1.0, "env_done")]:
+        limits = EpisodeLimits(max_turns=1, score_truncated_turns=score)
+        traj = asyncio.run(run_episode(REPEAT.make_env(task), task, "g0", CutAnswer(), codec, limits))
+        assert (traj.reward, traj.finish_reason, traj.truncated) == (reward, finish, True)
+
+
 class _SpansAnUpdate(_NoToolCalls):
     """Each turn was sampled partly by version 7 and partly by 8 (an in-flight weight update)."""
 

@@ -68,6 +68,13 @@ def test_engine_sleep_needs_colocation_and_a_synchronous_loop(overrides, message
     assert ok.generation.sleep_level == 2
 
 
+def test_min_new_tokens_within_max_new_tokens():
+    with pytest.raises(ConfigError, match=r"generation.min_new_tokens \(33\) must be at most"):
+        load_config(None, ["generation.max_new_tokens=32", "generation.min_new_tokens=33"])
+    ok = load_config(None, ["generation.max_new_tokens=32", "generation.min_new_tokens=32"])
+    assert ok.generation.min_new_tokens == 32
+
+
 def test_zero0_is_refused_in_bf16_on_gpu():
     """DeepSpeed 0.19.8 stage 0 in bf16 failed at initialize on an H200 (benchmarks/gpu_check.py)."""
     with pytest.raises(ConfigError, match="trainer.zero_stage=0 cannot train in bf16"):
