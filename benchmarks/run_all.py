@@ -44,7 +44,7 @@ SUITE = (
     Bench("generation", "benchmarks.generation", (), description="vLLM (CPU) vs HF generate, tokens/s"),
     Bench("async_vs_sync", "benchmarks.async_vs_sync", ("--steps", "3"),
           description="GRPO wall clock and held-out success, max_staleness 0 / 1 / 2"),
-    Bench("trl_compare", "benchmarks.trl_compare", ("--sizes", "30M", "--steps", "6"),
+    Bench("trl_compare", "benchmarks.trl_compare", ("--sizes", "30M", "--steps", "6", "--labrl-dense"),
           description="end-to-end GRPO throughput, labrl vs TRL GRPOTrainer"),
 )
 EXISTING = (

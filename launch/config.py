@@ -164,7 +164,8 @@ class TrainerConfig(Section):
     skip_zero_advantage: bool = Field(
         True, description="Do not run samples whose advantage is 0 through the model when the loss has "
                           "no KL or entropy term: their gradient is exactly zero (they still count in "
-                          "the loss normalisers, so the update is unchanged).")
+                          "the loss normalisers, so the update is unchanged). Per-token train/ metrics such "
+                          "as entropy then cover the samples that ran.")
     num_nodes: int | None = Field(
         None, gt=0, description="Nodes the ranks span. 1: all ranks on one node (fails fast when no node "
                                 "holds them); None: packed onto as few nodes as Ray finds.")
