@@ -107,7 +107,8 @@ def side_summary(step_s: list[float], tokens: list[float], completion_tokens: li
             "reward_last": rewards[-1] if rewards else None}
 
 
-def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespace, dense: bool = False) -> dict[str, Any]:
+def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespace,
+              dense: bool = False) -> dict[str, Any]:
     from launch.config import load_config
     from launch.run import TrainingRun
 
@@ -115,7 +116,8 @@ def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespac
     # One rank: ZeRO would partition nothing and only add flat-buffer copies to each step (TRL
     # steps a plain AdamW too). `dense` runs every sample through the model, as TRL does.
     overrides = [f"run_name=trl-compare-labrl-{size}-s{staleness}{'-dense' * dense}", f"model.path={model_dir}",
-                 "sft.enabled=false", "trainer.zero_stage=0", f"trainer.skip_zero_advantage={str(not dense).lower()}",
+                 "sft.enabled=false", "trainer.zero_stage=0",
+                 f"trainer.skip_zero_advantage={str(not dense).lower()}",
                  "env.name=benchmarks.repeat_env:SPEC", "env.difficulties=[1]", "env.max_turns=1",
                  "env.score_truncated_turns=true",  # as TRL: a completion cut at 32 tokens is still scored
                  f"env.num_train_tasks={max(64, args.steps * PROMPTS_PER_STEP)}", "env.num_heldout_tasks=8",
@@ -158,7 +160,8 @@ def trl_job(size: str, model_dir: str, threads: int, args: argparse.Namespace) -
                 for p, _ in pairs]
     return {"model_dir": model_dir, "prompts": rendered, "targets": [t for _, t in pairs], "steps": args.steps,
             "batch_size": PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT, "num_generations": COMPLETIONS_PER_PROMPT,
-            "max_completion_length": NEW_TOKENS, "min_completion_length": min_new_tokens(args), "temperature": 1.0, "learning_rate": LR, "seed": 0,
+            "max_completion_length": NEW_TOKENS, "min_completion_length": min_new_tokens(args), "temperature": 1.0,
+            "learning_rate": LR, "seed": 0,
             "output_dir": str(WORK_DIR / f"trl-out-{size}-t{threads}")}
 
 

@@ -54,7 +54,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         output_dir=job["output_dir"], per_device_train_batch_size=job["batch_size"],
         num_generations=job["num_generations"], gradient_accumulation_steps=1, num_iterations=1,
         max_completion_length=job["max_completion_length"], temperature=job["temperature"], top_p=1.0, top_k=0,
-        generation_kwargs={"min_new_tokens": job["min_completion_length"]} if job.get("min_completion_length") else None,
+        generation_kwargs=({"min_new_tokens": job["min_completion_length"]}
+                           if job.get("min_completion_length") else None),
         learning_rate=job["learning_rate"], lr_scheduler_type="constant", max_steps=job["steps"], beta=0.0,
         seed=job["seed"],
         bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True, logging_steps=1,
