@@ -151,9 +151,11 @@ def make_optimizer(model: torch.nn.Module, settings: TrainerSettings) -> torch.o
             (decay if ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": settings.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    # On CPU the fused kernel steps a 30M model in 0.03 s against 0.12 s for the default loop.
+    # On CPU the fused kernel steps a 30M model in 0.03 s against 0.12 s for the default loop;
+    # on GPU (None) torch picks its own implementation.
+    fused = None if settings.use_gpu else True
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr,
-                             betas=settings.betas, eps=settings.eps, fused=not settings.use_gpu or None)
+                             betas=settings.betas, eps=settings.eps, fused=fused)
 
 
 class LrShape:
