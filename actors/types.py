@@ -54,6 +54,7 @@ class GenerationOutput:
     finish_reason: GenFinishReason
     policy_version: int
     newest_policy_version: int | None = None  # None: policy_version
+    cached_prompt_tokens: int = 0  # prompt tokens whose KV came from vLLM's prefix cache, not prefill
 
 
 @dataclass
@@ -69,12 +70,21 @@ class EngineConfig:
     model_path: str
     max_model_len: int
     kv_cache_gb: float = 1.0
+    kv_block_size: int | None = None  # None: CPU_KV_BLOCK_SIZE on CPU, vLLM's default elsewhere
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1
     enforce_eager: bool = True
     dtype: str = "float32"
     seed: int = 0
     enable_sleep_mode: bool = False
+
+
+# vLLM caches (and shares between requests) a prompt's KV only in whole blocks; on CPU it defaults
+# to 128-token blocks, so GRPO groups with shorter prompts prefilled their prompt once per member.
+# Measured on this VM (30M model, 8 prompts x 8 samples, 35-token prompts, 32 new tokens, 1 thread):
+# 64-request prefill 2.2-2.4 s with 128-token blocks, 0.5-0.6 s with 32; whole batch 5.3-5.9 s
+# against 3.4-3.5 s. vLLM's CPU attention prefers multiples of 32.
+CPU_KV_BLOCK_SIZE = 32
 
 
 class WorkerUnhealthyError(RuntimeError):

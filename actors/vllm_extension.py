@@ -4,9 +4,9 @@ Everything that must run next to the model weights lives here and is reached thr
 `engine.collective_rpc("labrl_...")`. Only plain Python values cross that boundary (tensors did not
 survive collective_rpc arguments on the CPU backend; bytes, lists and dicts do).
 
-Reload paths. CPU (default): at start-up every linear layer is converted once to a plain weight
-(`actors.cpu_direct_reload`), after which a sync is a direct `model.load_weights` (one copy per
-tensor, no repacking). Otherwise (GPU, or `cpu_direct_reload=False`) vLLM's layer-wise in-place
+Reload paths. CPU (default): every linear layer is loaded with a plain weight (`actors.vllm_plugin`,
+`actors.cpu_direct_reload`), so a sync is a direct `model.load_weights` (one copy per tensor, no
+repacking). Otherwise (GPU, or `cpu_direct_reload=False`) vLLM's layer-wise in-place
 reload is used: `model_runner.reload_weights` for the one-shot shm path, and the same lifecycle
 split into begin / load bucket / finish calls for the streaming transports. After a layer-wise
 reload, layers that share a weight (tied lm_head) are re-processed, see `refresh_tied_layers`.
@@ -58,15 +58,13 @@ class LabrlWorkerExtension:
 
     # ---- one-shot reload from shared memory (CPU) -------------------------------------------
     def labrl_prepare_direct_reload(self) -> int:
-        """CPU only, once at start-up: plain linear weights so syncs need no repacking."""
-        from vllm.config import set_current_vllm_config
+        """CPU only, once at start-up: check the weights were loaded plain, then sync by direct
+        copies from now on. Returns the number of plain-weight layers."""
+        from actors.cpu_direct_reload import check_plain_weights
 
-        from actors.cpu_direct_reload import convert_to_plain_linear
-
-        with set_current_vllm_config(self.vllm_config):
-            converted = convert_to_plain_linear(self.model_runner.get_model(), self.vllm_config)
+        plain = check_plain_weights(self.model_runner.get_model())
         self._labrl_direct = True
-        return len(converted)
+        return plain
 
     def labrl_reload_shm(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Map the segments (failures here touch nothing: reported as `refused`), then reload."""

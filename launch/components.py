@@ -73,6 +73,7 @@ def make_generation_workers(cfg: LabrlConfig, model_dir: str, indices: list[int]
     in its placement-group bundle when a `placement` is given."""
     g = cfg.generation
     engine = EngineConfig(model_path=model_dir, max_model_len=g.max_model_len, kv_cache_gb=g.kv_cache_gb,
+                          kv_block_size=g.kv_block_size,
                           gpu_memory_utilization=g.gpu_memory_utilization,
                           tensor_parallel_size=g.tensor_parallel_size, enforce_eager=g.enforce_eager,
                           dtype=cfg.model.dtype, seed=cfg.seed, enable_sleep_mode=g.sleep_level > 0)

@@ -89,6 +89,10 @@ class GenerationConfig(Section):
                                 "out EOS's probability, a small mismatch the IS correction sees.")
     max_model_len: int = Field(768, gt=0, description="Whole episode, prompt included.")
     kv_cache_gb: float = Field(1.0, gt=0, description="CPU KV cache (VLLM_CPU_KVCACHE_SPACE).")
+    kv_block_size: int | None = Field(
+        None, gt=0, description="Tokens per KV-cache block. vLLM reuses a prompt's KV only in whole blocks, so "
+                                "a GRPO group shares its prompt's prefill only up to the last full block. None: "
+                                "32 on CPU (vLLM's 128 shares nothing below 128 prompt tokens), vLLM's own on GPU.")
     gpu_memory_utilization: float = Field(0.5, gt=0, lt=1)
     enforce_eager: bool = True
     sleep_level: Literal[0, 1, 2] = Field(

@@ -106,6 +106,17 @@ def test_concurrent_generate_batches(worker, tokenizer):
     assert batch_s < 0.5 * n * single_s, (batch_s, single_s)
 
 
+def test_a_group_prefills_its_shared_prompt_once(worker):
+    # A GRPO group: 8 samples of one 70-token prompt sent at once. With the CPU default of 32-token
+    # KV blocks the first request's two full prompt blocks serve the other seven (vLLM's 128-token
+    # default shared nothing below 128 prompt tokens).
+    prompt = [3 + (7 * i) % 90 for i in range(70)]
+    outs = ray.get([worker.generate.remote(prompt, SamplingSpec(max_tokens=4, temperature=1.0))
+                    for _ in range(8)], timeout=TIMEOUT)
+    cached = sorted(o.cached_prompt_tokens for o in outs)
+    assert cached[0] == 0 and cached[1:] == [64] * 7, cached
+
+
 def test_stop_token_and_length_clamp(worker, tokenizer):
     prompt = sample_ids(tokenizer)
     every_token = list(range(len(tokenizer)))

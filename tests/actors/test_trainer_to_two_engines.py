@@ -1,6 +1,6 @@
 """The real DeepSpeed trainer syncing to two real vLLM engines, under ZeRO-0 and ZeRO-3, over shm
 (one-shot), gloo (the streaming broadcast protocol nccl uses on GPUs) and shm_inplace (the trainer
-writing into the engines' shared weights).
+writing into the engines' shared weights). One engine runs eagerly, the other compiled.
 
 After a GRPO step and a sync, each engine serves exactly the trainer's weights: its prompt
 logprobs equal the trainer's own on the same tokens (fp32, max abs difference <= 1e-3), it
@@ -26,8 +26,10 @@ TIMEOUT = 300
 
 @pytest.fixture(scope="module")
 def engines(ray_local, tiny_model_dir):
+    # One eager engine, one running vLLM's compiled graph: syncs must reach the weights both run.
     handles = [GenerationWorker.as_actor(EngineConfig(model_path=tiny_model_dir, max_model_len=256,
-                                                      kv_cache_gb=0.5), name=f"two-engines-{i}")
+                                                      kv_cache_gb=0.5, enforce_eager=i == 0),
+                                         name=f"two-engines-{i}")
                for i in range(2)]
     assert ray.get([h.ready.remote() for h in handles], timeout=900) == [0, 0]
     yield handles
