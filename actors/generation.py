@@ -35,11 +35,11 @@ from typing import Any, Literal
 
 import ray
 
+from actors import vllm_plugin
 from actors.generation_control import (EngineGate, UpdateState, check_bucket,
                                        check_full_manifest)
 from actors.types import (CPU_KV_BLOCK_SIZE, EngineConfig, GenerationOutput, SamplingSpec,
                           WorkerUnhealthyError)
-from actors.vllm_plugin import PLAIN_WEIGHTS_ENV
 from actors.weight_sync.spec import read_weight_spec
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class GenerationWorker:
             # matmul 55 GFLOP/s, against 193-201 ms and 64 GFLOP/s with the model in the engine core.
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if is_cpu and self.cpu_direct_reload:
-            env[PLAIN_WEIGHTS_ENV] = "1"  # actors/vllm_plugin.py: weights stay plain for direct syncs
+            env[vllm_plugin.PLAIN_WEIGHTS_ENV] = "1"  # actors/vllm_plugin.py: weights stay plain for direct syncs
             # A cached compiled graph may have been traced over repacked weights (its key does not
             # know the plugin); on CPU vLLM failed to load its cache anyway (recompiled every start).
             env["VLLM_DISABLE_COMPILE_CACHE"] = "1"
@@ -137,6 +137,10 @@ class GenerationWorker:
         kv_bytes = int(cfg.kv_cache_gb * 2**30) if current_platform.is_cpu() else None
         block_size = cfg.kv_block_size or (CPU_KV_BLOCK_SIZE if current_platform.is_cpu() else None)
         in_process = current_platform.is_cpu() and cfg.tensor_parallel_size == 1
+        if current_platform.is_cpu() and self.cpu_direct_reload and not vllm_plugin.installed():
+            logger.warning("%s: labrl's vLLM plugin is not installed here (`pip install -e .` on this node); "
+                           "weight syncs fall back to vLLM's slower layer-wise reload", self.name)
+            self.cpu_direct_reload = False
         os.environ.update(self._cpu_engine_environment(current_platform.is_cpu(), in_process))
         args = AsyncEngineArgs(
             model=self.model_path, skip_tokenizer_init=True, max_model_len=cfg.max_model_len,
@@ -239,8 +243,11 @@ class GenerationWorker:
             async with self.gate.request(self.update) as request_id:
                 version = self.version
                 final = None
-                async for item in self.engine.generate({"prompt_token_ids": list(prompt_token_ids)},
-                                                       params, request_id=request_id):
+                # Salted by version: a prompt's cached KV blocks serve only requests admitted under
+                # the weights that computed them. A reload clears the cache, but not in pause_mode
+                # "keep", whose running requests still hold their (old) blocks.
+                prompt = {"prompt_token_ids": list(prompt_token_ids), "cache_salt": f"policy-v{version}"}
+                async for item in self.engine.generate(prompt, params, request_id=request_id):
                     final = item
             if final is not None and final.finished and final.outputs[0].finish_reason != "abort":
                 return final, version, self.version

@@ -19,6 +19,14 @@ import os
 PLAIN_WEIGHTS_ENV = "LABRL_CPU_PLAIN_WEIGHTS"
 
 
+def installed() -> bool:
+    """Whether vLLM can find this plugin: the entry point exists only where labrl is pip-installed
+    (a `ray job submit --working-dir` upload alone puts the code on PYTHONPATH, not the entry point)."""
+    from importlib.metadata import entry_points
+
+    return any(ep.value == f"{__name__}:register" for ep in entry_points(group="vllm.general_plugins"))
+
+
 def register() -> None:
     """Install the plain-weight dispatch when the engine's creator asked for it."""
     if os.environ.get(PLAIN_WEIGHTS_ENV) != "1":

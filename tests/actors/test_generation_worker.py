@@ -276,6 +276,9 @@ def test_inflight_update_continues_running_requests(worker, sender, hf_model, to
         ray.get(worker.set_pause_mode.remote("wait"))
     assert all(len(o.token_ids) == 180 for o in outs)
     assert ray.get(worker.health.remote())["resubmitted"] == resubmitted  # nothing was rerun
+    assert max(o.cached_prompt_tokens for o in outs) > 0  # the 8 shared their prompt's KV blocks
+    fresh = ray.get(worker.generate.remote(prompt, SamplingSpec(max_tokens=1)), timeout=TIMEOUT)
+    assert fresh.policy_version == version and fresh.cached_prompt_tokens == 0  # no KV of the old weights
     spanned = [o for o in outs if (o.policy_version, o.newest_policy_version) == (version - 1, version)]
     assert spanned, "no request was running during the update"
     ids = prompt + spanned[0].token_ids

@@ -27,6 +27,10 @@ def linear_layer(out_features: int = 6, in_features: int = 4) -> torch.nn.Module
     return layer
 
 
+def test_plugin_entry_point_is_installed():
+    assert vllm_plugin.installed()  # `pip install -e .` registered it, so vLLM's processes load it
+
+
 def test_plugin_is_inert_without_the_variable(vllm_utils, monkeypatch):
     monkeypatch.delenv(vllm_plugin.PLAIN_WEIGHTS_ENV, raising=False)
     original = vllm_utils.dispatch_cpu_unquantized_gemm
