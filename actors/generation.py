@@ -109,9 +109,8 @@ class GenerationWorker:
                 self.engine = engine
         return self.version
 
-    def _cpu_engine_environment(self, is_cpu: bool, in_process: bool) -> dict[str, str]:
-        """Variables vLLM's engine process must inherit (it is spawned from this process)."""
-        env: dict[str, str] = {}
+    def _prepare_cpu_engine(self, in_process: bool) -> None:
+        """Set what vLLM's engine process must inherit on CPU (it is spawned from this process)."""
         if in_process:
             # vLLM's default on CPU puts the model in a worker process of its own and has the engine
             # core busy-wait (sched_yield) for each step's result, pinning the worker to one core
@@ -119,13 +118,16 @@ class GenerationWorker:
             # spin is stolen from the trainer. Measured on this 2-core VM (30M model, 64 x 32 tokens,
             # one thread each, a 1-thread matmul beside it): vLLM 215-226 ms per decode step and the
             # matmul 55 GFLOP/s, against 193-201 ms and 64 GFLOP/s with the model in the engine core.
-            env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        if is_cpu and self.cpu_direct_reload:
-            env[vllm_plugin.PLAIN_WEIGHTS_ENV] = "1"  # actors/vllm_plugin.py: weights stay plain for direct syncs
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        if self.cpu_direct_reload and not vllm_plugin.installed():
+            logger.warning("%s: labrl's vLLM plugin is not installed here (`pip install -e .` on this node); "
+                           "weight syncs fall back to vLLM's slower layer-wise reload", self.name)
+            self.cpu_direct_reload = False
+        if self.cpu_direct_reload:
+            os.environ[vllm_plugin.PLAIN_WEIGHTS_ENV] = "1"  # actors/vllm_plugin.py: weights stay plain
             # A cached compiled graph may have been traced over repacked weights (its key does not
             # know the plugin); on CPU vLLM failed to load its cache anyway (recompiled every start).
-            env["VLLM_DISABLE_COMPILE_CACHE"] = "1"
-        return env
+            os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"
 
     def _build_engine(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -134,14 +136,12 @@ class GenerationWorker:
 
         cfg = self.config
         start = time.perf_counter()
-        kv_bytes = int(cfg.kv_cache_gb * 2**30) if current_platform.is_cpu() else None
-        block_size = cfg.kv_block_size or (CPU_KV_BLOCK_SIZE if current_platform.is_cpu() else None)
-        in_process = current_platform.is_cpu() and cfg.tensor_parallel_size == 1
-        if current_platform.is_cpu() and self.cpu_direct_reload and not vllm_plugin.installed():
-            logger.warning("%s: labrl's vLLM plugin is not installed here (`pip install -e .` on this node); "
-                           "weight syncs fall back to vLLM's slower layer-wise reload", self.name)
-            self.cpu_direct_reload = False
-        os.environ.update(self._cpu_engine_environment(current_platform.is_cpu(), in_process))
+        is_cpu = current_platform.is_cpu()
+        in_process = is_cpu and cfg.tensor_parallel_size == 1
+        if is_cpu:
+            self._prepare_cpu_engine(in_process)
+        kv_bytes = int(cfg.kv_cache_gb * 2**30) if is_cpu else None
+        block_size = cfg.kv_block_size or (CPU_KV_BLOCK_SIZE if is_cpu else None)
         args = AsyncEngineArgs(
             model=self.model_path, skip_tokenizer_init=True, max_model_len=cfg.max_model_len,
             dtype=cfg.dtype, seed=cfg.seed, enforce_eager=cfg.enforce_eager,
