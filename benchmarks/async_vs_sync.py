@@ -50,7 +50,7 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
 def start_policy(args: argparse.Namespace) -> str:
     """The shared start policy: tiny model + SFT on reference demos (cached by its settings)."""
     from launch import components as C
-    from launch.config import load_config
+    from configs.loading import load_config
     from models.loading import load_tokenizer
     from rollout.evaluation import run_tasks
     from trainers.sft import SFTSettings, train_sft
@@ -103,7 +103,7 @@ def grpo_timings(run_dir: Path) -> dict[str, float]:
 
 
 def one_run(env_key: str, staleness: int, policy_dir: str, args: argparse.Namespace) -> dict[str, Any]:
-    from launch.config import load_config
+    from configs.loading import load_config
     from launch.run import TrainingRun
 
     overrides = base_overrides(args) + [f"run_name=async-{env_key}-s{staleness}", f"env.name={ENVS[env_key]}",

@@ -63,7 +63,7 @@ class RunStats:
 
 
 def bench_config(env_name: str, num_workers: int) -> Any:
-    from launch.config import load_config
+    from configs.loading import load_config
 
     # Long enough episodes and context for the reference solver on every difficulty.
     return load_config(None, [f"env.name={env_name}", f"rollout.num_env_workers={num_workers}",

@@ -109,7 +109,7 @@ def side_summary(step_s: list[float], tokens: list[float], completion_tokens: li
 
 def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespace,
               dense: bool = False) -> dict[str, Any]:
-    from launch.config import load_config
+    from configs.loading import load_config
     from launch.run import TrainingRun
 
     batch = PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT

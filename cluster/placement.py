@@ -56,7 +56,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.ray_cluster import ResourceError, check_resources
 from cluster.resources import GroupSpec, RoleDemand, fmt
-from launch.config import LabrlConfig
+from configs.schema import LabrlConfig
 
 logger = logging.getLogger(__name__)
 

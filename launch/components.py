@@ -20,7 +20,7 @@ from cluster.placement import Placement
 from envs.agent_loop import EpisodeLimits
 from envs.pool import EnvWorkerPool
 from envs.worker import EnvWorkerSettings
-from launch.config import LabrlConfig
+from configs.schema import LabrlConfig
 from models.loading import load_tokenizer, resolve_model_path
 from models.tiny import TinyModelSpec, save_tiny_model
 from trainers.grpo.losses import PolicyLossConfig

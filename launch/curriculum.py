@@ -14,7 +14,7 @@ import logging
 from typing import Literal
 
 from envs.dataset import Task
-from launch.config import LabrlConfig
+from configs.schema import LabrlConfig
 from monitor.profiling import TaskProfile, read_profiles
 from rollout.pipeline import TaskStream
 

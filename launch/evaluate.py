@@ -12,7 +12,7 @@ import argparse
 import json
 import logging
 
-from launch.config import LabrlConfig
+from configs.schema import LabrlConfig
 from launch.policy_session import base_parser, pick_tasks, run_command, sampling_run
 from monitor.eval_stats import heldout_metrics
 from monitor.rollout_metrics import rollout_metrics

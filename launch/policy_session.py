@@ -24,7 +24,8 @@ from envs.dataset import Task, TaskDataset
 from envs.pool import EnvWorkerPool
 from envs.registry import UnknownEnvironmentError, get_env_spec
 from launch import components as C
-from launch.config import ConfigError, LabrlConfig, load_config
+from configs.schema import LabrlConfig
+from configs.loading import ConfigError, load_config
 from models.loading import ModelNotFoundError, resolve_model_path
 from monitor.run_logger import RunLogger
 

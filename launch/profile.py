@@ -13,7 +13,7 @@ import argparse
 import json
 import logging
 
-from launch.config import LabrlConfig
+from configs.schema import LabrlConfig
 from launch.policy_session import base_parser, pick_tasks, run_command, sampling_run
 from monitor.plots import plot_profile_histogram
 from monitor.profiling import format_table, profile_tasks, summarize, summary_table, write_profiles

@@ -18,7 +18,8 @@ from cluster.placement import build_placement
 from cluster.ray_cluster import check_resources, connect
 from envs.registry import get_env_spec
 from launch import components as C
-from launch.config import ConfigError, LabrlConfig
+from configs.schema import LabrlConfig
+from configs.loading import ConfigError
 from launch.curriculum import training_stream
 from launch.run_state import CHECKPOINT_DIR, CONFIG_FILE, RunState, save_run_state, write_atomic
 from models.loading import load_tokenizer, resolve_model_path

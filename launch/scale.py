@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launch.config import ConfigError, LabrlConfig, load_config
+from configs.schema import LabrlConfig
+from configs.loading import ConfigError, load_config
 
 logger = logging.getLogger("labrl.scale")
 

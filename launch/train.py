@@ -18,7 +18,8 @@ from pathlib import Path
 import ray
 
 from envs.registry import UnknownEnvironmentError
-from launch.config import ConfigError, LabrlConfig, apply_override, load_config
+from configs.schema import LabrlConfig
+from configs.loading import ConfigError, apply_override, load_config
 from launch.run import TrainingRun
 from launch.run_state import CONFIG_FILE, load_run_state
 from models.loading import ModelNotFoundError

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from launch.config import MonitorConfig
+from configs.schema import MonitorConfig
 
 NONFINITE_KEYS = ("train/loss", "train/pg_loss", "train/grad_norm")
 SKIPPED_KEY = "train/skipped_nonfinite"  # the trainer skips an update when no micro-batch loss is finite

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cluster.placement import plan_placement
-from launch.config import load_config
+from configs.loading import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PARAMS = {"Qwen/Qwen2.5-0.5B-Instruct": 0.494e9, "Qwen/Qwen2.5-7B-Instruct": 7.62e9}

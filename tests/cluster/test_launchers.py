@@ -17,7 +17,7 @@ import yaml
 
 from cluster.placement import plan_placement
 from cluster.resources import fit_problems
-from launch.config import load_config
+from configs.loading import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"

@@ -6,7 +6,7 @@ import pytest
 from cluster import placement
 from cluster.placement import ENV_WORKER_RESOURCE_UNITS, plan_placement
 from cluster.resources import GroupSpec, RoleDemand, fit_problems
-from launch.config import ConfigError, load_config
+from configs.loading import ConfigError, load_config
 
 GPU_NODE = {"CPU": 96.0, "GPU": 8.0, "memory": 1e12}
 CPU_NODE = {"CPU": 64.0, "cpu_node": 1.0}

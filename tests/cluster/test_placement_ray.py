@@ -16,7 +16,7 @@ from ray.util.placement_group import get_current_placement_group, placement_grou
 
 from cluster.placement import ENV_WORKER_RESOURCE_UNITS, build_placement
 from cluster.ray_cluster import ResourceError
-from launch.config import load_config
+from configs.loading import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from launch.cli import COMMANDS
-from launch.config import ConfigError
+from configs.loading import ConfigError
 from launch.scale import SHORT_RUN, Point, make_points, measure, parse_axes, run_sweep
 
 

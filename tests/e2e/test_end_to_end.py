@@ -13,7 +13,7 @@ from actors.router import GenerationRouter
 from cluster.ray_cluster import connect
 from envs.registry import get_env_spec
 from launch import components as C
-from launch.config import load_config
+from configs.loading import load_config
 from launch.train import train
 from rollout.pipeline import GRPOPipeline, PipelineSettings, TaskStream
 

@@ -8,7 +8,7 @@ import ray
 
 from cluster.ray_cluster import connect
 from launch import components as C
-from launch.config import load_config
+from configs.loading import load_config
 from launch.run import BATCHES_FILE, TrainingRun
 from launch.run_state import load_run_state
 from launch.train import resume

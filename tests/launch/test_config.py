@@ -4,7 +4,8 @@ import pytest
 import ray
 import torch
 
-from launch.config import ConfigError, LabrlConfig, load_config
+from configs.schema import LabrlConfig
+from configs.loading import ConfigError, load_config
 from launch.train import main
 from models.loading import ModelNotFoundError, resolve_model_path
 from trainers.settings import TrainerSettings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from envs.dataset import Task
-from launch.config import ConfigError, load_config
+from configs.loading import ConfigError, load_config
 from launch.curriculum import CurriculumStream, select_tasks, training_stream
 from monitor.profiling import profile_tasks, read_profiles, write_profiles
 from rollout.pipeline import TaskStream

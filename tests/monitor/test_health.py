@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from launch.config import MonitorConfig
+from configs.schema import MonitorConfig
 from monitor.health import HealthMonitor
 from tests.monitor.synthetic import healthy_step
 

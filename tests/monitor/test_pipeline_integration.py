@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from envs.dataset import Task
-from launch.config import MonitorConfig
+from configs.schema import MonitorConfig
 from monitor.health import HealthMonitor, HealthStop
 from monitor.run_logger import RunLogger, read_jsonl
 from monitor.samples import SampleRecorder, TappedPool

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from launch.config import MonitorConfig, load_config
+from configs.schema import MonitorConfig
+from configs.loading import load_config
 from monitor.health import HealthMonitor, HealthStop
 from monitor.run_logger import RunLogger, read_jsonl
 from monitor.samples import SampleRecorder, TappedPool, trajectory_sample

@@ -1,19 +1,20 @@
-"""Typed, validated run configuration: YAML files plus dotted command-line overrides.
+"""The run configuration's schema: one pydantic section per component, validated once.
 
-Every section is a pydantic model that forbids unknown keys, so a typo fails before any actor
-starts, with the dotted name of the field in the message. `load_config(path, ["trainer.lr=1e-4"])`
-is the one way configs are built (the CLI, tests and `ray job submit` entrypoints all use it).
+This module sits at the bottom of labrl's import graph: every component takes its own section
+(`TrainerConfig`, `GRPOConfig`, `GenerationConfig`, ...) directly, so no field is copied into a
+second settings class and every rule below is checked once, before Ray starts. Sections forbid
+unknown keys, so a typo fails with the dotted name of the field. `configs.loading.load_config`
+reads YAML plus `section.field=value` overrides into `LabrlConfig`.
+
+Rules that need a registry living higher up (advantage estimators, weight-sync transports,
+environments) are checked by `launch.preflight`, also before Ray starts.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
@@ -43,7 +44,8 @@ class EnvConfig(Section):
         False, description="A turn cut at generation.max_new_tokens: false ends the episode unscored "
                            "(reward 0, reason truncated_length); true hands its text to the environment "
                            "like any turn (TRL's default). Either way the trajectory counts as truncated.")
-    tool_timeout_s: float = Field(5.0, gt=0)
+    tool_timeout_s: float = Field(5.0, gt=0, description="One tool call's wall-clock limit; a call that runs "
+                                                          "longer becomes an error observation.")
     task_filter_profile: str | None = Field(
         None, description="Reward profile JSONL (`labrl profile`): training drops tasks whose profiled "
                           "reward has zero variance (no GRPO signal); see launch/curriculum.py.")
@@ -131,60 +133,108 @@ class RolloutConfig(Section):
 
 
 class GRPOConfig(Section):
+    """The GRPO step: batch shape, advantage estimator, and the clipped policy loss
+    (`trainers/grpo/losses.py` takes this section as it is)."""
+
     num_steps: int = Field(20, ge=0)
     batch_size: int = Field(64, gt=0, description="Trajectories per optimizer step.")
     group_size: int = Field(8, gt=1, description="Trajectories per task (one GRPO group).")
-    advantage_estimator: str = "grpo"
-    clip_low: float = Field(0.2, ge=0)
-    clip_high: float = Field(0.28, ge=0)
-    kl_coef: float = Field(0.0, ge=0)
+    advantage_estimator: str = Field(
+        "grpo", description="A name in trainers/grpo/advantages.py's registry (grpo, dr_grpo, rloo, "
+                            "reinforce_pp_baseline, or one registered by the user); checked before Ray starts.")
+    ppo_epochs: int = Field(1, gt=0, description="Passes over each batch.")
+    num_mini_batches: int = Field(1, gt=0, description="Optimizer steps per pass (the batch split evenly).")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="PPO ratio clip below 1 - clip_low.")
+    clip_high: float = Field(0.28, ge=0, description="PPO ratio clip above 1 + clip_high (DAPO clip-higher).")
+    dual_clip: float | None = Field(None, gt=1, description="Bound the loss of a negative-advantage token whose "
+                                                            "ratio exceeds this at |A| * dual_clip; null: off.")
+    kl_coef: float = Field(0.0, ge=0, description="KL penalty against the reference policy (trainer.ref_model_path).")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator of the penalty.")
     entropy_coef: float = Field(0.0, ge=0)
     agg_mode: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
-    importance_sampling: Literal["none", "token_tis", "seq_mask"] = "token_tis"
+    max_response_tokens: int | None = Field(
+        None, gt=0, description="seq-mean-token-sum-norm's constant divisor; null: the padded width.")
+    importance_sampling: Literal["none", "token_tis", "seq_mask"] = Field(
+        "token_tis", description="Correction for the sampler/trainer mismatch: token_tis weights each token by "
+                                 "min(trainer/sampler probability ratio, is_cap); seq_mask drops sequences whose "
+                                 "ratio leaves [1/seq_mask_threshold, seq_mask_threshold].")
+    is_cap: float = Field(2.0, gt=0, description="token_tis: cap on the importance weight.")
+    seq_mask_threshold: float = Field(2.0, ge=1, description="seq_mask: bound on the sequence ratio.")
     dynamic_sampling: bool = Field(
         False, description="DAPO dynamic sampling: drop groups whose rewards are all equal (no signal) "
                            "and refill the batch with new groups from the current policy.")
     max_refill_rounds: int = Field(2, ge=1, description="Refill rounds per step before training on "
                                                         "a short batch (dynamic_sampling).")
+    collect_timeout_s: float = Field(600.0, gt=0, description="Wait for a batch's groups before failing, "
+                                                              "naming how many arrived.")
 
 
 # Seen on an H200 with DeepSpeed 0.19.8: stage 0 in bf16 either fails at initialize (fp32 gradient
 # accumulation) or keeps no fp32 master weights (bf16 accumulation), so Adam would lose small updates.
-_ZERO0_BF16 = ("trainer.zero_stage=0 cannot train in bf16 on GPU: DeepSpeed's stage 0 has no fp32 master "
-               "weights; use zero_stage=1 (on one rank it costs the same memory)")
+_ZERO0_BF16 = ("trainer.zero_stage=0 cannot train in bf16: DeepSpeed's stage 0 has no fp32 master weights; "
+               "use zero_stage=1 (on one rank it costs the same memory)")
 
 
 class TrainerConfig(Section):
+    """The DeepSpeed policy trainer (`trainers/`): rank layout, precision, optimizer, schedule."""
+
     num_ranks: int = Field(1, gt=0)
     cpus_per_rank: float = Field(1.0, gt=0)
     gpus_per_rank: float = Field(0.0, ge=0)
     zero_stage: Literal[0, 1, 2, 3] = 0
+    zero3_persistence_threshold: int = Field(
+        100_000, ge=0, description="ZeRO-3: parameters with fewer elements stay whole on every rank.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    attn_implementation: Literal["eager", "sdpa"] | None = Field(
+        None, description="Attention kernel of the trained model; null: transformers' default.")
     lr: float = Field(3e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Shape after the warmup; linear/cosine decay to min_lr_ratio * lr at "
+                                "grpo.num_steps optimizer steps.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
     warmup_steps: int = Field(0, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decay, on matrices only.")
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="Global gradient-norm clip; 0: off.")
     micro_batch_tokens: int = Field(8192, gt=0, description="Token budget of one packed micro-batch.")
+    share_prefix_tokens: int = Field(
+        1024, ge=0, description="Samples sharing a prompt run it once, packed into rows of at most this many "
+                                "tokens (eager/SDPA attention); 0: off.")
     gradient_checkpointing: bool = False
     skip_zero_advantage: bool = Field(
         True, description="Do not run samples whose advantage is 0 through the model when the loss has "
                           "no KL or entropy term: their gradient is exactly zero (they still count in "
                           "the loss normalisers, so the update is unchanged). Per-token train/ metrics such "
                           "as entropy then cover the samples that ran.")
+    log_entropy: bool = Field(True, description="Compute train/entropy (no gradient) when entropy_coef is 0.")
+    ref_model_path: str | None = Field(None, description="KL reference policy; null: the initial policy.")
     num_nodes: int | None = Field(
         None, gt=0, description="Nodes the ranks span. 1: all ranks on one node (fails fast when no node "
                                 "holds them); None: packed onto as few nodes as Ray finds.")
+    setup_timeout_s: float = Field(600.0, gt=0, description="Rank start-up, rendezvous and model load.")
+    step_timeout_s: float = Field(1800.0, gt=0, description="One train step, checkpoint or export.")
+    dist_timeout_s: float = Field(600.0, gt=0, description="torch.distributed collectives.")
 
     @model_validator(mode="after")
     def _check_rank_layout(self) -> "TrainerConfig":
         if self.gpus_per_rank > 1:
             raise ValueError(f"trainer.gpus_per_rank ({self.gpus_per_rank:g}) must be at most 1: a DeepSpeed "
                              "rank drives one GPU; raise trainer.num_ranks instead")
-        if self.gpus_per_rank > 0 and self.zero_stage == 0:
+        if self.zero_stage == 0 and self.uses_bf16:
             raise ValueError(_ZERO0_BF16)
         if self.num_nodes is not None and self.num_ranks % self.num_nodes:
             raise ValueError(f"trainer.num_ranks ({self.num_ranks}) must be divisible by trainer.num_nodes "
                              f"({self.num_nodes})")
         return self
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_rank > 0
+
+    @property
+    def uses_bf16(self) -> bool:
+        return self.dtype == "bfloat16" or (self.dtype == "auto" and self.use_gpu)
 
 
 class SyncConfig(Section):
@@ -197,7 +247,8 @@ class SyncConfig(Section):
     any node. cuda_ipc: GPU handles, engines sharing the trainer's GPUs (placement.mode=colocated).
     """
 
-    transport: Literal["shm", "shm_inplace", "gloo", "nccl", "cuda_ipc"] = "shm"
+    transport: str = Field("shm", description="A name in actors/weight_sync's transport registry; whether it "
+                                              "fits the placement is checked before Ray starts.")
     bucket_mb: int = Field(64, gt=0)
     timeout_s: float = Field(120.0, gt=0)
     pause_mode: Literal["wait", "abort", "keep", "recompute"] = Field(
@@ -320,7 +371,6 @@ class LabrlConfig(Section):
             raise ValueError("model.num_heads must be divisible by model.num_kv_heads")
         return self
 
-
     @model_validator(mode="after")
     def _check_colocation(self) -> "LabrlConfig":
         """Colocated engines live inside trainer ranks' bundles: one engine per rank, one GPU shared."""
@@ -347,66 +397,3 @@ class LabrlConfig(Section):
             raise ValueError(f"placement.mode=colocated: generation.gpus_per_worker ({g.gpus_per_worker:g}) + "
                              f"trainer.gpus_per_rank ({t.gpus_per_rank:g}) must be at most 1 (one shared GPU)")
         return self
-
-
-    @model_validator(mode="after")
-    def _check_sync_locality(self) -> "LabrlConfig":
-        """shm weight sync reaches only engines on the trainer's node (cluster/placement.py packs
-        trainer ranks and engines onto one node for it)."""
-        transport = self.sync.transport
-        if transport in ("shm", "shm_inplace") and (self.trainer.num_nodes or 1) > 1:
-            raise ValueError(f"sync.transport={transport} keeps the trainer and engines on one node: "
-                             f"trainer.num_nodes ({self.trainer.num_nodes}) must be 1 or unset")
-        if transport in ("nccl", "cuda_ipc") and not (self.generation.gpus_per_worker > 0
-                                                      and self.trainer.gpus_per_rank > 0):
-            raise ValueError(f"sync.transport={transport} moves GPU tensors: set generation.gpus_per_worker "
-                             f"and trainer.gpus_per_rank above 0, or use sync.transport=shm on CPU")
-        if transport in ("gloo", "shm_inplace") and self.generation.gpus_per_worker > 0:
-            raise ValueError(f"sync.transport={transport} moves host-memory weights into CPU engines; GPU "
-                             f"engines take sync.transport=nccl or cuda_ipc")
-        if transport == "cuda_ipc" and self.placement.mode != "colocated":
-            raise ValueError("sync.transport=cuda_ipc shares GPU memory between processes on one GPU: "
-                             "it needs placement.mode=colocated (use nccl for disaggregated engines)")
-        return self
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the offending field."""
-
-
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (1e-4, true, [1,2])."""
-    if "=" not in override:
-        raise ConfigError(f"override {override!r} must look like section.field=value")
-    dotted, value_text = override.split("=", 1)
-    keys = dotted.strip().split(".")
-    node = raw
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {override!r}: {key!r} is not a section")
-    node[keys[-1]] = yaml.safe_load(value_text)
-
-
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(config)"
-        lines.append(f"  {where}: {e['msg']}")
-    return "invalid config:\n" + "\n".join(lines)
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LabrlConfig:
-    """Read YAML (the default config when `path` is None), apply overrides, validate."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    for override in overrides or []:
-        apply_override(raw, override)
-    try:
-        return LabrlConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
