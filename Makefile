@@ -22,6 +22,8 @@ train: install
 	$(PY) -m launch.train $(ARGS)
 
 test: install
+	# The layering contracts in pyproject.toml (import-linter): no package imports a higher one.
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest tests -q $(ARGS)
 
 bench: install

@@ -1,7 +1,7 @@
 """GenerationWorker: a Ray actor hosting one vLLM engine; token ids in, token ids + logprobs out.
 
-Create it with `GenerationWorker.as_actor(EngineConfig(...), num_cpus=1, num_gpus=0, name=...)`
-(or `ray.remote(GenerationWorker).options(...).remote(config, ...)`: it is an async actor), then
+Create it with `GenerationWorker.as_actor(EngineSpec.from_config(cfg, model_dir), name=..., num_cpus=1)`
+(or `ray.remote(GenerationWorker).options(...).remote(spec, ...)`: it is an async actor), then
 `ray.get(handle.ready.remote())` (builds the engine: 37-45 s on this 2-core VM when it is quiet,
 up to 230 s under heavy load from other users).
 
@@ -13,11 +13,13 @@ tokens/s, `LLM.generate` on the same batch 4.1-4.5k tokens/s; the ~15% per-step 
 price of not having to form batches, and it shrinks as models grow. Benchmark (64 concurrent x 64
 tokens, fp32, load ~10-20): 10M params 770 tokens/s, 100M 171, 500M 39.
 
-Weight updates: `update_weights` (one-shot transports) or `begin_update` / `receive_bucket` /
-`finish_update` (streaming transports) are called by `actors.weight_sync` senders, not by users.
-The served version changes only after a successful reload; a reload that fails after vLLM's
-weights were touched marks the worker unhealthy (generate raises `WorkerUnhealthyError`) because
-its weights are then neither version.
+Weight updates: one protocol for every transport, called by `actors.weight_sync` senders, not by
+users: `connect_transport` once per sender, then `begin_update` -> `apply_update` (per bucket) ->
+`finish_update` (`abort_update` when the sender gives up), or a one-shot `apply_update(...,
+version=v)` carrying the whole update. What happens inside vLLM is the transport's `Receiver`
+(actors/weight_sync/). The served version changes only after a successful reload; a reload that
+fails after vLLM's weights were touched marks the worker unhealthy (generate raises
+`WorkerUnhealthyError`) because its weights are then neither version.
 
 Colocated mode (engine and trainer rank on one GPU): `sleep` / `wake_up` free and restore vLLM's
 memory around the trainer's step (launch/run.py drives them).
@@ -31,14 +33,14 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import ray
 
 from actors import vllm_plugin
 from actors.generation_control import (EngineGate, UpdateState, check_bucket,
                                        check_full_manifest)
-from actors.types import (CPU_KV_BLOCK_SIZE, EngineConfig, GenerationOutput, SamplingSpec,
+from actors.types import (CPU_KV_BLOCK_SIZE, EngineSpec, GenerationOutput, PauseMode, SamplingSpec,
                           WorkerUnhealthyError)
 from actors.weight_sync.spec import read_weight_spec
 
@@ -46,23 +48,20 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 EXTENSION = "actors.vllm_extension.LabrlWorkerExtension"
-PauseMode = Literal["wait", "abort", "keep", "recompute"]
-PAUSE_MODES: tuple[str, ...] = ("wait", "abort", "keep", "recompute")
-__all__ = ["EXTENSION", "GenerationWorker", "PauseMode", "WorkerUnhealthyError"]
+__all__ = ["EXTENSION", "GenerationWorker", "WorkerUnhealthyError"]
 
 
 class GenerationWorker:
     """See the module docstring. All public methods are async (Ray async actor)."""
 
-    def __init__(self, config: EngineConfig, name: str | None = None, pause_mode: PauseMode = "wait",
-                 cpu_direct_reload: bool = True) -> None:
+    def __init__(self, spec: EngineSpec, name: str | None = None, cpu_direct_reload: bool = True) -> None:
         from models.loading import resolve_model_path
 
-        self.config = config
-        self.model_path = resolve_model_path(config.model_path)
+        self.engine_spec = spec
+        self.generation = spec.generation
+        self.model_path = resolve_model_path(spec.model_path)
         self.name = name or f"gen-{uuid.uuid4().hex[:6]}"
-        _check_pause_mode(pause_mode)
-        self.spec, self.optional = read_weight_spec(self.model_path)
+        self.weight_spec, self.optional = read_weight_spec(self.model_path)
         # vLLM's worker process must import actors.vllm_extension: it inherits this environment.
         paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         if REPO_ROOT not in paths:
@@ -73,7 +72,7 @@ class GenerationWorker:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
         self.cpu_direct_reload = cpu_direct_reload
         self.engine: Any = None
-        self.gate = EngineGate(self.name, pause_mode)
+        self.gate = EngineGate(self.name, spec.pause_mode)
         self.update = UpdateState(self.name)
         self.version = 0
         self.startup_s = 0.0
@@ -86,14 +85,14 @@ class GenerationWorker:
         self._update_lock = asyncio.Lock()
 
     @classmethod
-    def as_actor(cls, config: EngineConfig, *, name: str | None = None, num_cpus: float = 1,
-                 num_gpus: float = 0, pause_mode: PauseMode = "wait", cpu_direct_reload: bool = True,
+    def as_actor(cls, spec: EngineSpec, *, name: str | None = None, cpu_direct_reload: bool = True,
                  **ray_options: Any) -> Any:
-        """Create the Ray actor; `ray_options` go to `.options()` (e.g. scheduling_strategy)."""
+        """Create the Ray actor; `ray_options` go to `.options()` (num_cpus, default 1; num_gpus,
+        default 0; scheduling_strategy, ...)."""
         ray_options.setdefault("max_concurrency", 4096)
-        actor_cls = ray.remote(cls)
-        return actor_cls.options(num_cpus=num_cpus, num_gpus=num_gpus, **ray_options).remote(
-            config, name=name, pause_mode=pause_mode, cpu_direct_reload=cpu_direct_reload)
+        ray_options.setdefault("num_cpus", 1)
+        ray_options.setdefault("num_gpus", 0)
+        return ray.remote(cls).options(**ray_options).remote(spec, name=name, cpu_direct_reload=cpu_direct_reload)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     async def ready(self) -> int:
@@ -134,7 +133,7 @@ class GenerationWorker:
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        cfg = self.config
+        cfg, spec = self.generation, self.engine_spec
         start = time.perf_counter()
         is_cpu = current_platform.is_cpu()
         in_process = is_cpu and cfg.tensor_parallel_size == 1
@@ -144,11 +143,11 @@ class GenerationWorker:
         block_size = cfg.kv_block_size or (CPU_KV_BLOCK_SIZE if is_cpu else None)
         args = AsyncEngineArgs(
             model=self.model_path, skip_tokenizer_init=True, max_model_len=cfg.max_model_len,
-            dtype=cfg.dtype, seed=cfg.seed, enforce_eager=cfg.enforce_eager,
+            dtype=spec.dtype, seed=spec.seed, enforce_eager=cfg.enforce_eager,
             tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
             kv_cache_memory_bytes=kv_bytes, block_size=block_size, worker_extension_cls=EXTENSION,
             distributed_executor_backend="uni" if in_process else None,
-            enable_sleep_mode=cfg.enable_sleep_mode and current_platform.is_sleep_mode_available(),
+            enable_sleep_mode=cfg.sleep_level > 0 and current_platform.is_sleep_mode_available(),
             # The sampled token's logprob under the distribution it was sampled from (logits /
             # temperature; top-p 1): the trainer recomputes log_softmax(logits / temperature).
             logprobs_mode="processed_logprobs", disable_log_stats=True)
@@ -169,12 +168,16 @@ class GenerationWorker:
         await self.ready()
         return {"name": self.name, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 "version": self.version, "healthy": self.update.healthy, "startup_s": self.startup_s,
-                "weight_spec": self.spec, "optional_names": self.optional,
-                "tensor_parallel_size": self.config.tensor_parallel_size,
+                "weight_spec": self.weight_spec, "optional_names": self.optional,
+                "tensor_parallel_size": self.generation.tensor_parallel_size,
                 "gpu_uuids": [w["gpu_uuid"] for w in self.engine_workers if w.get("gpu_uuid")]}
 
     async def policy_version(self) -> int:
         return self.version
+
+    async def ping(self) -> bool:
+        """Answers while the actor lives (`actors.calls.alive`); does not build the engine."""
+        return True
 
     async def health(self) -> dict[str, Any]:
         return {"name": self.name, "healthy": self.update.healthy, "reason": self.update.reason,
@@ -190,8 +193,10 @@ class GenerationWorker:
         in place with their KV cache, and continue on the new weights (no wasted work; tokens after
         the update attend to KV computed by the old weights). "recompute": as "keep", but their KV
         cache is recomputed under the new weights before they continue. With keep/recompute an
-        output can span versions: `GenerationOutput.newest_policy_version` says so."""
-        _check_pause_mode(mode)
+        output can span versions: `GenerationOutput.newest_policy_version` says so. Runs take
+        sync.pause_mode (EngineSpec.pause_mode); tests switch modes on one engine with this."""
+        if mode not in get_args(PauseMode):
+            raise ValueError(f"pause_mode must be one of {get_args(PauseMode)}, got {mode!r}")
         self.gate.mode = mode
 
     # ---- generation ---------------------------------------------------------------------------
@@ -202,10 +207,10 @@ class GenerationWorker:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        room = self.config.max_model_len - len(prompt_token_ids)
+        room = self.generation.max_model_len - len(prompt_token_ids)
         if not prompt_token_ids or room <= 0:
             raise ValueError(f"{self.name}: prompt of {len(prompt_token_ids)} tokens leaves no room to "
-                             f"generate within max_model_len={self.config.max_model_len}")
+                             f"generate within max_model_len={self.generation.max_model_len}")
         params = SamplingParams(
             max_tokens=min(spec.max_tokens, room), min_tokens=min(spec.min_tokens, room),
             temperature=spec.temperature, top_p=spec.top_p,
@@ -286,11 +291,58 @@ class GenerationWorker:
                                f"weight update (still serving version {self.version})")
         return 0.0 if self.asleep else await self.pause(timeout_s)
 
-    async def update_weights(self, transport: str, payload: dict[str, Any], version: int,
-                             timeout_s: float = 300.0) -> dict[str, Any]:
-        """One-shot update (transport "shm"): validate the whole manifest, pause, reload, resume."""
-        if transport != "shm":
-            raise ValueError(f"{self.name}: one-shot update_weights supports 'shm', not {transport!r}")
+    async def connect_transport(self, transport: str, setup: Any, timeout_s: float = 300.0,
+                                touches_weights: bool = False) -> list[Any]:
+        """Once per sender: the transport's set-up in every vLLM worker process (join a broadcast
+        group; shm_inplace: move the weights into shared memory); one result per process.
+        `touches_weights`: generation pauses around it and a failure marks the worker unhealthy."""
+        await self.ready()
+        phase = f"{transport} connect"
+        if not touches_weights:
+            return await self.update.run(self.engine, "labrl_connect", (transport, setup), timeout_s, phase,
+                                         fatal=False)
+        async with self._update_lock:
+            await self._pause_for_update(timeout_s)
+            try:
+                return await self.update.run(self.engine, "labrl_connect", (transport, setup), timeout_s, phase,
+                                             fatal=True)
+            finally:
+                await self._reopen(weights_changed=False)
+
+    async def begin_update(self, transport: str, version: int, setup: Any = None,
+                           timeout_s: float = 300.0) -> None:
+        """Step 1: pause (drain or hold requests by pause mode) and let the transport prepare vLLM."""
+        async with self._update_lock:
+            self.update.check_can_update(self.version, version)
+            await self._pause_for_update(timeout_s)
+            try:
+                await self.update.run(self.engine, "labrl_begin", (transport, setup), timeout_s,
+                                      f"begin update to version {version} ({transport})", fatal=True)
+            except BaseException:
+                await self._reopen(weights_changed=True)
+                raise
+            self.update.start(transport, version)
+
+    async def apply_update(self, transport: str, payload: dict[str, Any], timeout_s: float = 300.0,
+                           version: int | None = None) -> Any:
+        """Step 2, per bucket: check its entries (`payload["entries"]`, `BucketEntry`s) against the
+        served spec, then load it; a failure is fatal (weights partly replaced). With `version`:
+        a one-shot update, the payload the whole model; it is checked whole before generation
+        pauses, and a refusal before any weight changed leaves the old version serving."""
+        if version is not None:
+            return await self._apply_whole(transport, payload, version, timeout_s)
+        self.update.expect_open("apply_update", transport)
+        entries = payload["entries"]
+        problem = check_bucket(entries, self.weight_spec, self.optional)
+        if problem:
+            await self.abort_update(problem)
+            raise RuntimeError(f"{self.name}: {problem}; worker marked unhealthy")
+        await self.update.run(self.engine, "labrl_apply", (transport, _engine_payload(payload)), timeout_s,
+                              f"apply bucket ({transport})", fatal=True)
+        self.update.loaded.update(e.name for e in entries)
+
+    async def _apply_whole(self, transport: str, payload: dict[str, Any], version: int,
+                           timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
 
         def left() -> float:  # one deadline for all phases, so the sender's timeout stays meaningful
@@ -298,13 +350,14 @@ class GenerationWorker:
 
         async with self._update_lock:
             self.update.check_can_update(self.version, version)
-            check_full_manifest(self.name, [e[1:] for e in payload["entries"]], self.spec, self.optional)
+            check_full_manifest(self.name, payload["entries"], self.weight_spec, self.optional)
             await self.ready()
             drain_s = await self._pause_for_update(left())
             t0 = time.perf_counter()
             try:
-                result = (await self.update.run(self.engine, "labrl_reload_shm", (payload,), left(),
-                                                f"reload to version {version}", fatal=True))[0]
+                result = (await self.update.run(self.engine, "labrl_apply", (transport, _engine_payload(payload)),
+                                                left(), f"reload to version {version} ({transport})",
+                                                fatal=True))[0]
                 if result.get("refused"):  # failed before any weight was touched: not fatal
                     raise RuntimeError(f"{self.name} refused the weight update (still serving version "
                                        f"{self.version}): {result['refused']}")
@@ -316,40 +369,12 @@ class GenerationWorker:
         return {"version": version, "pause_s": pause_s, "drain_s": drain_s, "reload_rpc_s": reload_rpc_s,
                 "reload_s": result["reload_s"]}
 
-    async def begin_update(self, version: int, timeout_s: float = 300.0) -> None:
-        """Streaming update, step 1: pause and put vLLM's layers into loadable form."""
-        async with self._update_lock:
-            self.update.check_can_update(self.version, version)
-            await self._pause_for_update(timeout_s)
-            try:
-                await self.update.run(self.engine, "labrl_begin_update", (), timeout_s,
-                                      f"begin update to version {version}", fatal=True)
-            except BaseException:
-                await self._reopen(weights_changed=True)
-                raise
-            self.update.start(version)
-
-    async def receive_bucket(self, transport: str, bucket: dict[str, Any], timeout_s: float = 300.0) -> None:
-        """Streaming update, step 2 (per bucket): receive and load; a failure is fatal."""
-        method = {"nccl": "labrl_load_broadcast", "gloo": "labrl_load_broadcast",
-                  "cuda_ipc": "labrl_load_ipc"}.get(transport)
-        if method is None:
-            raise ValueError(f"{self.name}: receive_bucket supports nccl, gloo and cuda_ipc, not {transport!r}")
-        self.update.expect_open("receive_bucket")
-        problem = check_bucket(bucket["entries"], self.spec, self.optional)
-        if problem:
-            await self.abort_update(problem)
-            raise RuntimeError(f"{self.name}: {problem}; worker marked unhealthy")
-        await self.update.run(self.engine, method, (bucket,), timeout_s, f"receive bucket ({transport})",
-                              fatal=True)
-        self.update.loaded.update(e[0] for e in bucket["entries"])
-
     async def finish_update(self, version: int, timeout_s: float = 300.0) -> dict[str, Any]:
-        """Streaming update, step 3: finalize, check completeness, advance the version, resume."""
+        """Step 3: let the transport finalize, check completeness, advance the version, resume."""
         self.update.expect_open("finish_update")
-        missing = sorted(set(self.spec) - self.update.loaded)
+        missing = sorted(set(self.weight_spec) - self.update.loaded)
         try:
-            await self.update.run(self.engine, "labrl_finish_update", (), timeout_s,
+            await self.update.run(self.engine, "labrl_finish", (self.update.transport,), timeout_s,
                                   f"finish update to version {version}", fatal=True)
             if missing:
                 self.update.mark_unhealthy(f"update to version {version} missed {len(missing)} parameters, "
@@ -361,38 +386,12 @@ class GenerationWorker:
             pause_s = await self._reopen(weights_changed=True)
         return {"version": version, "pause_s": pause_s}
 
-    async def share_weights(self, timeout_s: float = 300.0) -> dict[str, Any]:
-        """shm_inplace, once: move vLLM's weights into a shared file; returns its path and layout."""
-        await self.ready()
-        if self.config.tensor_parallel_size != 1:
-            raise ValueError(f"{self.name}: shm_inplace needs tensor_parallel_size 1")
-        async with self._update_lock:  # paused: locating the tensors writes markers into the weights
-            await self._pause_for_update(timeout_s)
-            try:
-                return (await self.update.run(self.engine, "labrl_share_weights", (self.spec,), timeout_s,
-                                              "share weights", fatal=True))[0]
-            finally:
-                await self._reopen(weights_changed=False)
-
-    async def begin_inplace(self, version: int, timeout_s: float = 300.0) -> None:
-        """shm_inplace, step 1: drain and pause; the trainer then writes the weights in place."""
-        async with self._update_lock:
-            self.update.check_can_update(self.version, version)
-            await self._pause_for_update(timeout_s)
-            self.update.start(version)
-
-    async def finish_inplace(self, version: int, timeout_s: float = 300.0) -> dict[str, Any]:
-        """shm_inplace, step 2: serve the new version (drop KV computed with the old weights)."""
-        self.update.expect_open("finish_inplace")
-        self.version, self._weights_discarded = version, False
-        self.update.close()
-        return {"version": version, "pause_s": await self._reopen(weights_changed=True)}
-
     async def abort_update(self, reason: str) -> None:
-        """The sender gave up mid-stream: weights are partly replaced, so mark unhealthy."""
+        """The sender gave up mid-update: weights are partly replaced, so mark unhealthy."""
         if self.update.open:
             try:
-                await self.update.run(self.engine, "labrl_finish_update", (), 60.0, "abort update", fatal=True)
+                await self.update.run(self.engine, "labrl_finish", (self.update.transport,), 60.0, "abort update",
+                                      fatal=True)
             except Exception:  # noqa: BLE001 - already failing; the unhealthy mark below matters
                 logger.exception("%s: finalize during abort failed", self.name)
             self.update.close()
@@ -452,13 +451,7 @@ class GenerationWorker:
                 paused_s = await self.gate.resume(self.engine)
         return {"wake_s": time.perf_counter() - t0, "paused_s": paused_s}
 
-    async def group_init(self, info: dict[str, Any], timeout_s: float = 300.0) -> None:
-        """Join the trainer's weight-broadcast group, nccl or gloo (one rank per vLLM worker process)."""
-        await self.ready()
-        await self.update.run(self.engine, "labrl_group_init", (info,), timeout_s,
-                              f"{info['backend']} group init", fatal=False)
 
-
-def _check_pause_mode(mode: str) -> None:
-    if mode not in PAUSE_MODES:
-        raise ValueError(f"pause_mode must be one of {PAUSE_MODES}, got {mode!r}")
+def _engine_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """Entries as plain lists: vLLM's collective_rpc serialises no dataclasses."""
+    return {**payload, "entries": [e.to_wire() for e in payload["entries"]]}

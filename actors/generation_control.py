@@ -24,6 +24,7 @@ from typing import Any
 
 from actors.types import WorkerUnhealthyError
 from actors.weight_sync.base import WeightSpec, check_tensor, dtype_from_name
+from actors.weight_sync.buckets import BucketEntry
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class UpdateState:
         self.healthy = True
         self.reason = ""
         self.open = False
+        self.transport = ""
         self.target = -1
         self.loaded: set[str] = set()
 
@@ -52,13 +54,16 @@ class UpdateState:
         if new <= current:
             raise ValueError(f"{self.name}: update to version {new} is not newer than the served version {current}")
 
-    def start(self, version: int) -> None:
-        self.open, self.target, self.loaded = True, version, set()
+    def start(self, transport: str, version: int) -> None:
+        self.open, self.transport, self.target, self.loaded = True, transport, version, set()
 
-    def expect_open(self, what: str) -> None:
+    def expect_open(self, what: str, transport: str | None = None) -> None:
         self.check_healthy()
         if not self.open:
             raise RuntimeError(f"{self.name}: {what} called without begin_update")
+        if transport is not None and transport != self.transport:
+            raise RuntimeError(f"{self.name}: {what} over {transport!r} during an update begun over "
+                               f"{self.transport!r}")
 
     def close(self) -> None:
         self.open = False
@@ -161,35 +166,34 @@ class EngineGate:
         return paused
 
 
-def _entry_problems(entries: Sequence[Sequence[Any]], spec: WeightSpec, optional: set[str]) -> list[str]:
+def _entry_problems(entries: Sequence[BucketEntry], spec: WeightSpec, optional: set[str]) -> list[str]:
     problems, seen = [], set()
-    for name, shape, dtype, _offset, nbytes in entries:
-        problem = check_tensor(name, shape, spec, set(optional))
-        if problem is None and name in seen:
-            problem = f"parameter {name!r} appears twice"
+    for e in entries:
+        problem = check_tensor(e.name, e.shape, spec, optional)
+        if problem is None and e.name in seen:
+            problem = f"parameter {e.name!r} appears twice"
         if problem is None:
             numel = 1
-            for dim in shape:
+            for dim in e.shape:
                 numel *= int(dim)
-            itemsize = dtype_from_name(dtype).itemsize
-            if numel * itemsize != int(nbytes):
-                problem = f"parameter {name!r}: {nbytes} bytes do not match shape {tuple(shape)} of {dtype}"
+            if numel * dtype_from_name(e.dtype).itemsize != int(e.nbytes):
+                problem = f"parameter {e.name!r}: {e.nbytes} bytes do not match shape {tuple(e.shape)} of {e.dtype}"
         if problem:
             problems.append(problem)
-        seen.add(name)
+        seen.add(e.name)
     return problems
 
 
-def check_bucket(entries: Sequence[Sequence[Any]], spec: WeightSpec, optional: Sequence[str]) -> str | None:
+def check_bucket(entries: Sequence[BucketEntry], spec: WeightSpec, optional: Sequence[str]) -> str | None:
     problems = _entry_problems(entries, spec, set(optional))
     return "; ".join(problems[:5]) if problems else None
 
 
-def check_full_manifest(name: str, entries: Sequence[Sequence[Any]], spec: WeightSpec,
+def check_full_manifest(name: str, entries: Sequence[BucketEntry], spec: WeightSpec,
                         optional: Sequence[str]) -> None:
     """Refuse a complete manifest before anything is touched: the old version keeps serving."""
     problems = _entry_problems(entries, spec, set(optional))
-    missing = sorted(set(spec) - {e[0] for e in entries})
+    missing = sorted(set(spec) - {e.name for e in entries})
     if missing:
         problems.append(f"{len(missing)} served parameter(s) missing, e.g. {missing[:5]}")
     if problems:

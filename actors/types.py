@@ -1,4 +1,5 @@
-"""Plain data crossing actor boundaries: what the env workers ask for and what they get back.
+"""Plain data crossing actor boundaries: what the env workers ask for and what they get back, and
+what a GenerationWorker is built from.
 
 These are dataclasses (not vLLM types) so that env workers and the trainer never import vLLM; they
 pickle cheaply through Ray.
@@ -9,12 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from configs.schema import GenerationConfig, LabrlConfig
+
 GenFinishReason = Literal["stop", "length"]
+PauseMode = Literal["wait", "abort", "keep", "recompute"]  # sync.pause_mode; see GenerationWorker.set_pause_mode
 
 
 @dataclass
 class SamplingSpec:
-    """How to sample one completion (token-in/token-out: stops are token ids, never strings)."""
+    """How to sample one completion (token-in/token-out: stops are token ids, never strings).
+    Built from the config by `from_config`; the schema has checked every value."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -25,16 +30,14 @@ class SamplingSpec:
     # logprobs then exclude the stop tokens' probability mass, which the trainer's do not.
     min_tokens: int = 0
 
-    def __post_init__(self) -> None:
-        if self.max_tokens <= 0:
-            raise ValueError(f"SamplingSpec.max_tokens must be > 0, got {self.max_tokens}")
-        if not 0 <= self.min_tokens <= self.max_tokens:
-            raise ValueError(f"SamplingSpec.min_tokens must be in [0, max_tokens={self.max_tokens}], "
-                             f"got {self.min_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"SamplingSpec.temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"SamplingSpec.top_p must be in (0, 1], got {self.top_p}")
+    @classmethod
+    def from_config(cls, cfg: LabrlConfig, stop_token_ids: list[int],
+                    temperature: float | None = None) -> SamplingSpec:
+        """Training rollouts' sampling (`temperature`: another one, e.g. `labrl eval`'s)."""
+        g = cfg.generation
+        return cls(max_tokens=g.max_new_tokens, min_tokens=g.min_new_tokens,
+                   temperature=g.temperature if temperature is None else temperature, top_p=g.top_p,
+                   stop_token_ids=list(stop_token_ids), seed=cfg.seed if g.seeded_sampling else None)
 
 
 @dataclass
@@ -58,25 +61,23 @@ class GenerationOutput:
 
 
 @dataclass
-class EngineConfig:
-    """Settings of one vLLM engine (one GenerationWorker).
-
-    `kv_cache_gb` is the CPU KV cache (VLLM_CPU_KVCACHE_SPACE); on GPUs `gpu_memory_utilization`
-    applies instead. fp32 + eager is the CPU default; GPU runs would use bfloat16 and
-    enforce_eager=False. `enable_sleep_mode` lets `GenerationWorker.sleep` release GPU memory
-    (vLLM's cumem allocator); platforms without it (CPU) keep their memory while "asleep".
-    """
+class EngineSpec:
+    """What one vLLM engine (one GenerationWorker) is built from: the generation section as it is,
+    plus the few values from other sections. `generation.kv_cache_gb` is the CPU KV cache
+    (VLLM_CPU_KVCACHE_SPACE); on GPUs `gpu_memory_utilization` applies instead. `sleep_level > 0`
+    turns on vLLM's sleep mode (its cumem allocator) so `GenerationWorker.sleep` can release GPU
+    memory; platforms without it (CPU) keep their memory while "asleep"."""
 
     model_path: str
-    max_model_len: int
-    kv_cache_gb: float = 1.0
-    kv_block_size: int | None = None  # None: CPU_KV_BLOCK_SIZE on CPU, vLLM's default elsewhere
-    gpu_memory_utilization: float = 0.5
-    tensor_parallel_size: int = 1
-    enforce_eager: bool = True
+    generation: GenerationConfig
     dtype: str = "float32"
     seed: int = 0
-    enable_sleep_mode: bool = False
+    pause_mode: PauseMode = "wait"
+
+    @classmethod
+    def from_config(cls, cfg: LabrlConfig, model_path: str) -> EngineSpec:
+        return cls(model_path=model_path, generation=cfg.generation, dtype=cfg.model.dtype, seed=cfg.seed,
+                   pause_mode=cfg.sync.pause_mode)
 
 
 # vLLM caches (and shares between requests) a prompt's KV only in whole blocks; on CPU it defaults

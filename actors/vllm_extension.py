@@ -1,13 +1,18 @@
 """Worker extension injected into vLLM's worker processes (`worker_extension_cls=` this class).
 
-Everything that must run next to the model weights lives here and is reached through
+Everything that must run next to the model weights is reached through
 `engine.collective_rpc("labrl_...")`. Only plain Python values cross that boundary (tensors did not
-survive collective_rpc arguments on the CPU backend; bytes, lists and dicts do).
+survive collective_rpc arguments on the CPU backend, nor do dataclasses; bytes, lists and dicts do),
+so bucket entries travel as lists (`BucketEntry.to_wire`) and are rebuilt here.
+
+Weight updates: `labrl_connect` / `labrl_begin` / `labrl_apply` / `labrl_finish` dispatch to the
+transport's engine half (a `Receiver` from `actors.weight_sync.registry`, one per transport, kept in
+this process), which loads weights through `EngineWeights`.
 
 Reload paths. CPU (default): every linear layer is loaded with a plain weight (`actors.vllm_plugin`,
 `actors.cpu_direct_reload`), so a sync is a direct `model.load_weights` (one copy per tensor, no
 repacking). Otherwise (GPU, or `cpu_direct_reload=False`) vLLM's layer-wise in-place
-reload is used: `model_runner.reload_weights` for the one-shot shm path, and the same lifecycle
+reload is used: `model_runner.reload_weights` for a one-shot reload (shm), and the same lifecycle
 split into begin / load bucket / finish calls for the streaming transports. After a layer-wise
 reload, layers that share a weight (tied lm_head) are re-processed, see `refresh_tied_layers`.
 
@@ -17,9 +22,10 @@ process's PYTHONPATH (GenerationWorker sets it before building the engine).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import time
+from collections.abc import Iterable
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -53,118 +59,121 @@ def refresh_tied_layers(model) -> list[str]:
     return refreshed
 
 
+class EngineWeights:
+    """The served model as a transport's receiver sees it: where it lives and how to load into it.
+    `direct`: CPU plain weights (labrl_prepare_direct_reload), loaded by direct copies."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.direct = False
+        self.streaming = False
+
+    @property
+    def model(self) -> Any:
+        return self.worker.model_runner.get_model()
+
+    @property
+    def device(self) -> Any:
+        return self.worker.device
+
+    @property
+    def rank(self) -> int:
+        """This process's rank within its engine (tensor-parallel shard)."""
+        return int(self.worker.parallel_config.rank)
+
+    def context(self) -> contextlib.AbstractContextManager:
+        from vllm.config import set_current_vllm_config
+
+        return set_current_vllm_config(self.worker.vllm_config)
+
+    def reload(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """One-shot: load every served tensor (generation must be paused)."""
+        with self.context():
+            if self.direct:
+                from actors.cpu_direct_reload import direct_load
+
+                direct_load(self.model, iter(weights))
+            else:
+                self.worker.model_runner.reload_weights(weights_iterator=iter(weights))
+                refresh_tied_layers(self.model)
+
+    def begin(self) -> None:
+        """Put every layer back into its loadable (checkpoint) layout; loads are buffered per layer
+        and each layer is re-processed as soon as all its weights have arrived. Plain CPU weights
+        need none of that: each bucket is copied in."""
+        self.streaming = True
+        if self.direct:
+            return
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        with self.context():
+            initialize_layerwise_reload(self.model)
+
+    def load(self, weights: Iterable[tuple[str, Any]]) -> None:
+        """One bucket, between begin and finish."""
+        if not self.streaming:
+            raise RuntimeError("begin_update must come before loading weight buckets")
+        with self.context():
+            self.model.load_weights(weights)
+
+    def finish(self) -> None:
+        """Process layers still pending and drop caches derived from the old weights."""
+        self.streaming = False
+        if self.direct:
+            return
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        with self.context():
+            finalize_layerwise_reload(self.model, self.worker.vllm_config.model_config)
+            refresh_tied_layers(self.model)
+        for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
+            fn = getattr(self.worker.model_runner, reset, None)
+            if callable(fn):
+                fn()
+
+
 class LabrlWorkerExtension:
     """Mixed into vLLM's Worker class; `self` is the vLLM worker (has model_runner, vllm_config)."""
 
-    # ---- one-shot reload from shared memory (CPU) -------------------------------------------
+    def _labrl_weights(self) -> EngineWeights:
+        if getattr(self, "_labrl_engine_weights", None) is None:
+            self._labrl_engine_weights = EngineWeights(self)
+        return self._labrl_engine_weights
+
+    def _labrl_receiver(self, transport: str) -> Any:
+        receivers = getattr(self, "_labrl_receivers", None)
+        if receivers is None:
+            receivers = self._labrl_receivers = {}
+        if transport not in receivers:
+            from actors.weight_sync.registry import receiver_class
+
+            receivers[transport] = receiver_class(transport)()
+        return receivers[transport]
+
     def labrl_prepare_direct_reload(self) -> int:
         """CPU only, once at start-up: check the weights were loaded plain, then sync by direct
         copies from now on. Returns the number of plain-weight layers."""
         from actors.cpu_direct_reload import check_plain_weights
 
         plain = check_plain_weights(self.model_runner.get_model())
-        self._labrl_direct = True
+        self._labrl_weights().direct = True
         return plain
 
-    def labrl_reload_shm(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Map the segments (failures here touch nothing: reported as `refused`), then reload."""
-        from actors.weight_sync.shm import ShmMappings
+    # ---- weight updates: the transport's receiver does the work ------------------------------
+    def labrl_connect(self, transport: str, setup: Any) -> Any:
+        return self._labrl_receiver(transport).connect(self._labrl_weights(), setup)
 
-        maps = getattr(self, "_labrl_shm", None)
-        if maps is None:
-            maps = self._labrl_shm = ShmMappings()
-        try:
-            staged = maps.weights(payload)
-        except Exception as err:  # noqa: BLE001 - reported to the caller as a non-fatal refusal
-            return {"refused": f"{type(err).__name__}: {err}", "pid": os.getpid()}
-        from vllm.config import set_current_vllm_config
+    def labrl_begin(self, transport: str, setup: Any) -> None:
+        self._labrl_receiver(transport).begin(self._labrl_weights(), setup)
 
-        start = time.perf_counter()
-        model = self.model_runner.get_model()
-        with set_current_vllm_config(self.vllm_config):
-            if getattr(self, "_labrl_direct", False):
-                from actors.cpu_direct_reload import direct_load
+    def labrl_apply(self, transport: str, payload: dict[str, Any]) -> Any:
+        from actors.weight_sync.buckets import BucketEntry
 
-                direct_load(model, iter(staged))
-            else:
-                self.model_runner.reload_weights(weights_iterator=iter(staged))
-                refresh_tied_layers(model)
-        del staged
-        aliased = self._labrl_shm.aliased(self.model_runner.get_model())
-        if aliased:
-            raise RuntimeError(f"after reload, model tensors alias the shared-memory staging area "
-                               f"(a loader kept a view instead of copying): {aliased[:5]}")
-        return {"reload_s": time.perf_counter() - start, "pid": os.getpid()}
+        payload = {**payload, "entries": [BucketEntry.from_wire(w) for w in payload["entries"]]}
+        return self._labrl_receiver(transport).apply(self._labrl_weights(), payload)
 
-    # ---- streaming reload (nccl, gloo, CUDA IPC) ---------------------------------------------
-    def labrl_begin_update(self) -> None:
-        """Put every layer back into its loadable (checkpoint) layout; loads are buffered per layer
-        and each layer is re-processed as soon as all its weights have arrived. CPU engines with
-        plain weights (labrl_prepare_direct_reload) need none of that: each bucket is copied in."""
-        self._labrl_streaming = True
-        if getattr(self, "_labrl_direct", False):
-            return
-        from vllm.config import set_current_vllm_config
-        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
-
-        with set_current_vllm_config(self.vllm_config):
-            initialize_layerwise_reload(self.model_runner.get_model())
-
-    def labrl_finish_update(self) -> None:
-        """Process layers still pending and drop caches derived from the old weights."""
-        self._labrl_streaming = False
-        if getattr(self, "_labrl_direct", False):
-            return
-        from vllm.config import set_current_vllm_config
-        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
-
-        with set_current_vllm_config(self.vllm_config):
-            finalize_layerwise_reload(self.model_runner.get_model(), self.vllm_config.model_config)
-            refresh_tied_layers(self.model_runner.get_model())
-        for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
-            fn = getattr(self.model_runner, reset, None)
-            if callable(fn):
-                fn()
-
-    def _labrl_load(self, weights) -> None:
-        from vllm.config import set_current_vllm_config
-
-        if not getattr(self, "_labrl_streaming", False):
-            raise RuntimeError("labrl_begin_update must be called before loading weight buckets")
-        with set_current_vllm_config(self.vllm_config):
-            self.model_runner.get_model().load_weights(weights)
-
-    def labrl_group_init(self, info: dict[str, Any]) -> None:
-        """Join the trainer's broadcast group (nccl: this worker's GPU; gloo: host memory)."""
-        import torch
-
-        from actors.weight_sync.broadcast import worker_join_group
-
-        device = torch.device("cpu") if info["backend"] == "gloo" else self.device
-        self._labrl_group = (worker_join_group(info, self.parallel_config.rank, device), device)
-
-    def labrl_load_broadcast(self, bucket: dict[str, Any]) -> None:
-        from actors.weight_sync.broadcast import worker_receive_bucket
-
-        group, device = getattr(self, "_labrl_group", (None, None))
-        self._labrl_load(worker_receive_bucket(group, bucket, device))
-
-    def labrl_share_weights(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Move the weights into a shared file the trainer writes into (actors/weight_sync/inplace.py)."""
-        if not getattr(self, "_labrl_direct", False):
-            raise RuntimeError("shm_inplace needs a CPU engine with plain weights (cpu_direct_reload)")
-        from vllm.config import set_current_vllm_config
-
-        from actors.weight_sync.inplace import share_model_weights
-
-        with set_current_vllm_config(self.vllm_config):
-            path, nbytes, layout = share_model_weights(self.model_runner.get_model(), spec)
-        return {"path": path, "nbytes": nbytes, "layout": layout}
-
-    def labrl_load_ipc(self, bucket: dict[str, Any]) -> None:
-        from actors.weight_sync.cuda_ipc import worker_open_bucket
-
-        self._labrl_load(worker_open_bucket(bucket, self.device))
+    def labrl_finish(self, transport: str) -> None:
+        self._labrl_receiver(transport).finish(self._labrl_weights())
 
     # ---- introspection used by tests and health checks ---------------------------------------
     def labrl_worker_info(self) -> dict[str, Any]:

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RESULTS_DIR, emit, format_table, ratio, setup_logging, start_local_ray
+from monitor.text_table import format_table
+from benchmarks.common import RESULTS_DIR, emit, ratio, setup_logging, start_local_ray
 
 logger = logging.getLogger("benchmarks.async_vs_sync")
 
@@ -52,8 +53,8 @@ def start_policy(args: argparse.Namespace) -> str:
     from launch import components as C
     from configs.loading import load_config
     from models.loading import load_tokenizer
-    from rollout.evaluation import run_tasks
-    from trainers.sft import SFTSettings, train_sft
+    from rollout.play import run_tasks
+    from trainers.sft import train_sft
 
     cfg = load_config(None, base_overrides(args) + [f"sft.num_demos={args.sft_demos}", f"sft.steps={args.sft_steps}"])
     key = json.dumps({"model": cfg.model.model_dump(), "sft": cfg.sft.model_dump(), "env": ENVS["plain"],
@@ -71,9 +72,8 @@ def start_policy(args: argparse.Namespace) -> str:
         demos = [t for t in run_tasks(pool, spec_tasks, solver="reference", desc="demos", progress=False) if t.success]
     finally:
         pool.shutdown()
-    settings = SFTSettings(steps=cfg.sft.steps, batch_size=cfg.sft.batch_size, lr=cfg.sft.lr, seed=cfg.seed,
-                           progress_bar=False)
-    train_sft(init_dir, out / "sft", demos, settings, load_tokenizer(init_dir).pad_token_id)
+    train_sft(init_dir, out / "sft", C.demonstration_samples(demos), cfg.sft, seed=cfg.seed,
+              pad_token_id=load_tokenizer(init_dir).pad_token_id, progress_bar=False)
     logger.info("start policy built in %.0f s (%d demos): %s", time.perf_counter() - t0, len(demos), out / "sft")
     return str(out / "sft")
 

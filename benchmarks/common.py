@@ -20,7 +20,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "results"
 
 # (header, key, format spec) of one table column; a callable key computes the cell from the row.
-Column = tuple[str, "str | Callable[[dict[str, Any]], Any]", str]
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -62,21 +61,6 @@ def ratio(num: float, den: float) -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
-    """A fixed-width text table; each column is (header, key or function of the row, format)."""
-    cells = [[format(_cell(row, key), fmt) for _, key, fmt in columns] for row in rows]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (h, _, _) in enumerate(columns)]
-    lines = [" ".join(h.rjust(w) for (h, _, _), w in zip(columns, widths)),
-             " ".join("-" * w for w in widths)]
-    lines += [" ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
-def _cell(row: dict[str, Any], key: Any) -> Any:
-    value = key(row) if callable(key) else row.get(key, "")
-    return "" if value is None else value
 
 
 def start_local_ray(num_cpus: int, resources: dict[str, float] | None = None) -> None:

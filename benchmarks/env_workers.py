@@ -9,9 +9,9 @@ Ray round trips). Every worker count runs over the same tasks; pools for all cou
 first and the rounds alternate their order (1,2,4,8 then 8,4,2,1, ...) so machine-load drift hits all
 counts alike. Reported: episodes/s and env steps/s (median over rounds) and the ratio to 1 worker.
 
-A scale run then starts `--scale-workers` (default 64) EnvWorkers that each need 1 unit of a fake
-custom resource (`bench_env_slot`) and 0.01 CPU, plays the same episodes and checks the accounting
-exactly: every submitted group comes back once with all its episodes, none errored, no worker
+A scale run then starts `--scale-workers` (default 64) EnvWorkers pinned to a fake custom resource
+(`bench_env_slot` as `rollout.env_worker_resource`, one unit hosts up to 1000 workers) with 0.01 CPU
+each, plays the same episodes and checks the accounting exactly: every submitted group comes back once with all its episodes, none errored, no worker
 replaced. On 2 cores the scale run measures robustness, not speed.
 """
 
@@ -29,7 +29,8 @@ from typing import Any
 
 import ray
 
-from benchmarks.common import emit, format_table, median, ratio, setup_logging, start_local_ray
+from monitor.text_table import format_table
+from benchmarks.common import emit, median, ratio, setup_logging, start_local_ray
 
 logger = logging.getLogger("benchmarks.env_workers")
 
@@ -185,9 +186,9 @@ def _scaling_rows(env_name: str, counts: list[int], runs: dict[int, list[RunStat
 def scale_run(env_name: str, model_dir: str, wanted: int, episodes: int, timeout_s: float,
               uss_per_worker_gib: float, reserve_gib: float) -> dict[str, Any]:
     """`wanted` EnvWorkers on fake resources (fewer if memory cannot hold them); exact accounting."""
-    from envs.pool import EnvWorkerPool
-    from envs.worker import EnvWorkerSettings
-    from launch.components import episode_limits, sampling_spec
+    from configs.schema import RolloutConfig
+    from rollout.env_worker import EnvWorkerSpec
+    from rollout.pool import EnvWorkerPool
 
     num_workers = workers_that_fit(wanted, uss_per_worker_gib, reserve_gib)
     if num_workers < wanted:
@@ -196,11 +197,12 @@ def scale_run(env_name: str, model_dir: str, wanted: int, episodes: int, timeout
     if num_workers == 0:
         return {"env": env_name, "workers": 0, "requested_workers": wanted, "skipped": "not enough memory"}
     cfg = bench_config(env_name, num_workers)
-    settings = EnvWorkerSettings(env_name=env_name, tokenizer_path=model_dir,
-                                 sampling=sampling_spec(cfg, model_dir), limits=episode_limits(cfg),
-                                 max_concurrent_episodes=cfg.rollout.max_concurrent_episodes)
+    # Pinned like production env workers: each takes 0.001 of the fake resource main() advertises.
+    rollout = RolloutConfig(num_env_workers=num_workers, cpus_per_env_worker=0.01,
+                            max_concurrent_episodes=cfg.rollout.max_concurrent_episodes,
+                            env_worker_resource=SCALE_RESOURCE)
     t0 = time.perf_counter()
-    pool = EnvWorkerPool(num_workers, settings, None, num_cpus=0.01, resources={SCALE_RESOURCE: 1})
+    pool = EnvWorkerPool(EnvWorkerSpec.from_config(cfg, model_dir), rollout)
     try:
         pool.wait_ready(timeout_s=timeout_s)
         startup = time.perf_counter() - t0
@@ -257,8 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup_logging()
     from models.tiny import TinyModelSpec, save_tiny_model
 
-    start_local_ray(max(2, int(sum(args.workers) * 0.25 + 0.999) + 1),
-                    {SCALE_RESOURCE: float(max(args.scale_workers, 1))})
+    start_local_ray(max(2, int(sum(args.workers) * 0.25 + 0.999) + 1), {SCALE_RESOURCE: 1.0})
     try:
         with tempfile.TemporaryDirectory(prefix="labrl_bench_env_") as tmp:
             model_dir = str(save_tiny_model(Path(tmp) / "tok", TinyModelSpec(hidden_size=32, intermediate_size=64,

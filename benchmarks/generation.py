@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.common import emit, format_table, median, ratio, setup_logging
+from monitor.text_table import format_table
+from benchmarks.common import emit, median, ratio, setup_logging
 
 logger = logging.getLogger("benchmarks.generation")
 

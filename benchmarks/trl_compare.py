@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, emit, format_table, ratio, setup_logging, start_local_ray
+from monitor.text_table import format_table
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, emit, ratio, setup_logging, start_local_ray
 
 logger = logging.getLogger("benchmarks.trl_compare")
 

@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO))
 from actors.generation import GenerationWorker  # noqa: E402
 from actors.types import EngineConfig, SamplingSpec  # noqa: E402
 from actors.weight_sync import make_sender  # noqa: E402
-from benchmarks.common import emit, format_table, setup_logging  # noqa: E402
+from monitor.text_table import format_table
+from benchmarks.common import emit, setup_logging  # noqa: E402
 
 logger = logging.getLogger("benchmarks.weight_sync")
 

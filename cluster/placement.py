@@ -1,5 +1,6 @@
-"""Placement groups per role, built from the config: where generation engines, trainer ranks and
-env workers run, reserved all-or-nothing before any of them starts.
+"""Placement groups per role, built from the config: where generation engines and trainer ranks
+run, reserved all-or-nothing before any of them starts. (Env workers are light CPU actors the
+pool places itself: `rollout.cpus_per_env_worker`, pinned by `rollout.env_worker_resource`.)
 
 Why placement groups: without them Ray places actors one at a time, so a half-fitting run starts
 some engines and then waits forever for the rest, and a trainer's ranks may land on four nodes
@@ -9,7 +10,7 @@ impossible layout fails with a message naming the role and the fields to change.
 
 Layout (`placement.mode`):
 
-- disaggregated (default): engines, trainer ranks and env workers hold separate bundles.
+- disaggregated (default): engines and trainer ranks hold separate bundles.
   * engine, tensor_parallel_size 1: bundle {CPU, GPU: gpus_per_worker}; the actor takes both.
   * engine, tensor_parallel_size N > 1 (GPU): N one-GPU bundles on one node. The engine actor takes
     only CPU in the first: vLLM, finding itself inside a placement group, uses its Ray executor and
@@ -21,8 +22,6 @@ Layout (`placement.mode`):
     on the trainer's node, so trainer bundles (0..R-1) and engine bundles share ONE STRICT_PACK
     group ("policy"). A cross-node transport (nccl, gloo) gets one group per engine plus one for the
     trainer, so engines and trainer may sit on different nodes.
-  * env workers: one bundle per worker {CPU, <rollout.env_worker_resource>: 0.001}, SPREAD, so
-    episodes (tool calls, parsing) spread over the nodes and one node loss costs few workers.
 - colocated: one shared group of trainer.num_ranks bundles; rank i and engine i share bundle i
   (a whole GPU is reserved per bundle; the actors take their fractions). Trainer and vLLM then
   compete for GPU memory: with generation.sleep_level 1 or 2 the engines sleep while the trainer
@@ -36,7 +35,6 @@ Use (`launch/components.py`):
                for i in range(cfg.generation.num_workers)]
     trainer = PolicyTrainerGroup(settings, placement_group=placement.trainer_pg,
                                  bundle_offset=placement.trainer_bundle_offset)
-    env actor i: ray.remote(EnvWorker).options(**placement.env_worker_options(i), max_concurrency=...)
     ...
     placement.remove()   # at shutdown (also released automatically when the driver exits)
 """
@@ -60,10 +58,7 @@ from configs.schema import LabrlConfig
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("generation", "trainer", "env_workers")
-# Share of `rollout.env_worker_resource` each env worker takes: a node advertising 1 unit hosts up
-# to 1000 workers, so the resource only selects nodes and never limits the count.
-ENV_WORKER_RESOURCE_UNITS = 0.001
+ROLES = ("generation", "trainer")
 # Weight-sync transports that need every engine on the trainer's rank-0 node (shared memory and
 # CUDA IPC handles do not cross nodes; the nccl and gloo broadcasts do).
 SAME_NODE_TRANSPORTS = ("shm", "shm_inplace", "cuda_ipc")
@@ -97,7 +92,6 @@ class PlacementPlan:
     joint: tuple[RoleDemand, ...] = ()
     generation: tuple[ActorSlot, ...] = ()
     trainer: tuple[ActorSlot, ...] = ()
-    env_workers: tuple[ActorSlot, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,20 +195,6 @@ def _plan_colocated(cfg: LabrlConfig) -> tuple[GroupSpec, list[ActorSlot], list[
     return spec, trainer, gen, demand
 
 
-def _plan_env_workers(cfg: LabrlConfig) -> tuple[GroupSpec, list[ActorSlot], RoleDemand]:
-    r = cfg.rollout
-    custom = {r.env_worker_resource: ENV_WORKER_RESOURCE_UNITS} if r.env_worker_resource else {}
-    spec = GroupSpec(f"{r.num_env_workers} env worker(s)",
-                     tuple(_bundle(r.cpus_per_env_worker, **custom) for _ in range(r.num_env_workers)),
-                     "SPREAD")
-    slots = [ActorSlot("env_workers", i, r.cpus_per_env_worker, 0.0, tuple(custom.items()))
-             for i in range(r.num_env_workers)]
-    demand = RoleDemand("env_workers", (spec,),
-                        "rollout.num_env_workers / cpus_per_env_worker / env_worker_resource",
-                        f"{r.num_env_workers} worker(s) x {fmt(_bundle(r.cpus_per_env_worker, **custom))}")
-    return spec, slots, demand
-
-
 def plan_placement(cfg: LabrlConfig, roles: Iterable[str] = ROLES) -> PlacementPlan:
     """The layout for `roles` (a subset of ROLES); nothing is reserved.
 
@@ -254,12 +234,7 @@ def plan_placement(cfg: LabrlConfig, roles: Iterable[str] = ROLES) -> PlacementP
             t = cfg.trainer
             trainer = [ActorSlot("trainer", r, t.cpus_per_rank, t.gpus_per_rank) for r in range(t.num_ranks)]
         demands.extend(_role_demands(cfg, engines, with_trainer="trainer" in roles))
-    env: list[ActorSlot] = []
-    if "env_workers" in roles:
-        groups["env_workers"], env, demand = _plan_env_workers(cfg)
-        demands.append(demand)
-    return PlacementPlan(cfg.placement.mode, groups, tuple(demands), tuple(joint), tuple(gen), tuple(trainer),
-                         tuple(env))
+    return PlacementPlan(cfg.placement.mode, groups, tuple(demands), tuple(joint), tuple(gen), tuple(trainer))
 
 
 def check_fit(cfg: LabrlConfig, roles: Iterable[str] = ROLES) -> PlacementPlan:
@@ -313,10 +288,6 @@ class Placement:
         """Options for trainer rank `rank`, for callers that create the rank actors themselves."""
         return self._options(self.plan.trainer, rank, "trainer rank")
 
-    def env_worker_options(self, i: int) -> dict[str, Any]:
-        """Options for env worker `i`; a replacement for a dead worker `i` reuses bundle `i`."""
-        return self._options(self.plan.env_workers, i, "env worker")
-
     @property
     def trainer_pg(self) -> PlacementGroup | None:
         """The group holding the trainer ranks (shared with engines when colocated)."""
@@ -329,11 +300,6 @@ class Placement:
     def trainer_bundle_offset(self) -> int:
         """Rank r uses bundle `trainer_bundle_offset + r` (`PolicyTrainerGroup(bundle_offset=...)`)."""
         return 0
-
-    @property
-    def env_worker_resources(self) -> dict[str, float]:
-        """The custom resource each env worker requests (for pools that take `resources=`)."""
-        return dict(self.plan.env_workers[0].resources) if self.plan.env_workers else {}
 
     def bundle_nodes(self) -> dict[str, list[str]]:
         """Node id of each bundle, per group (for logs and tests: did SPREAD/PACK do what we want)."""

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from envs.tools import Tool
 
 Role = Literal["system", "user", "assistant", "tool"]
+DEFAULT_TOOL_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -106,7 +107,16 @@ def reward_reason(reward: float) -> str:
 
 
 class Environment(abc.ABC):
-    """One episode of a task. Subclasses implement `reset` and `step`; instances are not reused."""
+    """One episode of a task. Subclasses implement `reset` and `step`; instances are not reused.
+
+    `tool_timeout_s` is the wall-clock limit of one tool call. Whoever runs the episode may set it
+    after building the environment and before `reset()` (the env worker sets it from the run's
+    `env.tool_timeout_s`); environments that execute tools themselves honour it (`ToolEnvironment`
+    does: a call that runs longer becomes an error observation). Environments whose tools run
+    elsewhere (the Aviary and HTTP adapters) leave the limit to whatever executes them.
+    """
+
+    tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S
 
     @abc.abstractmethod
     async def reset(self) -> tuple[list[Message], list["Tool"]]:

@@ -11,13 +11,12 @@ import json
 import random
 import string
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from envs.core import Environment, Message, reward_reason
 from envs.parsing import format_assistant, parse_assistant
+from envs.registry import ReferencePolicy as Policy
 from envs.tools import Tool
-
-Policy = Callable[[Environment, list[Message]], Awaitable[Message]]
 
 
 @dataclass

@@ -23,7 +23,7 @@ import abc
 import logging
 from typing import Any
 
-from envs.core import NO_REWARD, Environment, Message, Reward, ToolCall
+from envs.core import DEFAULT_TOOL_TIMEOUT_S, NO_REWARD, Environment, Message, Reward, ToolCall
 from envs.dataset import Task
 from envs.tools import DEFAULT_MAX_ARG_CHARS, ErrorKind, Tool, error_message, run_tool_call
 
@@ -36,11 +36,7 @@ NO_CALL_TEXT = "no tool call"
 
 def error_reason(kind: ErrorKind) -> str:
     """The reward reason for a failed call of kind `kind`."""
-    if kind == "parse_error":
-        return "invalid_format"
-    if kind == "timeout":
-        return "timeout"
-    return "tool_error"
+    return "timeout" if kind == "timeout" else "tool_error"
 
 
 def as_reward(value: Any) -> Reward:
@@ -56,11 +52,13 @@ class ToolEnvironment(Environment):
 
     Subclasses implement `prompt()` and `make_tools()`. Tools may be bound methods (they see the
     environment through `self`) or functions with a `state` parameter, which receives `self.state`
-    (the environment itself unless a subclass sets something else).
+    (the environment itself unless a subclass sets something else). A call that runs longer than
+    `self.tool_timeout_s` (or its tool's own `timeout_s`) is an error observation with reason
+    `timeout`, counted against the budget like any failed call; the episode goes on.
     """
 
-    def __init__(self, task: Task, *, max_tool_calls: int = 8, tool_timeout_s: float = 5.0,
-                 max_arg_chars: int = DEFAULT_MAX_ARG_CHARS):
+    def __init__(self, task: Task, *, max_tool_calls: int = 8,
+                 tool_timeout_s: float = DEFAULT_TOOL_TIMEOUT_S, max_arg_chars: int = DEFAULT_MAX_ARG_CHARS):
         self.task = task
         self.max_tool_calls = max_tool_calls
         self.tool_timeout_s = tool_timeout_s
@@ -86,10 +84,6 @@ class ToolEnvironment(Environment):
     def system_prompt(self) -> str | None:
         """An optional system message (none by default: small models have little context)."""
         return None
-
-    @property
-    def budget_left(self) -> int:
-        return self.max_tool_calls - self.calls_used
 
     async def reset(self) -> tuple[list[Message], list[Tool]]:
         self.started, self.finished, self.calls_used, self.reward = True, False, 0, NO_REWARD

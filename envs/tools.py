@@ -4,10 +4,10 @@ Why functions and not hand-written schemas: the signature is the single source o
 schema shown to the model, the argument validation and the call can never drift apart.
 
 A parameter named `state` is the environment's state. The environment injects it; it is never part
-of the schema and a model that passes it gets an error. `execute_tool_calls` turns everything that
-can go wrong in a call (unknown tool, bad or oversized arguments, a tool that raises or hangs) into an
-error observation (`Message(role="tool", is_error=True)`) the model can learn from, never an
-exception.
+of the schema and a model that passes it gets an error. `run_tool_call` turns everything that can
+go wrong in a call (unknown tool, bad or oversized arguments, a tool that raises or runs past its
+time limit) into an error observation (`Message(role="tool", is_error=True)`) the model can learn
+from, never an exception.
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ DEFAULT_MAX_ARG_CHARS = 2000
 _SECTION_RE = re.compile(r"^(Args|Arguments|Parameters|Returns|Return|Raises|Yields|Examples?|Notes?):\s*$")
 _ARG_LINE_RE = re.compile(r"^(\*{0,2}\w+)\s*(?:\(([^)]*)\))?\s*:\s*(.*)$")
 
-ErrorKind = Literal["unknown_tool", "bad_arguments", "too_large", "raised", "timeout",
-                    "parse_error", "budget", "episode_over"]
+ErrorKind = Literal["unknown_tool", "bad_arguments", "too_large", "raised", "timeout"]
 
 
 class ToolArgumentError(ValueError):
@@ -291,8 +290,13 @@ async def run_tool_call(call: ToolCall, tools: dict[str, Tool], state: Any, time
                         max_arg_chars: int = DEFAULT_MAX_ARG_CHARS) -> ToolResult:
     """Execute one call; every failure comes back as an error `ToolResult`, never as an exception.
 
-    Sync tools run in a worker thread so a slow one cannot block the event loop; a thread cannot
-    be killed, so a timed-out sync tool keeps running in the background until it returns.
+    The limit is `tool.timeout_s` when the tool sets one, else `timeout_s`. A call that runs past it
+    becomes the error observation "<tool> timed out after <limit>s" (kind `timeout`).
+    Async tools are cancelled at the limit. Sync tools run in the event loop's default thread pool
+    (`asyncio.to_thread`), so a slow one never blocks the loop (other episodes keep running) and
+    the caller gets its error at the limit; a thread cannot be killed, though, so the timed-out
+    function keeps running in the background until it returns, holding one pool thread, and
+    whatever it returns then is discarded.
     """
     tool = tools.get(call.name)
     if tool is None or tool.fn is None:
@@ -324,27 +328,3 @@ async def run_tool_call(call: ToolCall, tools: dict[str, Tool], state: Any, time
         return ToolResult(error_message(call, f"{call.name}: {_short(err)}"), tool, error="raised")
     msg = Message(role="tool", content=format_result(value), tool_call_id=call.id, name=call.name)
     return ToolResult(msg, tool, value=value)
-
-
-async def execute_tool_calls_detailed(message: Message, tools: list[Tool], state: Any,
-                                      timeout_s: float,
-                                      max_arg_chars: int = DEFAULT_MAX_ARG_CHARS) -> list[ToolResult]:
-    """Like `execute_tool_calls`, but keeps the raw values and error kinds (for environments).
-
-    Calls run one after another, in order: tools may share state and the order is the model's.
-    """
-    by_name = {t.name: t for t in tools}
-    results: list[ToolResult] = []
-    for call in message.tool_calls:
-        results.append(await run_tool_call(call, by_name, state, timeout_s, max_arg_chars))
-    if message.parse_error:
-        results.append(ToolResult(error_message(None, f"invalid tool call: {message.parse_error}"),
-                                  error="parse_error"))
-    return results
-
-
-async def execute_tool_calls(message: Message, tools: list[Tool], state: Any, timeout_s: float,
-                             max_arg_chars: int = DEFAULT_MAX_ARG_CHARS) -> list[Message]:
-    """One `role="tool"` observation per tool call in `message` (plus one for a parse error)."""
-    results = await execute_tool_calls_detailed(message, tools, state, timeout_s, max_arg_chars)
-    return [r.message for r in results]

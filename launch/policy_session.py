@@ -18,20 +18,18 @@ from typing import Callable, Iterator
 
 import ray
 
-from actors.router import GenerationRouter
 from cluster.ray_cluster import check_resources, connect
-from envs.dataset import Task, TaskDataset
-from envs.pool import EnvWorkerPool
-from envs.registry import UnknownEnvironmentError, get_env_spec
-from launch import components as C
-from configs.schema import LabrlConfig
 from configs.loading import ConfigError, load_config
+from configs.schema import LabrlConfig
+from envs.dataset import Task, TaskDataset
+from launch import components as C
+from launch.fleet import EngineFleet
+from launch.preflight import preflight
 from models.loading import ModelNotFoundError, resolve_model_path
-from monitor.run_logger import RunLogger
+from monitor.run_logger import LOG_FORMAT, RunLogger, log_to_file
+from rollout.pool import EnvWorkerPool
 
 logger = logging.getLogger("labrl")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -56,11 +54,6 @@ class SamplingRun:
     model_dir: str
 
 
-def sampling_cpus(cfg: LabrlConfig) -> float:
-    return (cfg.generation.num_workers * cfg.generation.cpus_per_worker
-            + cfg.rollout.num_env_workers * cfg.rollout.cpus_per_env_worker)
-
-
 def pick_tasks(dataset: TaskDataset, split: str, num_tasks: int | None) -> list[Task]:
     tasks = dataset.tasks(split)  # type: ignore[arg-type]
     return tasks[:num_tasks] if num_tasks is not None else tasks
@@ -69,38 +62,35 @@ def pick_tasks(dataset: TaskDataset, split: str, num_tasks: int | None) -> list[
 @contextmanager
 def sampling_run(cfg: LabrlConfig, command: str, checkpoint: str | None, out: str | None) -> Iterator[SamplingRun]:
     """Ray, env workers and generation workers for `cfg`'s policy (or `checkpoint`), then cleanup."""
-    spec = get_env_spec(cfg.env.name)
+    spec = preflight(cfg)
     model_path = checkpoint or cfg.model.path
     model_dir = resolve_model_path(model_path) if model_path else None
     out_dir = Path(out) if out else Path(cfg.logging.runs_root) / (
         f"{command}-{cfg.run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out_dir / f"{command}.log")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    logging.getLogger().addHandler(handler)
+    handler = log_to_file(out_dir / f"{command}.log")
     if model_dir is None:
         logger.warning("no --checkpoint and no model.path: sampling a freshly initialised tiny model")
         model_dir = C.prepare_model(cfg, out_dir)
-    dataset = spec.make_dataset(cfg.env.num_train_tasks, max(cfg.env.num_heldout_tasks, cfg.eval.num_tasks),
-                                cfg.env.difficulties, cfg.seed)
-    run_log = RunLogger(out_dir, {**cfg.model_dump(), "command": command, "checkpoint": model_dir},
-                        cfg.logging.wandb_project, cfg.logging.wandb_mode, f"{command}-{cfg.run_name}",
-                        group=cfg.logging.group)
-    pool = None
+    dataset = C.make_dataset(cfg, spec)
+    run_log = RunLogger.for_run(out_dir, cfg, f"{command}-{cfg.run_name}", command=command, checkpoint=model_dir)
+    pool = fleet = None
     try:
-        connect(cfg.cluster.address, sampling_cpus(cfg), cfg.cluster.num_cpus)
-        check_resources({"CPU": sampling_cpus(cfg),
-                         "GPU": cfg.generation.num_workers * cfg.generation.gpus_per_worker})
-        pool = C.make_env_pool(cfg, model_dir, router=None)
-        workers = C.make_generation_workers(cfg, model_dir)
+        connect(cfg.cluster.address, C.cpus_requested(cfg, with_trainer=False), cfg.cluster.num_cpus)
+        check_resources({"CPU": C.cpus_requested(cfg, with_trainer=False),
+                         "GPU": C.gpus_requested(cfg, with_trainer=False)})
+        pool = C.make_env_pool(cfg, model_dir)
+        fleet = EngineFleet(cfg, model_dir)
         pool.wait_ready()
-        C.wait_ready(workers, "generation workers", timeout_s=600)
-        pool.set_router(GenerationRouter(workers))
+        fleet.wait_ready()
+        pool.set_router(fleet.router())
         yield SamplingRun(cfg, dataset, pool, out_dir, run_log, model_dir)
     finally:
         run_log.finish()
         if pool is not None:
             pool.shutdown()
+        if fleet is not None:
+            fleet.stop()
         logging.getLogger().removeHandler(handler)
         handler.close()
 
@@ -115,7 +105,7 @@ def run_command(argv: list[str] | None, parser: argparse.ArgumentParser,
     try:
         cfg = load_config(args.config, args.overrides)
         body(args, cfg)
-    except (ConfigError, ModelNotFoundError, UnknownEnvironmentError, FileNotFoundError) as err:
+    except (ConfigError, ModelNotFoundError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
     finally:

@@ -16,8 +16,9 @@ import logging
 from configs.schema import LabrlConfig
 from launch.policy_session import base_parser, pick_tasks, run_command, sampling_run
 from monitor.plots import plot_profile_histogram
-from monitor.profiling import format_table, profile_tasks, summarize, summary_table, write_profiles
-from rollout.evaluation import run_tasks
+from monitor.text_table import format_table
+from monitor.profiling import profile_tasks, summarize, summary_table, write_profiles
+from rollout.play import run_tasks
 
 logger = logging.getLogger("labrl")
 

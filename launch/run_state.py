@@ -26,8 +26,10 @@ CONFIG_FILE = "resolved_config.json"
 
 @dataclass
 class RunState:
-    next_step: int  # the GRPO step a resumed run starts with
-    policy_version: int  # version served after the last completed step
+    """Where a run stands: the one resume position. Step k trains from policy version k, so the
+    version served after the last completed step is also the next step to run."""
+
+    policy_version: int  # version served after the last completed step (= the next step)
     trainer_tag: str  # DeepSpeed tag under checkpoint/
     policy_dir: str  # initial policy (after SFT) the engines and the trainer are built from
     summary: dict  # evaluation results so far (e.g. after SFT)
@@ -44,7 +46,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 def save_run_state(run_dir: Path, state: RunState) -> None:
     write_atomic(run_dir / STATE_FILE, json.dumps(asdict(state), indent=2))
-    logger.info("checkpoint: step %d, policy v%d, trainer tag %s", state.next_step,
+    logger.info("checkpoint: policy v%d (next step %d), trainer tag %s", state.policy_version,
                 state.policy_version, state.trainer_tag)
 
 

@@ -91,14 +91,15 @@ def make_points(axes: dict[str, list[str]], grid: bool = False) -> list[Point]:
 
 
 def resources_of(cfg: LabrlConfig) -> tuple[float, float]:
-    """CPUs and GPUs the run reserves (the placement plan's per-role totals)."""
+    """CPUs and GPUs the run reserves: the placement plan's per-role totals and the env workers."""
     from cluster.placement import plan_placement
 
     totals: dict[str, float] = {}
     for d in plan_placement(cfg).demands:
         for k, v in d.total().items():
             totals[k] = totals.get(k, 0.0) + v
-    return totals.get("CPU", 0.0), totals.get("GPU", 0.0)
+    env_cpus = cfg.rollout.num_env_workers * cfg.rollout.cpus_per_env_worker
+    return totals.get("CPU", 0.0) + env_cpus, totals.get("GPU", 0.0)
 
 
 def measure(metrics_path: Path, warmup_steps: int = 1) -> dict[str, float]:

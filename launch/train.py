@@ -17,12 +17,12 @@ from pathlib import Path
 
 import ray
 
-from envs.registry import UnknownEnvironmentError
+from configs.loading import ConfigError, config_from_dict, load_config
 from configs.schema import LabrlConfig
-from configs.loading import ConfigError, apply_override, load_config
 from launch.run import TrainingRun
 from launch.run_state import CONFIG_FILE, load_run_state
 from models.loading import ModelNotFoundError
+from monitor.run_logger import LOG_FORMAT
 
 logger = logging.getLogger("labrl")
 EXIT_HEALTH_STOP = 3
@@ -43,12 +43,20 @@ def train(cfg: LabrlConfig) -> dict[str, float]:
     return TrainingRun(cfg).execute()
 
 
+def resumed_config(run_dir: Path, overrides: list[str]) -> LabrlConfig:
+    """A checkpointed run's saved config with `overrides` (e.g. more steps) on top."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {CONFIG_FILE}: not a labrl run directory")
+    return config_from_dict(json.loads(path.read_text()), overrides)
+
+
 def resume(run_dir: Path, overrides: list[str]) -> dict[str, float]:
     """Continue a checkpointed run with its saved config (overrides, e.g. more steps, on top)."""
-    raw = json.loads((run_dir / CONFIG_FILE).read_text())
-    for override in overrides:
-        apply_override(raw, override)
-    cfg = LabrlConfig.model_validate(raw)
+    return run_resumed(resumed_config(run_dir, overrides), run_dir)
+
+
+def run_resumed(cfg: LabrlConfig, run_dir: Path) -> dict[str, float]:
     return TrainingRun(cfg, run_dir, resume=load_run_state(run_dir)).execute()
 
 
@@ -57,17 +65,18 @@ def _stop_on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler si
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     args = parse_args(argv)
     try:
-        cfg = None if args.resume else load_config(args.config, args.overrides)
-    except ConfigError as err:
+        cfg = resumed_config(Path(args.resume), args.overrides) if args.resume else load_config(
+            args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        summary = resume(Path(args.resume), args.overrides) if args.resume else train(cfg)
-    except (ConfigError, ModelNotFoundError, UnknownEnvironmentError, FileNotFoundError) as err:
+        summary = run_resumed(cfg, Path(args.resume)) if args.resume else train(cfg)
+    except (ConfigError, ModelNotFoundError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
     except KeyboardInterrupt:

@@ -131,18 +131,6 @@ def summary_table(profiles: Sequence[TaskProfile]) -> list[dict[str, Any]]:
     return rows
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Plain-text table for the console/log (floats with 3 decimals)."""
-    if not rows:
-        return "(no rows)"
-    cols = list(rows[0])
-    cells = [[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
-
-
 def write_profiles(path: Path, profiles: Sequence[TaskProfile]) -> None:
     Path(path).write_text("".join(json.dumps(p.to_dict()) + "\n" for p in profiles))
 

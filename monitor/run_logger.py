@@ -19,11 +19,23 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from configs.schema import LabrlConfig
 from monitor.secrets import Scrubber, install_log_scrubber, redact, secret_values
 
-__all__ = ["RunLogger", "redact"]
+__all__ = ["LOG_FORMAT", "RunLogger", "log_to_file", "redact"]
 
 logger = logging.getLogger(__name__)
+
+# The driver's log line, on the console and in the run directory's log file.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_to_file(path: Path) -> logging.Handler:
+    """Also send the driver's log records to `path`; returns the handler (remove it when done)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    return handler
 
 
 class RunLogger:
@@ -44,6 +56,13 @@ class RunLogger:
         self._wandb = None
         if mode != "disabled":
             self._wandb = _start_wandb(self.run_dir, safe_config, project, mode, name, group)
+
+    @classmethod
+    def for_run(cls, run_dir: Path, cfg: LabrlConfig, name: str, **extra_config: Any) -> "RunLogger":
+        """A run's logger as its config's `logging` section asks (W&B project, mode, group)."""
+        log = cfg.logging
+        return cls(run_dir, {**cfg.model_dump(), **extra_config}, log.wandb_project, log.wandb_mode, name,
+                   group=log.group)
 
     @property
     def wandb_run(self) -> Any:

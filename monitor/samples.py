@@ -2,8 +2,8 @@
 
 Curves show that reward moved; only transcripts show *why* (reward hacking, a tool misused, a
 format drift). `trajectory_sample` flattens a trajectory's chat `messages` into the columns of the
-W&B table and of `samples.jsonl`. `SampleRecorder` keeps a few trajectories of every N-th batch;
-`TappedPool` feeds it by watching the env pool's `collect` without the pipeline knowing.
+W&B table and of `samples.jsonl`. `SampleRecorder` picks a few trajectories of every N-th step
+from the batch the pipeline reports.
 """
 
 from __future__ import annotations
@@ -61,48 +61,19 @@ def trajectory_sample(t: Trajectory, step: int) -> dict[str, Any]:
 
 
 class SampleRecorder:
-    """Keeps up to `num` trajectories of each batch whose index is a multiple of `every`.
+    """Picks up to `num` trajectories of every step whose index is a multiple of `every`.
 
-    From each group it keeps the best and the worst trajectory: the contrast GRPO learns from.
+    From each group it takes the best and the worst trajectory: the contrast GRPO learns from.
     """
 
     def __init__(self, every: int, num: int):
         self.every, self.num = every, num
-        self._kept: dict[int, list[Trajectory]] = {}
 
-    def wants(self, batch_index: int) -> bool:
-        return self.every > 0 and batch_index % self.every == 0
-
-    def observe(self, batch_index: int, trajs: list[Trajectory]) -> None:
-        if not self.wants(batch_index):
-            return
-        kept = self._kept.setdefault(batch_index, [])
-        if not trajs:
-            return
-        ranked = sorted(trajs, key=lambda t: t.reward)
-        contrast = [ranked[-1]] + ([ranked[0]] if len(ranked) > 1 else [])
-        kept.extend(contrast[: max(0, self.num - len(kept))])
-
-    def pop(self, batch_index: int) -> list[Trajectory]:
-        return self._kept.pop(batch_index, [])
-
-
-class TappedPool:
-    """An env pool proxy that shows every collected group (tagged with `batch_index`) to a recorder.
-
-    Everything else is forwarded unchanged, so the pipeline cannot tell the difference.
-    """
-
-    def __init__(self, pool: Any, recorder: SampleRecorder):
-        self._pool, self._recorder = pool, recorder
-
-    def collect(self, *args: Any, **kwargs: Any) -> list:
-        done = self._pool.collect(*args, **kwargs)
-        for job, trajs in done:
-            batch_index = job.tags.get("batch_index")
-            if batch_index is not None:
-                self._recorder.observe(batch_index, trajs)
-        return done
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pool, name)
+    def pick(self, step: int, groups: list[list[Trajectory]]) -> list[Trajectory]:
+        if self.every <= 0 or step % self.every:
+            return []
+        kept: list[Trajectory] = []
+        for group in groups:
+            ranked = sorted(group, key=lambda t: t.reward)
+            kept += [ranked[-1]] + ([ranked[0]] if len(ranked) > 1 else [])
+        return kept[: self.num]

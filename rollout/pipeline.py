@@ -3,8 +3,11 @@
 Batch k (its groups of G episodes each) is submitted to the env workers once the policy version is
 at least k - max_staleness, so while the trainer works on batch k the workers already play batch
 k+1 .. k+s with the weights they have. Each step: collect batch k -> drop stale groups -> group
-advantages -> one optimizer step -> sync weights to every generation worker (version += 1).
-With max_staleness = 0 this is the synchronous, on-policy loop.
+advantages -> one optimizer step -> publish the weights to every generation worker (version += 1)
+-> a `StepReport` to every observer. With max_staleness = 0 this is the synchronous, on-policy loop.
+
+The pipeline's collaborators are three small protocols: a `StepTrainer`, a `WeightPublisher` and
+`StepObserver`s (launch/run.py wires the real ones; tests pass fakes).
 
 Dynamic sampling (DAPO): groups whose rewards are all equal teach nothing (every advantage is 0);
 they are dropped (counted) and the batch is refilled with fresh groups played by the current
@@ -17,13 +20,13 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Protocol, Sequence
 
 import torch
 
+from configs.schema import GRPOConfig
 from envs.dataset import Task
-from envs.pool import EnvWorkerPool
-from monitor.rollout_metrics import rollout_metrics
+from rollout.pool import EnvWorkerPool
 from rollout.buffer import RolloutBuffer
 from rollout.shaping import filter_zero_variance_groups
 from rollout.trajectory import Trajectory
@@ -55,16 +58,33 @@ class TaskStream:
         return [self.tasks[i] for i in rng.sample(range(len(self.tasks)), min(n, len(self.tasks)))]
 
 
+class StepTrainer(Protocol):
+    """What the pipeline needs from a trainer: one optimizer step on a batch, its metrics."""
+
+    def train(self, samples: list[TrainSample]) -> dict[str, float]: ...
+
+
+class WeightPublisher(Protocol):
+    """What the pipeline needs after a step: every generation worker serving `version`."""
+
+    def publish(self, version: int) -> dict[str, float]: ...
+
+
 @dataclass
-class PipelineSettings:
-    num_steps: int
-    batch_size: int
-    group_size: int
-    max_staleness: int
-    advantage_estimator: str = "grpo"
-    dynamic_sampling: bool = False
-    max_refill_rounds: int = 2
-    collect_timeout_s: float = 600.0
+class StepReport:
+    """One finished step, for observers (metrics, health, samples, progress, checkpoints)."""
+
+    step: int
+    trained_version: int  # the policy version the batch was trained from; it serves +1 now
+    drawn: list[list[Trajectory]]  # the batch's groups as drawn, before dynamic-sampling filtering
+    trained_task_ids: list[str]  # the groups trained on, in order (audits across resumes)
+    metrics: dict[str, float]
+
+
+class StepObserver(Protocol):
+    """Called after every step, in order; raising stops the run (e.g. a health alarm)."""
+
+    def on_step(self, report: StepReport) -> None: ...
 
 
 def to_train_samples(groups: list[list[Trajectory]], estimator: str) -> list[TrainSample]:
@@ -78,78 +98,70 @@ def to_train_samples(groups: list[list[Trajectory]], estimator: str) -> list[Tra
 
 
 class GRPOPipeline:
-    """Drives env workers, the rollout buffer, the trainer and weight sync for `num_steps` steps.
+    """Drives env workers, the rollout buffer, the trainer and weight sync, from `start_version`
+    (a resumed run's `RunState.policy_version`) to `grpo.num_steps`.
 
-    `train_fn(samples) -> metrics` runs one optimizer step; `sync_fn(version) -> metrics` pushes
-    the new weights to every generation worker. Both block; the env workers keep playing meanwhile.
+    The trainer and the publisher block; the env workers keep playing meanwhile.
     """
 
-    def __init__(self, settings: PipelineSettings, pool: EnvWorkerPool, tasks: TaskStream,
-                 train_fn: Callable[[list[TrainSample]], dict[str, float]],
-                 sync_fn: Callable[[int], dict[str, float]],
-                 log_fn: Callable[[dict[str, float], int], None], start_step: int = 0):
-        self.s = settings
+    def __init__(self, grpo: GRPOConfig, max_staleness: int, pool: EnvWorkerPool, tasks: TaskStream,
+                 trainer: StepTrainer, publisher: WeightPublisher,
+                 observers: Sequence[StepObserver] = (), start_version: int = 0):
+        self.grpo, self.max_staleness = grpo, max_staleness
         self.pool, self.tasks = pool, tasks
-        self.train_fn, self.sync_fn, self.log_fn = train_fn, sync_fn, log_fn
-        self.buffer = RolloutBuffer(settings.max_staleness)
-        # Resuming at step k: policy version k, and the task stream exactly where batch k begins,
-        # so a resumed run trains on the same tasks in the same order as an uninterrupted one.
-        self.start_step = start_step
-        self.version = start_step
-        self.submitted_batches = start_step
-        self.tasks.position = start_step * self.groups_per_batch
-        self.trained_batches: list[tuple[int, list[str]]] = []  # (step, task ids), for audits
+        self.trainer, self.publisher, self.observers = trainer, publisher, list(observers)
+        self.buffer = RolloutBuffer(max_staleness)
+        # Step k trains from policy version k. Resuming at version k, the task stream starts exactly
+        # where batch k begins, so a resumed run trains on the same tasks in the same order.
+        self.start_version = self.version = self.submitted_batches = start_version
+        self.tasks.position = start_version * self.groups_per_batch
         self._batch_tasks: dict[int, list[str]] = {}  # batch -> task ids in submission order
 
     @property
     def groups_per_batch(self) -> int:
-        return self.s.batch_size // self.s.group_size
+        return self.grpo.batch_size // self.grpo.group_size
 
     def _submit_ahead(self) -> None:
-        while (self.submitted_batches < self.s.num_steps
-               and self.submitted_batches <= self.version + self.s.max_staleness):
+        while (self.submitted_batches < self.grpo.num_steps
+               and self.submitted_batches <= self.version + self.max_staleness):
             k = self.submitted_batches
             self._batch_tasks[k] = []
             for g in range(self.groups_per_batch):
                 task = self.tasks.next()
                 self._batch_tasks[k].append(task.id)
-                self.pool.submit(task, self.s.group_size, f"b{k}-g{g}-{task.id}", batch_index=k)
+                self.pool.submit(task, self.grpo.group_size, f"b{k}-g{g}-{task.id}", batch_index=k)
             self.submitted_batches += 1
 
     def _collect(self, batch_index: int, num_groups: int) -> None:
-        deadline = time.monotonic() + self.s.collect_timeout_s
+        deadline = time.monotonic() + self.grpo.collect_timeout_s
         while self.buffer.num_groups(batch_index) < num_groups:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_index}: only {self.buffer.num_groups(batch_index)}/"
-                                   f"{num_groups} groups after {self.s.collect_timeout_s:.0f}s "
+                                   f"{num_groups} groups after {self.grpo.collect_timeout_s:.0f}s "
                                    "(env workers or generation workers hung?)")
             for job, trajs in self.pool.collect(timeout_s=1.0, num_returns=1):
                 self.buffer.add_group(job.tags["batch_index"], trajs)
 
-    def step(self, step: int) -> dict[str, float]:
+    def step(self, step: int) -> StepReport:
         t0 = time.monotonic()
         self._submit_ahead()
         self._collect(step, self.groups_per_batch)
-        groups = self._take_ordered(step, self._batch_tasks.pop(step))
-        # Rollout metrics describe the policy on the tasks as drawn, before any filtering.
-        metrics = rollout_metrics([t for g in groups for t in g], current_version=self.version)
-        if self.s.dynamic_sampling:
-            groups = self._refill_flat_groups(step, groups, metrics)
+        drawn = self._take_ordered(step, self._batch_tasks.pop(step))
+        metrics: dict[str, float] = {}
+        groups = self._refill_flat_groups(step, drawn, metrics) if self.grpo.dynamic_sampling else drawn
         t_collected = time.monotonic()
-        trajs = [t for g in groups for t in g]
-        self.trained_batches.append((step, [g[0].task_id for g in groups]))
         if groups:
-            metrics.update(self.train_fn(to_train_samples(groups, self.s.advantage_estimator)))
-            self.buffer.mark_trained(trajs)
+            metrics.update(self.trainer.train(to_train_samples(groups, self.grpo.advantage_estimator)))
+            self.buffer.mark_trained([t for g in groups for t in g])
         t_trained = time.monotonic()
-        metrics.update(self.sync_fn(self.version + 1))
+        metrics.update(self.publisher.publish(self.version + 1))
         self.version += 1
         self.buffer.accounting.check(self.buffer.num_buffered)
         metrics.update(self.buffer.accounting.metrics(self.buffer.num_buffered, self._in_flight()))
         metrics.update({"timing/wait_rollout_s": t_collected - t0, "timing/train_s": t_trained - t_collected,
                         "timing/sync_s": time.monotonic() - t_trained, "timing/step_s": time.monotonic() - t0,
                         "policy_version": float(self.version)})
-        return metrics
+        return StepReport(step, self.version - 1, drawn, [g[0].task_id for g in groups], metrics)
 
     def _take_ordered(self, batch_index: int, submitted: list[str]) -> list[list[Trajectory]]:
         """The batch's usable groups in submission order, not completion order: the batch (and so
@@ -162,10 +174,10 @@ class GRPOPipeline:
         """Drop zero-variance groups and play replacements, at most `max_refill_rounds` times."""
         kept = self._drop_flat(groups)
         rounds = 0
-        while len(kept) < self.groups_per_batch and rounds < self.s.max_refill_rounds:
+        while len(kept) < self.groups_per_batch and rounds < self.grpo.max_refill_rounds:
             tasks = self.tasks.refill(step, rounds, self.groups_per_batch - len(kept))
             for j, task in enumerate(tasks):
-                self.pool.submit(task, self.s.group_size, f"b{step}-refill{rounds}-g{j}-{task.id}",
+                self.pool.submit(task, self.grpo.group_size, f"b{step}-refill{rounds}-g{j}-{task.id}",
                                  batch_index=step)
             self._collect(step, len(tasks))
             kept += self._drop_flat(self._take_ordered(step, [t.id for t in tasks]))
@@ -198,9 +210,8 @@ class GRPOPipeline:
     def _in_flight(self) -> int:
         return sum(job.group_size for job in self.pool.jobs.values())
 
-    def run(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> None:
-        for step in range(self.start_step, self.s.num_steps):
-            metrics = self.step(step)
-            self.log_fn(metrics, step)
-            if on_step is not None:
-                on_step(step, metrics)
+    def run(self) -> None:
+        for step in range(self.start_version, self.grpo.num_steps):
+            report = self.step(step)
+            for observer in self.observers:
+                observer.on_step(report)

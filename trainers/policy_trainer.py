@@ -6,7 +6,7 @@ forwards/backwards and the same parameter gathers in the same order. A rank neve
 how much work it does; that is what keeps ZeRO-2/3 collectives from deadlocking.
 
 One optimizer step per mini-batch: DeepSpeed runs in unmanaged accumulation mode (see
-`trainers.settings`), each micro-batch does `engine.backward`, the mini-batch ends with one
+`trainers.spec`), each micro-batch does `engine.backward`, the mini-batch ends with one
 `engine.step()` (clipping, optimizer, LR schedule). Losses carry global normalisers, and DeepSpeed
 averages gradients over ranks, so the backward loss is multiplied by the world size: the summed
 gradient is then exactly the full-batch gradient, whatever the split.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import socket
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -26,26 +25,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from actors.calls import free_port
+from configs.schema import GRPOConfig, SyncConfig
 from trainers.batching import Collated, MicroBatch, MiniBatchShard, collate
 from trainers.checkpoint import (copy_model_files, iter_full_parameters, load_training_state,
                                  save_training_state, write_safetensors_shards)
-from trainers.grpo.losses import PolicyLossConfig, gather_logprobs, policy_loss, token_entropy
+from trainers.grpo.losses import gather_logprobs, policy_loss, token_entropy
 from trainers.metrics import MetricState, kind_for
-from trainers.settings import (TrainerSettings, deepspeed_config, make_optimizer,
-                               make_scheduler)
+from trainers.spec import TrainerSpec, deepspeed_config, make_optimizer, make_scheduler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PolicyTrainerRank", "TrainerSettings"]
+__all__ = ["PolicyTrainerRank", "shifted_logits"]
 
 # Counts policy_loss reports per micro-batch; the trainer reports its own batch-level counts.
 _SKIPPED_LOSS_METRICS = frozenset({"num_tokens", "num_seqs"})
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return int(s.getsockname()[1])
 
 
 def _peak_memory_gb(device: torch.device) -> float:
@@ -72,11 +66,12 @@ def shifted_logits(model: Any, b: Collated, attn_implementation: str, dtype: tor
 class PolicyTrainerRank:
     """A DeepSpeed engine holding this rank's share of the policy (see module docstring)."""
 
-    def __init__(self, settings: TrainerSettings, rank: int, world_size: int) -> None:
+    def __init__(self, spec: TrainerSpec, rank: int, world_size: int) -> None:
         logging.basicConfig(level=logging.INFO,
                             format=f"%(asctime)s trainer[{rank}] %(levelname)s %(name)s: %(message)s")
-        self.model_path = settings.model_path
-        self.settings = settings
+        self.model_path = spec.model_path
+        self.spec = spec
+        self.cfg = spec.trainer
         self.rank = rank
         self.world_size = world_size
         self.step = 0
@@ -84,21 +79,18 @@ class PolicyTrainerRank:
         self.ref_model: torch.nn.Module | None = None
         self.pad_id = 0
         self._senders: dict[tuple, Any] = {}
-        if settings.use_gpu:
+        if self.cfg.use_gpu:
             torch.cuda.set_device(0)  # Ray exposes exactly this rank's GPU(s)
             self.device = torch.device("cuda", 0)
         else:
-            torch.set_num_threads(max(1, int(settings.cpus_per_rank)))
+            torch.set_num_threads(max(1, int(self.cfg.cpus_per_rank)))
             self.device = torch.device("cpu")
-
-    def ready(self) -> bool:
-        return True
 
     def master_endpoint(self) -> tuple[str, int]:
         """Rank 0's node IP and a free port, for the torch.distributed rendezvous."""
         import ray
 
-        return ray.util.get_node_ip_address(), _free_port()
+        return ray.util.get_node_ip_address(), free_port()
 
     # ------------------------------------------------------------------ setup
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
@@ -106,39 +98,39 @@ class PolicyTrainerRank:
         import deepspeed
         from transformers import AutoModelForCausalLM
 
-        s = self.settings
+        s, t = self.spec, self.cfg
         os.environ.update({"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port),
                            "RANK": str(self.rank), "WORLD_SIZE": str(self.world_size),
                            "LOCAL_RANK": "0"})
-        if not s.use_gpu:
+        if not t.use_gpu:
             # DeepSpeed's CPU shared-memory all-reduce only serves its inference path; skipping it
             # spares every fresh machine a ~100 s gcc build at the first start-up.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        deepspeed.init_distributed(dist_backend="nccl" if s.use_gpu else "gloo",
+        deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo",
                                    auto_mpi_discovery=False, verbose=False,
-                                   timeout=timedelta(seconds=s.dist_timeout_s))
+                                   timeout=timedelta(seconds=t.dist_timeout_s))
         torch.manual_seed(s.seed)
         ds_config = deepspeed_config(s, self.world_size)
         # Every rank loads the full fp32 model in host memory; deepspeed.initialize partitions
         # it. (Loading pre-partitioned via HfDeepSpeedConfig needs `accelerate`, not installed.)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32,
-                                                     attn_implementation=s.attn_implementation)
+                                                     attn_implementation=t.attn_implementation)
         model.config.use_cache = False
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-        if s.gradient_checkpointing:
+        if t.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         n_params = sum(p.numel() for p in model.parameters())
         # Packed shared prompts need a 4D mask: the eager and SDPA attentions take one.
         self.attn_implementation = model.config._attn_implementation
-        self.share_prefix_tokens = (s.share_prefix_tokens if self.attn_implementation in ("sdpa", "eager")
+        self.share_prefix_tokens = (t.share_prefix_tokens if self.attn_implementation in ("sdpa", "eager")
                                     else 0)
         self.engine, *_ = deepspeed.initialize(
-            model=model, optimizer=make_optimizer(model, s),
+            model=model, optimizer=make_optimizer(model, t),
             lr_scheduler=lambda opt: make_scheduler(opt, s), config=ds_config)
-        if s.zero_stage == 0 and s.torch_dtype() == torch.float32:
+        if t.zero_stage == 0 and s.torch_dtype == torch.float32:
             self._record_fp32_grad_norm()
         logger.info("rank %d/%d ready: %.1fM params, ZeRO-%d, %s, %s", self.rank, self.world_size,
-                    n_params / 1e6, s.zero_stage, s.torch_dtype(), self.device)
+                    n_params / 1e6, t.zero_stage, s.torch_dtype, self.device)
         return {"num_params": n_params, "device": str(self.device)}
 
     def _record_fp32_grad_norm(self) -> None:
@@ -160,12 +152,12 @@ class PolicyTrainerRank:
         return collate(mb, self.pad_id, self.share_prefix_tokens).to(self.device)
 
     def _logits(self, model: Any, b: Collated) -> Tensor:
-        return shifted_logits(model, b, self.attn_implementation, self.settings.torch_dtype())
+        return shifted_logits(model, b, self.attn_implementation, self.spec.torch_dtype)
 
     def _forward(self, b: Collated, *, entropy: str = "none") -> tuple[Tensor, Tensor | None]:
         """Per-token logprobs [B, L-1] (and entropy: "none", "no_grad" or "grad")."""
         logits = self._logits(self.engine, b)
-        temperature = self.settings.temperature
+        temperature = self.spec.temperature
         logprobs = gather_logprobs(logits, b.target_ids, temperature=temperature)
         ent = None
         if entropy == "grad":
@@ -179,7 +171,7 @@ class PolicyTrainerRank:
     def _logprobs_no_grad(self, batches: list[Collated]) -> list[Tensor]:
         return [self._forward(b)[0] for b in batches]
 
-    def _ref_logprobs(self, batches: list[Collated], cfg: PolicyLossConfig) -> list[Tensor | None]:
+    def _ref_logprobs(self, batches: list[Collated], cfg: GRPOConfig) -> list[Tensor | None]:
         """Reference logprobs: from the samples if they carry them; else from a reference model,
         loaded on first use and only when the KL term is on (it costs a full model copy)."""
         given = [b.ref_logprobs for b in batches]
@@ -188,21 +180,20 @@ class PolicyTrainerRank:
         if self.ref_model is None:
             from transformers import AutoModelForCausalLM
 
-            path = self.settings.ref_model_path or self.model_path
+            path = self.cfg.ref_model_path or self.model_path
             logger.info("loading reference model from %s (kl_coef=%g)", path, cfg.kl_coef)
             self.ref_model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=self.settings.torch_dtype()).to(self.device).eval().requires_grad_(False)
+                path, dtype=self.spec.torch_dtype).to(self.device).eval().requires_grad_(False)
         out: list[Tensor | None] = []
         with torch.no_grad():
             for b in batches:
                 logits = self._logits(self.ref_model, b)
-                out.append(gather_logprobs(logits, b.target_ids, temperature=self.settings.temperature))
+                out.append(gather_logprobs(logits, b.target_ids, temperature=self.spec.temperature))
         return out
 
     # ------------------------------------------------------------ train step
-    def train_step(self, shards: list[MiniBatchShard], loss_cfg: PolicyLossConfig,
-                   ppo_epochs: int = 1) -> MetricState:
-        """Run `ppo_epochs` passes over this rank's mini-batch shards; one optimizer step each.
+    def train_step(self, shards: list[MiniBatchShard], grpo: GRPOConfig) -> MetricState:
+        """Run `grpo.ppo_epochs` passes over this rank's mini-batch shards; one optimizer step each.
 
         Old logprobs are recomputed with the current weights before the first update. With a
         single update the "old" policy IS the current one, so the detached logprobs of the update
@@ -211,13 +202,14 @@ class PolicyTrainerRank:
         t0 = time.perf_counter()
         self.engine.train()
         batches = [[self._collate(mb) for mb in sh.micro_batches] for sh in shards]
+        ppo_epochs = grpo.ppo_epochs
         single_update = len(shards) == 1 and ppo_epochs == 1
         old = None if single_update else [self._logprobs_no_grad(bs) for bs in batches]
-        refs = [self._ref_logprobs(bs, loss_cfg) for bs in batches]
+        refs = [self._ref_logprobs(bs, grpo) for bs in batches]
         t_prep = time.perf_counter()
         num_updates = len(shards) * ppo_epochs
-        want_entropy = "grad" if loss_cfg.entropy_coef else (
-            "no_grad" if self.settings.log_entropy else "none")
+        want_entropy = "grad" if grpo.entropy_coef else (
+            "no_grad" if self.cfg.log_entropy else "none")
         state = MetricState()
         skipped = 0  # updates with nothing finite on any rank (every rank counts the same)
         flat = 0  # updates whose samples all had advantage 0: no micro-batch, no step
@@ -234,7 +226,7 @@ class PolicyTrainerRank:
                         continue
                     loss, m = policy_loss(
                         logprobs, old[k][j] if old is not None else logprobs.detach(), b.advantages,
-                        b.mask, loss_cfg, sampler_logprobs=b.sampler_logprobs, ref_logprobs=refs[k][j],
+                        b.mask, grpo, sampler_logprobs=b.sampler_logprobs, ref_logprobs=refs[k][j],
                         entropy=ent, token_normalizer=shard.token_normalizer,
                         seq_normalizer=shard.seq_normalizer)
                     if torch.isfinite(loss):
@@ -322,9 +314,9 @@ class PolicyTrainerRank:
         params = {n: t.detach().float().cpu().clone() for n, t in self.named_parameters_iter()}
         return params if self.rank == 0 else None
 
-    def sync_weights(self, receivers: list[Any], version: int, transport: str, bucket_bytes: int,
-                     timeout_s: float) -> Any:
+    def sync_weights(self, receivers: list[Any], version: int, sync: SyncConfig) -> Any:
         """Push full weights to `receivers` from rank 0; every rank must call this together."""
+        bucket_bytes = int(sync.bucket_mb * (1 << 20))
         params = self.named_parameters_iter(bucket_bytes)
         if self.rank != 0:
             for _ in params:
@@ -332,10 +324,10 @@ class PolicyTrainerRank:
             return None
         from actors.weight_sync import make_sender
 
-        key = (transport, tuple(getattr(r, "_actor_id", id(r)) for r in receivers), bucket_bytes,
-               timeout_s)
+        key = (sync.transport, tuple(getattr(r, "_actor_id", id(r)) for r in receivers), bucket_bytes,
+               sync.timeout_s)
         if key not in self._senders:
-            self._senders[key] = make_sender(transport, receivers, bucket_bytes, timeout_s)
+            self._senders[key] = make_sender(sync.transport, receivers, bucket_bytes, sync.timeout_s)
         try:
             return self._senders[key].send(params, version)
         finally:

@@ -1,8 +1,9 @@
 """Behaviour cloning: supervised fine-tuning on reference-solver demonstrations before RL.
 
 Demonstrations are trajectories produced by the environment's own solver through the same agent
-loop as RL, so the loss mask already covers exactly the assistant tokens. This warm start gives
-GRPO a policy that succeeds sometimes; from zero success a group-normalised advantage is all zeros.
+loop as RL (the launcher turns them into `SFTSample`s), so the loss mask already covers exactly the
+assistant tokens. This warm start gives GRPO a policy that succeeds sometimes; from zero success a
+group-normalised advantage is all zeros.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,19 +19,24 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
-from rollout.trajectory import Trajectory
+from configs.schema import SFTConfig
 
 logger = logging.getLogger(__name__)
 
+WARMUP_STEPS = 10  # linear warmup of the SFT learning rate, then a linear decay to 5%
 
-@dataclass
-class SFTSettings:
-    steps: int = 150
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup_steps: int = 10
-    seed: int = 0
-    progress_bar: bool = True
+
+@dataclass(frozen=True)
+class SFTSample:
+    """One demonstration: its tokens and which of them to learn (1: assistant-generated)."""
+
+    token_ids: list[int]
+    loss_mask: list[int]
+
+    def __post_init__(self) -> None:
+        if not self.token_ids or len(self.loss_mask) != len(self.token_ids):
+            raise ValueError(f"SFTSample: {len(self.token_ids)} token ids and {len(self.loss_mask)} "
+                             "loss-mask entries (need the same, non-zero count)")
 
 
 def pad_batch(seqs: list[list[int]], masks: list[list[int]], pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -52,24 +59,26 @@ def masked_nll(model, ids: torch.Tensor, loss_mask: torch.Tensor, attention: tor
     return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
-def train_sft(model_dir: str, out_dir: str | Path, demos: list[Trajectory], settings: SFTSettings,
-              pad_id: int) -> dict[str, float]:
-    """Fine-tune `model_dir` on `demos`, save the result (weights + tokenizer files) to `out_dir`."""
-    if not demos:
+def train_sft(policy_dir: str, out_dir: str | Path, samples: Sequence[SFTSample], sft: SFTConfig,
+              seed: int, pad_token_id: int, progress_bar: bool = True) -> dict[str, float]:
+    """Fine-tune `policy_dir` on `samples` for `sft.steps` AdamW steps (`sft.batch_size` samples
+    drawn per step, peak lr `sft.lr`); save the result (weights + tokenizer files) to `out_dir`.
+    `sft.enabled`, `num_demos` and `novice_fraction` are the caller's business (which demos)."""
+    pool = list(samples)
+    if not pool:
         raise ValueError("SFT needs at least one demonstration")
-    torch.manual_seed(settings.seed)
-    rng = random.Random(settings.seed)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=sft.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, settings.warmup_steps))
-        * max(0.05, 1 - s / max(1, settings.steps)))
+        opt, lambda s: min(1.0, (s + 1) / WARMUP_STEPS) * max(0.05, 1 - s / max(1, sft.steps)))
     losses: list[float] = []
-    for _ in tqdm(range(settings.steps), desc="sft", disable=not settings.progress_bar):
-        batch = rng.sample(demos, min(settings.batch_size, len(demos)))
-        ids, loss_mask, attention = pad_batch([t.token_ids for t in batch],
-                                              [t.loss_mask for t in batch], pad_id)
+    for _ in tqdm(range(sft.steps), desc="sft", disable=not progress_bar):
+        batch = rng.sample(pool, min(sft.batch_size, len(pool)))
+        ids, loss_mask, attention = pad_batch([x.token_ids for x in batch],
+                                              [x.loss_mask for x in batch], pad_token_id)
         loss = masked_nll(model, ids, loss_mask, attention)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -77,10 +86,10 @@ def train_sft(model_dir: str, out_dir: str | Path, demos: list[Trajectory], sett
         opt.step()
         sched.step()
         losses.append(loss.item())
-    _save_like(model, model_dir, out_dir)
+    _save_like(model, policy_dir, out_dir)
     tail = losses[-10:] or [float("nan")]
-    logger.info("SFT: %d steps on %d demos, final loss %.4f", settings.steps, len(demos), sum(tail) / len(tail))
-    return {"sft/final_loss": sum(tail) / len(tail), "sft/num_demos": float(len(demos))}
+    logger.info("SFT: %d steps on %d demos, final loss %.4f", sft.steps, len(samples), sum(tail) / len(tail))
+    return {"sft/final_loss": sum(tail) / len(tail), "sft/num_demos": float(len(samples))}
 
 
 def _save_like(model, source_dir: str, out_dir: str | Path) -> None:

@@ -10,14 +10,19 @@ handles. Every transport shares the same guarantees, which are the reason this m
 * a worker's version changes only after its reload succeeded; a reload that fails half-way marks
   the worker unhealthy (it refuses to generate) instead of silently serving mixed weights;
 * every wait on a worker has a timeout whose message names the worker and the phase that hung.
+
+Every transport drives the same GenerationWorker protocol: `connect_transport` once per sender
+(where the transport needs a set-up in the engine), then per version `begin_update` ->
+`apply_update` per bucket -> `finish_update` (`abort_update` on failure), or one
+`apply_update(..., version=v)` carrying the whole update (shm). A transport's engine half is a
+`Receiver` living in vLLM's worker process; `actors.weight_sync.registry` names both halves.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,67 +85,36 @@ def check_tensor(name: str, shape: Sequence[int], spec: WeightSpec, optional: se
     return None
 
 
-def missing_names(sent: Iterable[str], spec: WeightSpec) -> list[str]:
-    return sorted(set(spec) - set(sent))
-
-
 def rpc_deadline(timeout_s: float) -> float:
     """Workers enforce `timeout_s` themselves (with a message naming the phase); the sender waits a
     little longer so that message wins, and still catches a worker that is hung or dead."""
     return timeout_s + min(10.0, max(1.0, 0.2 * timeout_s))
 
 
-def wait_all(refs: dict[str, ray.ObjectRef], timeout_s: float, phase: str) -> dict[str, Any]:
-    """`ray.get` every ref with one deadline; raise one error naming every worker that failed.
+def wait_workers(refs: Mapping[str, ray.ObjectRef], timeout_s: float, phase: str) -> dict[str, Any]:
+    """`actors.calls.wait_all` for a sync phase: every failure, a hang included, is a
+    `WeightSyncError` naming the workers (keys of `refs`) and `phase`."""
+    from actors.calls import wait_all
 
-    Keys of `refs` are worker descriptions. A worker that hangs is reported as hung in `phase`;
-    a dead actor or a raised exception is reported with its cause.
-    """
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    results: dict[str, Any] = {}
-    errors: list[str] = []
-    for who, ref in refs.items():
-        left = max(0.0, deadline - time.monotonic())
-        try:
-            results[who] = ray.get(ref, timeout=left)
-        except ray.exceptions.GetTimeoutError:
-            errors.append(f"{who}: no answer within {timeout_s:.1f} s during {phase} (hung or overloaded)")
-        except ray.exceptions.RayActorError as err:
-            errors.append(f"{who}: actor died during {phase}: {type(err).__name__}: {_first_line(err)}")
-        except Exception as err:  # noqa: BLE001 - collect every worker's failure into one message
-            errors.append(f"{who}: {phase} failed: {_root_message(err)}")
-    if errors:
-        raise WeightSyncError(f"weight sync {phase} failed on {len(errors)} of {len(refs)} worker(s):\n  "
-                              + "\n  ".join(errors))
-    return results
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else ""
-
-
-def _root_message(err: BaseException) -> str:
-    """Ray wraps remote exceptions (RayTaskError(...)); show the innermost cause's message."""
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}"
-    return f"{type(err).__name__}: {_first_line(err)}"
+    try:
+        return wait_all(refs, timeout_s, f"weight sync {phase}", error=WeightSyncError)
+    except TimeoutError as err:  # every failure was a hang: still the sender's one error type
+        raise WeightSyncError(str(err)) from None
 
 
 def describe_receivers(receivers: Sequence[Any], timeout_s: float) -> dict[str, dict[str, Any]]:
     """Ask every GenerationWorker who it is (name, node, served weight spec); keyed by a label
     used in every later error message."""
     labels = [f"worker[{i}] actor={r._actor_id.hex()[:12]}" for i, r in enumerate(receivers)]
-    infos = wait_all({lab: r.describe.remote() for lab, r in zip(labels, receivers)}, timeout_s,
-                     "describe (handshake)")
+    infos = wait_workers({lab: r.describe.remote() for lab, r in zip(labels, receivers)}, timeout_s,
+                         "describe (handshake)")
     return {f"{lab} name={infos[lab]['name']!r}": infos[lab] for lab in labels}
 
 
 class WeightSender(abc.ABC):
     """Pushes a new policy version to every receiver; blocking; raises `WeightSyncError`."""
+
+    transport = "abstract"  # its name in the registry
 
     def __init__(self, receivers: Sequence[Any], bucket_bytes: int, timeout_s: float) -> None:
         if not receivers:
@@ -166,6 +140,35 @@ class WeightSender(abc.ABC):
     def close(self) -> None:
         """Release transport resources (shared memory, process groups)."""
 
+    def call_all(self, method: str, *args: Any) -> dict[str, ray.ObjectRef]:
+        """`method(*args)` on every receiver, keyed by its label."""
+        return {label: getattr(r, method).remote(*args) for label, r in zip(self.labels, self.receivers)}
+
+    def streamed(self, version: int, stream: Callable[[], int]) -> tuple[int, float]:
+        """begin_update -> `stream()` (applies the buckets, returns bytes sent) -> finish_update on
+        every receiver; returns (bytes, longest generation pause). Any failure after begin tells
+        every receiver to abort (its weights are partly replaced: it marks itself unhealthy)."""
+        try:
+            self.wait(self.call_all("begin_update", self.transport, version, None, self.timeout_s),
+                      f"begin_update to version {version} (drain, prepare)")
+            total = stream()
+            results = self.wait(self.call_all("finish_update", version, self.timeout_s),
+                                f"finish_update to version {version}")
+        except BaseException as err:
+            refs = self.call_all("abort_update", f"{type(err).__name__}: {err}")
+            try:
+                wait_workers(refs, 60.0, "abort_update")
+            except WeightSyncError as abort_err:
+                logger.error("abort after a failed sync did not reach every worker: %s", abort_err)
+            raise WeightSyncError(f"{self.transport} sync to version {version} failed after the engines were "
+                                  f"paused; every worker was told to abort and is now unhealthy (weights "
+                                  f"partly replaced): {err}") from err
+        return total, max(r["pause_s"] for r in results.values())
+
+    def wait(self, refs: Mapping[str, ray.ObjectRef], phase: str) -> dict[str, Any]:
+        """Wait for one phase on the receivers under the sender's timeout."""
+        return wait_workers(refs, rpc_deadline(self.timeout_s), phase)
+
     def validated(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield the tensors after checking each against the served spec; on the first bad one,
         drain the rest of the iterator (ZeRO-3 gathers are collectives: the other trainer ranks
@@ -187,36 +190,32 @@ class WeightSender(abc.ABC):
             if not exhausted:  # rejected here, or the transport failed while consuming
                 for _ in iterator:
                     pass
-        missing = missing_names(seen, self.spec)
+        missing = sorted(set(self.spec) - seen)
         if missing:
             raise WeightSyncError(f"weight sync rejected before any worker changed: {len(missing)} served "
                                   f"parameter(s) were not sent, e.g. {missing[:5]}")
 
 
-def make_sender(transport: str, receivers: list[Any], bucket_bytes: int = 256 << 20,
-                timeout_s: float = 300.0, **options: Any) -> WeightSender:
-    """Build the sender for `transport`: "shm" (CPU, same node), "gloo" (CPU broadcast from the
-    trainer's rank 0, any node), "nccl" (GPU broadcast, any node), or "cuda_ipc" (GPU, trainer and
-    workers on the same device).
+class Receiver:
+    """A transport's engine half, inside vLLM's worker process: one instance per transport and
+    process, kept between updates (mappings, process groups). `engine` is that process's
+    `actors.vllm_extension.EngineWeights` (the served model, its device and rank, and the ways to
+    load weights into it). Plain values only come in and go out (vLLM serialises them); `apply`'s
+    payload arrives with its entries as `BucketEntry` objects.
 
-    `options` go to the transport (e.g. `master_address`/`master_port` for nccl and gloo,
-    `keep_segments` for shm).
-    """
-    if transport == "shm":
-        from actors.weight_sync.shm import ShmSender
+    Streaming transports keep the default begin / finish (vLLM's layer-wise reload around the
+    buckets); a one-shot transport's `apply` is a whole update (no begin or finish) and may return
+    {"refused": reason} when it failed before touching any weight."""
 
-        return ShmSender(receivers, bucket_bytes, timeout_s, **options)
-    if transport in ("nccl", "gloo"):
-        from actors.weight_sync.broadcast import GlooSender, NcclSender
+    def connect(self, engine: Any, setup: Any) -> Any:
+        """Once per sender (GenerationWorker.connect_transport)."""
+        raise NotImplementedError(f"{type(self).__name__} has no connect step")
 
-        sender = NcclSender if transport == "nccl" else GlooSender
-        return sender(receivers, bucket_bytes, timeout_s, **options)
-    if transport == "shm_inplace":
-        from actors.weight_sync.inplace import InplaceSender
+    def begin(self, engine: Any, setup: Any) -> None:
+        engine.begin()
 
-        return InplaceSender(receivers, bucket_bytes, timeout_s, **options)
-    if transport == "cuda_ipc":
-        from actors.weight_sync.cuda_ipc import CudaIpcSender
+    def apply(self, engine: Any, payload: dict[str, Any]) -> dict[str, Any] | None:
+        raise NotImplementedError
 
-        return CudaIpcSender(receivers, bucket_bytes, timeout_s, **options)
-    raise ValueError(f"unknown weight-sync transport {transport!r}; choose shm, shm_inplace, gloo, nccl or cuda_ipc")
+    def finish(self, engine: Any) -> None:
+        engine.finish()

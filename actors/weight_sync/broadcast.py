@@ -8,6 +8,8 @@ trainer's own torch.distributed / DeepSpeed world: for nccl with vLLM's `Statele
 for gloo with a private TCPStore + ProcessGroupGloo. Per bucket: the manifest goes by Ray RPC to
 every worker (which posts the receive), the bytes go by one broadcast. Compared with a broadcast per
 parameter (OpenRLHF), a 256 MiB bucket turns hundreds of small collectives and RPCs into a few.
+The engine half (`BroadcastReceiver`) joins the group once (`connect_transport`) and receives each
+bucket into a fresh buffer.
 
 The gloo path runs in the CPU test suite against real vLLM engines; the nccl path needs two GPUs
 (`tests/actors/test_gpu_transports.py`).
@@ -16,7 +18,6 @@ The gloo path runs in the CPU test suite against real vLLM engines; the nccl pat
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -24,17 +25,12 @@ from typing import Any
 import ray
 import torch
 
-from actors.weight_sync.base import WeightSyncError, rpc_deadline, wait_all
-from actors.weight_sync.buckets import entries_from_wire, unpack_bucket
+from actors.calls import free_port
+from actors.weight_sync.base import Receiver, WeightSyncError, wait_workers
+from actors.weight_sync.buckets import BucketEntry, unpack_bucket
 from actors.weight_sync.streaming import StreamingSender, wait_stream
 
 logger = logging.getLogger(__name__)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
 
 
 class GlooGroup:
@@ -72,26 +68,27 @@ class BroadcastSender(StreamingSender):
                  master_address: str | None = None, master_port: int | None = None) -> None:
         super().__init__(receivers, bucket_bytes, timeout_s)
         address = master_address or ray.util.get_node_ip_address()
-        port = master_port or _free_port()
+        port = master_port or free_port()
         sizes = [int(info.get("tensor_parallel_size", 1)) for info in self.infos.values()]
         world = 1 + sum(sizes)
         base = {"backend": self.transport, "master_address": address, "master_port": port,
                 "world_size": world, "timeout_s": timeout_s}
         refs, offset = {}, 1
         for label, receiver, size in zip(self.labels, self.receivers, sizes):
-            refs[label] = receiver.group_init.remote({**base, "rank_offset": offset}, timeout_s)
+            refs[label] = receiver.connect_transport.remote(self.transport, {**base, "rank_offset": offset},
+                                                            timeout_s)
             offset += size
         try:
             self.group = _join(base, 0, self.device)
         except Exception as err:
             raise WeightSyncError(f"{self.transport} transport: trainer could not open the group at "
                                   f"{address}:{port} (world {world}): {err}") from err
-        wait_all(refs, rpc_deadline(timeout_s), f"{self.transport} group init at {address}:{port}")
+        self.wait(refs, f"{self.transport} group init at {address}:{port}")
         logger.info("%s weight-sync group ready: %s:%d, world %d", self.transport, address, port, world)
 
-    def _ship(self, index: int, data: torch.Tensor, wire: list[list]) -> None:
-        bucket = {"nbytes": int(data.numel()), "entries": wire}
-        refs = self._call_all("receive_bucket", self.transport, bucket, self.timeout_s)
+    def _ship(self, index: int, data: torch.Tensor, entries: list[BucketEntry]) -> None:
+        bucket = {"nbytes": int(data.numel()), "entries": entries}
+        refs = self.call_all("apply_update", self.transport, bucket, self.timeout_s)
         phase = f"{self.transport} broadcast of bucket {index}"
         if self.device.type == "cuda":
             self.group.broadcast(data, src=0, stream=torch.cuda.current_stream(self.device))
@@ -100,10 +97,10 @@ class BroadcastSender(StreamingSender):
             try:  # gloo blocks until every worker has received, or its timeout
                 self.group.broadcast(data, src=0)
             except RuntimeError as err:
-                wait_all(refs, 5.0, f"receive bucket {index} ({self.transport})")  # names a dead worker
+                wait_workers(refs, 5.0, f"receive bucket {index} ({self.transport})")  # names a dead worker
                 raise WeightSyncError(f"{phase} failed (a worker never posted its receive): {err}; "
                                       f"the group is now unusable, rebuild the sender") from err
-        wait_all(refs, rpc_deadline(self.timeout_s), f"receive bucket {index} ({self.transport})")
+        self.wait(refs, f"receive bucket {index} ({self.transport})")
 
     def close(self) -> None:
         self.group = None
@@ -118,21 +115,31 @@ class GlooSender(BroadcastSender):
     device_type = "cpu"
 
 
-def worker_join_group(info: dict[str, Any], rank_in_engine: int, device: torch.device) -> Any:
-    """vLLM worker side: join the trainer's group (blocks until every rank has joined)."""
-    return _join(info, int(info["rank_offset"]) + int(rank_in_engine), device)
+class BroadcastReceiver(Receiver):
+    """Engine half of nccl and gloo: join the trainer's group once, then receive each bucket into a
+    fresh buffer (the layer-wise loader may keep views of it until a layer is complete, so it is
+    never reused) and load it."""
 
+    group: Any = None
+    device: torch.device | None = None
 
-def worker_receive_bucket(group: Any, bucket: dict[str, Any], device: torch.device) -> list[tuple[str, torch.Tensor]]:
-    """vLLM worker side: receive one bucket into a fresh buffer (the layer-wise loader may keep
-    views of it until a layer is complete, so it is never reused) and return views of its tensors."""
-    if group is None:
-        raise RuntimeError("bucket received before the worker joined the weight-sync group")
-    buffer = torch.empty(int(bucket["nbytes"]), dtype=torch.uint8, device=device)
-    if device.type == "cuda":
-        stream = torch.cuda.current_stream(device)
-        group.broadcast(buffer, src=0, stream=stream)
-        stream.synchronize()
-    else:
-        group.broadcast(buffer, src=0)
-    return list(unpack_bucket(buffer, entries_from_wire(bucket["entries"])))
+    def connect(self, engine: Any, setup: dict[str, Any]) -> None:
+        """Join the group (blocks until every rank has joined): nccl on this worker's GPU, gloo in
+        host memory; rank = the engine's offset in the group + this process's rank in the engine."""
+        self.device = torch.device("cpu") if setup["backend"] == "gloo" else engine.device
+        self.group = _join(setup, int(setup["rank_offset"]) + int(engine.rank), self.device)
+
+    def apply(self, engine: Any, payload: dict[str, Any]) -> None:
+        engine.load(self.receive(payload))
+
+    def receive(self, payload: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
+        if self.group is None:
+            raise RuntimeError("bucket received before the worker joined the weight-sync group")
+        buffer = torch.empty(int(payload["nbytes"]), dtype=torch.uint8, device=self.device)
+        if self.device.type == "cuda":
+            stream = torch.cuda.current_stream(self.device)
+            self.group.broadcast(buffer, src=0, stream=stream)
+            stream.synchronize()
+        else:
+            self.group.broadcast(buffer, src=0)
+        return list(unpack_bucket(buffer, payload["entries"]))

@@ -21,20 +21,26 @@ ALIGN = 64
 
 @dataclass
 class BucketEntry:
+    """One tensor on the wire: where it lies in a flat byte buffer and how to view it. `bucket` is
+    the index of the bucket it was packed into (shm's manifest spans every bucket, one segment
+    each; a streamed payload is one bucket). Senders and GenerationWorker pass these objects; only at the
+    engine boundary (vLLM's collective_rpc serialises plain values, not dataclasses) they travel as
+    lists, `to_wire` / `from_wire`."""
+
     name: str
     shape: list[int]
     dtype: str
     offset: int
     nbytes: int
+    bucket: int = 0
 
     def to_wire(self) -> list:
-        """Plain list: survives vLLM's collective_rpc serialisation (tensors do not)."""
-        return [self.name, self.shape, self.dtype, self.offset, self.nbytes]
+        return [self.name, list(self.shape), self.dtype, self.offset, self.nbytes, self.bucket]
 
     @classmethod
     def from_wire(cls, item: list) -> BucketEntry:
-        name, shape, dtype, offset, nbytes = item
-        return cls(name, list(shape), dtype, int(offset), int(nbytes))
+        name, shape, dtype, offset, nbytes, bucket = item
+        return cls(name, list(shape), dtype, int(offset), int(nbytes), int(bucket))
 
 
 def _aligned(n: int) -> int:
@@ -82,7 +88,7 @@ def pack_buckets(
         if buffer is None:
             buffer = get_buffer(index, max(bucket_bytes, nbytes))
         _copy_into(buffer[offset:offset + nbytes], tensor)
-        entries.append(BucketEntry(name, list(tensor.shape), dtype_name(tensor.dtype), offset, nbytes))
+        entries.append(BucketEntry(name, list(tensor.shape), dtype_name(tensor.dtype), offset, nbytes, index))
         offset = _aligned(offset + nbytes)
         total += nbytes
     if entries and buffer is not None:
@@ -98,13 +104,4 @@ def unpack_bucket(buffer: torch.Tensor, entries: Iterable[BucketEntry]) -> Itera
         yield e.name, buffer[e.offset:e.offset + e.nbytes].view(dtype).view(e.shape)
 
 
-def entries_to_wire(entries: list[BucketEntry]) -> list[list]:
-    return [e.to_wire() for e in entries]
-
-
-def entries_from_wire(items: list[list]) -> list[BucketEntry]:
-    return [BucketEntry.from_wire(i) for i in items]
-
-
-__all__ = ["ALIGN", "BucketEntry", "entries_from_wire", "entries_to_wire", "pack_buckets",
-           "unpack_bucket"]
+__all__ = ["ALIGN", "BucketEntry", "pack_buckets", "unpack_bucket"]

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from actors.weight_sync.base import WeightSyncError, rpc_deadline, wait_all
-from actors.weight_sync.buckets import entries_from_wire, unpack_bucket
+from actors.weight_sync.base import Receiver, WeightSyncError
+from actors.weight_sync.buckets import BucketEntry, unpack_bucket
 from actors.weight_sync.streaming import StreamingSender
 
 logger = logging.getLogger(__name__)
@@ -47,22 +47,28 @@ class CudaIpcSender(StreamingSender):
                 raise WeightSyncError(f"cuda_ipc transport needs every vLLM worker on the trainer's GPU "
                                       f"{self.uuid}; {label} uses {uuids or 'no GPU'} (use nccl)")
 
-    def _ship(self, index: int, data: torch.Tensor, wire: list[list]) -> None:
-        bucket = ipc_bucket(data, self.uuid, wire)
-        wait_all(self._call_all("receive_bucket", "cuda_ipc", bucket, self.timeout_s),
-                 rpc_deadline(self.timeout_s), f"receive bucket {index} (cuda_ipc)")
+    def _ship(self, index: int, data: torch.Tensor, entries: list[BucketEntry]) -> None:
+        self.wait(self.call_all("apply_update", self.transport, ipc_bucket(data, self.uuid, entries), self.timeout_s),
+                  f"receive bucket {index} (cuda_ipc)")
 
 
-def ipc_bucket(data: torch.Tensor, uuid: str, wire: list[list]) -> dict[str, Any]:
+def ipc_bucket(data: torch.Tensor, uuid: str, entries: list[BucketEntry]) -> dict[str, Any]:
     """One bucket as the worker receives it: a pickled CUDA IPC handle of `data` and its entries."""
     from torch.multiprocessing.reductions import reduce_tensor
 
     rebuild, args = reduce_tensor(data)
-    return {"handle": pickle.dumps((rebuild, args)), "device_uuid": uuid, "entries": wire}
+    return {"handle": pickle.dumps((rebuild, args)), "device_uuid": uuid, "entries": entries}
 
 
-def worker_open_bucket(bucket: dict[str, Any], device: torch.device) -> list[tuple[str, torch.Tensor]]:
-    """vLLM worker side: open the trainer's buffer, copy it, return views of the copy."""
+class CudaIpcReceiver(Receiver):
+    """Engine half: open each bucket's handle, copy it, load the copy (layer-wise begin/finish)."""
+
+    def apply(self, engine: Any, payload: dict[str, Any]) -> None:
+        engine.load(open_bucket(payload, engine.device))
+
+
+def open_bucket(bucket: dict[str, Any], device: torch.device) -> list[tuple[str, torch.Tensor]]:
+    """Open the trainer's buffer, copy it to `device`, return views of the copy."""
     rebuild, args = pickle.loads(bucket["handle"])
     local_index = next((i for i in range(torch.cuda.device_count()) if device_uuid(i) == bucket["device_uuid"]),
                        None)
@@ -74,4 +80,4 @@ def worker_open_bucket(bucket: dict[str, Any], device: torch.device) -> list[tup
     local = shared.to(device, copy=True)
     torch.cuda.current_stream(device).synchronize()
     del shared
-    return list(unpack_bucket(local, entries_from_wire(bucket["entries"])))
+    return list(unpack_bucket(local, bucket["entries"]))

@@ -13,6 +13,11 @@ refuses, and `shm` remains). Needs the CPU direct-reload layout (plain linear we
 Semantics: the engine is drained and paused for the whole write (its weights change in place), so
 the pause equals the copy, about `shm`'s reload time. A failure after the first write leaves the
 engine with mixed weights: it is told to abort and marks itself unhealthy (as with streaming).
+
+Protocol: `connect_transport` once (the engine half, `InplaceReceiver`, shares the weights and
+returns their places as `BucketEntry`s of its file); per version `begin_update` (drain), the
+writes, one `apply_update` listing what was written (the worker checks it against its spec; the
+engine has nothing left to do), `finish_update`.
 """
 
 from __future__ import annotations
@@ -26,12 +31,10 @@ from typing import Any
 
 import torch
 
-from actors.weight_sync.base import SyncStats, WeightSender, WeightSyncError, rpc_deadline, wait_all
+from actors.weight_sync.base import Receiver, SyncStats, WeightSender, WeightSyncError
+from actors.weight_sync.buckets import BucketEntry, unpack_bucket
 
 logger = logging.getLogger(__name__)
-
-# name -> (byte offset in the engine's file, shape, dtype name)
-Layout = dict[str, tuple[int, tuple[int, ...], str]]
 
 
 def _vllm_param_name(hf_name: str, packed: dict[str, list[str]]) -> str:
@@ -43,8 +46,9 @@ def _vllm_param_name(hf_name: str, packed: dict[str, list[str]]) -> str:
 
 
 def share_model_weights(model: torch.nn.Module, spec: dict[str, tuple[tuple[int, ...], str]],
-                        shm_dir: str = "/dev/shm") -> tuple[str, int, Layout]:
-    """Engine side: move every parameter into one shared file; return (path, bytes, layout)."""
+                        shm_dir: str = "/dev/shm") -> tuple[str, int, list[BucketEntry]]:
+    """Engine side: move every parameter into one shared file; return (path, bytes, where each
+    served checkpoint tensor lies in it)."""
     from actors.weight_sync.shm import _create_segment
 
     params = dict(model.named_parameters())  # a tied lm_head is listed once
@@ -62,12 +66,12 @@ def share_model_weights(model: torch.nn.Module, spec: dict[str, tuple[tuple[int,
             p.data = view
             start[name], offset = offset, offset + nbytes
     packed = getattr(model, "packed_modules_mapping", {}) or {}
-    layout = {name: _locate(model, params, start, name, shape, packed) for name, (shape, _) in spec.items()}
+    layout = [_locate(model, params, start, name, shape, packed) for name, (shape, _) in spec.items()]
     return segment.path, total, layout
 
 
 def _locate(model: torch.nn.Module, params: dict[str, torch.nn.Parameter], start: dict[str, int], name: str,
-            shape: tuple[int, ...], packed: dict[str, list[str]]) -> tuple[int, tuple[int, ...], str]:
+            shape: tuple[int, ...], packed: dict[str, list[str]]) -> BucketEntry:
     """Load a marker for `name` through vLLM's loader and find the contiguous range it landed in."""
     target = _vllm_param_name(name, packed)
     if target not in params:
@@ -93,7 +97,8 @@ def _locate(model: torch.nn.Module, params: dict[str, torch.nn.Parameter], start
         raise RuntimeError(f"shm_inplace: {name!r} {tuple(shape)} does not load as one contiguous, untransposed "
                            f"range of {target!r} {tuple(p.shape)} ({hit.numel()} elements written for {numel}; "
                            f"tensor-parallel or quantized engine?); use sync.transport=shm")
-    return start[target] + first * p.element_size(), tuple(shape), str(p.dtype).removeprefix("torch.")
+    return BucketEntry(name, [int(d) for d in shape], str(p.dtype).removeprefix("torch."),
+                       start[target] + first * p.element_size(), numel * p.element_size())
 
 
 class InplaceSender(WeightSender):
@@ -102,60 +107,69 @@ class InplaceSender(WeightSender):
     transport = "shm_inplace"
 
     def __init__(self, receivers: Sequence[Any], bucket_bytes: int, timeout_s: float) -> None:
-        from actors.weight_sync.base import dtype_from_name
         from actors.weight_sync.shm import remove_stale_segments, require_one_node
 
         super().__init__(receivers, bucket_bytes, timeout_s)
         require_one_node(self)
+        for label, info in self.infos.items():
+            if int(info.get("tensor_parallel_size", 1)) != 1:
+                raise WeightSyncError(f"shm_inplace needs tensor_parallel_size 1; {label} has "
+                                      f"{info['tensor_parallel_size']} (use shm)")
         remove_stale_segments()  # files of engines that died (they cannot clean up)
-        shared = wait_all({label: r.share_weights.remote(timeout_s) for label, r in zip(self.labels, self.receivers)},
-                          rpc_deadline(timeout_s), "share_weights (engine weights into /dev/shm)")
-        self.targets: list[tuple[torch.Tensor, Layout]] = []
-        for info in shared.values():
+        refs = self.call_all("connect_transport", self.transport, {"spec": self.spec}, timeout_s, True)
+        shared = self.wait(refs, "connect (engine weights into /dev/shm)")
+        # per engine: its file, where each tensor lies in it, and views of those places
+        self.targets: list[tuple[torch.Tensor, list[BucketEntry], dict[str, torch.Tensor]]] = []
+        for label in self.labels:
+            info = shared[label][0]  # one vLLM worker process (tensor_parallel_size 1)
             mapped = torch.from_file(info["path"], shared=True, size=int(info["nbytes"]), dtype=torch.uint8)
-            views = {name: mapped[off:off + _nbytes(shape, dtype_from_name(dt))].view(dtype_from_name(dt)).view(shape)
-                     for name, (off, shape, dt) in info["layout"].items()}
-            self.targets.append((mapped, views))
+            entries = [BucketEntry.from_wire(w) for w in info["entries"]]
+            self.targets.append((mapped, entries, dict(unpack_bucket(mapped, entries))))
 
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> SyncStats:
         start = time.perf_counter()
-        wait_all(self._call("begin_inplace", version), rpc_deadline(self.timeout_s),
-                 f"begin_inplace to version {version} (drain)")
-        total = 0
-        try:
+
+        def write() -> int:
+            total = 0
             with torch.no_grad():
                 for name, tensor in self.validated(named_tensors):
-                    for _, views in self.targets:
+                    for _, _, views in self.targets:
                         if name in views:  # a tied lm_head has no place of its own
                             views[name].copy_(tensor)
                     total += tensor.numel() * tensor.element_size()
-            results = wait_all(self._call("finish_inplace", version), rpc_deadline(self.timeout_s),
-                               f"finish_inplace to version {version}")
-        except BaseException as err:
-            refs = {label: r.abort_update.remote(f"{type(err).__name__}: {err}") for label, r in
-                    zip(self.labels, self.receivers)}
-            try:
-                wait_all(refs, 60.0, "abort_update")
-            except WeightSyncError as abort_err:
-                logger.error("abort after a failed in-place sync did not reach every worker: %s", abort_err)
-            raise WeightSyncError(f"shm_inplace sync to version {version} failed after the engines were paused; "
-                                  f"they were told to abort and are now unhealthy: {err}") from err
+            # validated() saw every served name: each engine's whole layout was written
+            refs = {label: r.apply_update.remote(self.transport, {"entries": entries}, self.timeout_s)
+                    for label, r, (_, entries, _) in zip(self.labels, self.receivers, self.targets)}
+            self.wait(refs, f"apply_update to version {version} (check what was written)")
+            return total
+
+        total, pause = self.streamed(version, write)
         seconds = time.perf_counter() - start
-        pause = max(r["pause_s"] for r in results.values())
         logger.info("shm_inplace weight sync v%d: %.1f MB in %.3f s (pause %.3f s)", version, total / 1e6,
                     seconds, pause)
         return SyncStats(version=version, seconds=seconds, bytes=total, gb_per_s=total / seconds / 1e9,
                          num_buckets=0, generation_pause_s=pause, stage_s=0.0, apply_s=seconds)
 
-    def _call(self, method: str, version: int) -> dict[str, Any]:
-        return {label: getattr(r, method).remote(version, self.timeout_s) for label, r in zip(self.labels, self.receivers)}
-
     def close(self) -> None:
         self.targets = []
 
 
-def _nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
-    n = dtype.itemsize
-    for dim in shape:
-        n *= int(dim)
-    return n
+class InplaceReceiver(Receiver):
+    """Engine half: share the weights once; afterwards the trainer writes them while the worker
+    holds generation paused, so begin, apply and finish have nothing to do in the engine."""
+
+    def connect(self, engine: Any, setup: dict[str, Any]) -> dict[str, Any]:
+        if not engine.direct:
+            raise RuntimeError("shm_inplace needs a CPU engine with plain weights (cpu_direct_reload)")
+        with engine.context():
+            path, nbytes, entries = share_model_weights(engine.model, setup["spec"])
+        return {"path": path, "nbytes": nbytes, "entries": [e.to_wire() for e in entries]}
+
+    def begin(self, engine: Any, setup: Any) -> None:
+        pass
+
+    def apply(self, engine: Any, payload: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, engine: Any) -> None:
+        pass

@@ -1,8 +1,8 @@
 """Shared-memory transport (CPU, trainer and GenerationWorkers on one node).
 
 Sender: tensors are packed bucket by bucket into files under /dev/shm (one file per bucket); then a
-manifest (segment paths, entry names/shapes/dtypes/offsets, version) goes to every worker by Ray RPC.
-Receiver (inside vLLM's worker process, via the worker extension): each segment is mapped
+manifest (segment paths, entries) goes to every worker by one Ray RPC, `apply_update(..., version=v)`
+(a one-shot update). Receiver (inside vLLM's worker process, via the worker extension): each segment is mapped
 (`torch.from_file(shared=True)`, zero-copy) and the entries are handed to vLLM's in-place reload as
 views. One staging copy serves every worker on the node.
 
@@ -31,11 +31,10 @@ from typing import Any
 import ray
 import torch
 
-from actors.weight_sync.base import SyncStats, WeightSender, WeightSyncError, rpc_deadline, wait_all
+from actors.weight_sync.base import Receiver, SyncStats, WeightSender, WeightSyncError
 from actors.weight_sync.buckets import BucketEntry, pack_buckets, unpack_bucket
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -89,7 +88,9 @@ def require_one_node(sender: WeightSender) -> None:
 
 
 class ShmSender(WeightSender):
-    """Stage in /dev/shm, then one `update_weights("shm", manifest)` RPC per worker, in parallel."""
+    """Stage in /dev/shm, then one one-shot `apply_update("shm", manifest)` RPC per worker, in parallel."""
+
+    transport = "shm"
 
     def __init__(self, receivers: Sequence[Any], bucket_bytes: int, timeout_s: float,
                  keep_segments: bool = True, shm_dir: str = "/dev/shm") -> None:
@@ -117,12 +118,12 @@ class ShmSender(WeightSender):
 
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> SyncStats:
         start = time.perf_counter()
-        entries: list[list] = []
+        entries: list[BucketEntry] = []
         used: list[int] = []
 
         def on_full(index: int, buffer: torch.Tensor, bucket: list[BucketEntry]) -> None:
             used.append(index)
-            entries.extend([[index, *e.to_wire()] for e in bucket])
+            entries.extend(bucket)
 
         try:
             num_buckets, total = pack_buckets(self.validated(named_tensors), self.bucket_bytes,
@@ -130,10 +131,8 @@ class ShmSender(WeightSender):
             stage_s = time.perf_counter() - start
             segments = [{"path": self._segments[i].path, "nbytes": self._segments[i].nbytes} for i in used]
             payload = {"segments": segments, "entries": entries}
-            refs = {label: r.update_weights.remote("shm", payload, version, self.timeout_s)
-                    for label, r in zip(self.labels, self.receivers)}
-            results = wait_all(refs, rpc_deadline(self.timeout_s),
-                               f"update_weights to version {version} (drain -> reload -> resume)")
+            results = self.wait(self.call_all("apply_update", self.transport, payload, self.timeout_s, version),
+                                f"apply_update to version {version} (drain -> reload -> resume)")
         finally:
             if not self.keep_segments:
                 self.close()
@@ -162,12 +161,33 @@ class ShmSender(WeightSender):
         self.close()
 
 
-class ShmMappings:
-    """Receiver side, kept by the vLLM worker extension: maps segments once and reuses the mapping
-    while the sender reuses the segment (same path), so later syncs do not page-fault again."""
+class ShmReceiver(Receiver):
+    """Engine half, one-shot: `apply` maps the manifest's segments (a failure there touches
+    nothing: reported as `refused`) and reloads every weight from them. Mappings are kept while the
+    sender reuses a segment (same path), so later syncs do not page-fault again."""
 
     def __init__(self) -> None:
         self._maps: dict[str, torch.Tensor] = {}
+
+    def begin(self, engine: Any, setup: Any) -> None:
+        """Nothing to prepare: `apply` reloads everything at once."""
+
+    def finish(self, engine: Any) -> None:
+        pass
+
+    def apply(self, engine: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            staged = self.weights(payload)
+        except Exception as err:  # noqa: BLE001 - reported to the caller as a non-fatal refusal
+            return {"refused": f"{type(err).__name__}: {err}", "pid": os.getpid()}
+        start = time.perf_counter()
+        engine.reload(staged)
+        del staged
+        aliased = self.aliased(engine.model)
+        if aliased:
+            raise RuntimeError(f"after reload, model tensors alias the shared-memory staging area "
+                               f"(a loader kept a view instead of copying): {aliased[:5]}")
+        return {"reload_s": time.perf_counter() - start, "pid": os.getpid()}
 
     def weights(self, payload: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
         """Map (or reuse) every segment and return zero-copy views of all entries."""
@@ -187,9 +207,8 @@ class ShmMappings:
                 self._maps[path] = mapped
             buffers.append(mapped)
         views = []
-        for item in payload["entries"]:
-            index, *wire = item
-            views.extend(unpack_bucket(buffers[index], [BucketEntry.from_wire(wire)]))
+        for entry in payload["entries"]:
+            views.extend(unpack_bucket(buffers[entry.bucket], [entry]))
         return views
 
     def aliased(self, model: torch.nn.Module) -> list[str]:
@@ -202,6 +221,3 @@ class ShmMappings:
             if any(lo <= ptr < hi for lo, hi in ranges):
                 bad.append(name)
         return bad
-
-    def clear(self) -> None:
-        self._maps.clear()

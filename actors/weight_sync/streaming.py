@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from actors.weight_sync.base import SyncStats, WeightSender, WeightSyncError, rpc_deadline, wait_all
-from actors.weight_sync.buckets import BucketEntry, entries_to_wire, pack_buckets
+from actors.weight_sync.base import SyncStats, WeightSender, WeightSyncError
+from actors.weight_sync.buckets import BucketEntry, pack_buckets
 
 if TYPE_CHECKING:  # Ray is imported where it is used: the bucket data plane runs without it
     import ray
@@ -50,46 +50,32 @@ class StreamingSender(WeightSender):
             self._buffer = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
         return self._buffer
 
-    def _call_all(self, method: str, *args: Any) -> dict[str, ray.ObjectRef]:
-        return {label: getattr(r, method).remote(*args) for label, r in zip(self.labels, self.receivers)}
-
     @abc.abstractmethod
-    def _ship(self, index: int, data: torch.Tensor, wire: list[list]) -> None:
+    def _ship(self, index: int, data: torch.Tensor, entries: list[BucketEntry]) -> None:
         """Deliver one bucket (`data` = its used bytes) to every receiver and wait until loaded."""
 
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> SyncStats:
         start = time.perf_counter()
+        counts: list[int] = []
 
         def on_full(index: int, buffer: torch.Tensor, entries: list[BucketEntry]) -> None:
             used = entries[-1].offset + entries[-1].nbytes
             if self.device.type == "cuda":
                 torch.cuda.current_stream(self.device).synchronize()  # packing copies are done
-            self._ship(index, buffer[:used], entries_to_wire(entries))
+            self._ship(index, buffer[:used], entries)
 
-        try:
-            wait_all(self._call_all("begin_update", version, self.timeout_s), rpc_deadline(self.timeout_s),
-                     f"begin_update to version {version} (drain -> prepare layers)")
+        def stream() -> int:
             num_buckets, total = pack_buckets(self.validated(named_tensors), self.bucket_bytes,
                                               self._get_buffer, on_full)
-            results = wait_all(self._call_all("finish_update", version, self.timeout_s),
-                               rpc_deadline(self.timeout_s), f"finish_update to version {version}")
-        except BaseException as err:
-            self._abort(f"{type(err).__name__}: {err}")
-            raise WeightSyncError(f"{self.transport} sync to version {version} failed mid-stream; every worker "
-                                  f"was told to abort and is now unhealthy (weights partly replaced): {err}") from err
-        seconds = time.perf_counter() - start
-        pause = max(r["pause_s"] for r in results.values())
-        logger.info("%s weight sync v%d: %.1f MB in %.3f s (%d buckets)", self.transport, version,
-                    total / 1e6, seconds, num_buckets)
-        return SyncStats(version=version, seconds=seconds, bytes=total, gb_per_s=total / seconds / 1e9,
-                         num_buckets=num_buckets, generation_pause_s=pause, stage_s=0.0, apply_s=seconds)
+            counts.append(num_buckets)
+            return total
 
-    def _abort(self, reason: str) -> None:
-        refs = self._call_all("abort_update", reason)
-        try:
-            wait_all(refs, 60.0, "abort_update")
-        except WeightSyncError as err:
-            logger.error("abort after a failed sync did not reach every worker: %s", err)
+        total, pause = self.streamed(version, stream)
+        seconds = time.perf_counter() - start
+        logger.info("%s weight sync v%d: %.1f MB in %.3f s (%d buckets)", self.transport, version,
+                    total / 1e6, seconds, counts[0])
+        return SyncStats(version=version, seconds=seconds, bytes=total, gb_per_s=total / seconds / 1e9,
+                         num_buckets=counts[0], generation_pause_s=pause, stage_s=0.0, apply_s=seconds)
 
 
 def wait_stream(device: torch.device, refs: dict[str, ray.ObjectRef], timeout_s: float, phase: str) -> None:

@@ -8,8 +8,7 @@ import os
 import ray
 import torch
 
-from actors.types import WorkerUnhealthyError
-from actors.types import GenerationOutput, SamplingSpec
+from actors.types import GenerationOutput, SamplingSpec, WorkerUnhealthyError
 
 
 @ray.remote(num_cpus=0)
@@ -23,7 +22,8 @@ class FakeWorker:
                 "version": 0, "healthy": True, "weight_spec": self.spec, "optional_names": [],
                 "tensor_parallel_size": 1}
 
-    async def update_weights(self, transport, payload, version, timeout_s=300.0) -> dict:
+    async def apply_update(self, transport, payload, timeout_s=300.0, version=None) -> dict:
+        assert version is not None, "FakeWorker takes one-shot (shm) updates only"
         if self.behaviour == "hang":
             await asyncio.sleep(3600)
         return {"version": version, "pause_s": 0.0, "reload_s": 0.0}
@@ -40,49 +40,61 @@ class FakeWorker:
         return self.calls
 
 
+class _RecordingEngine:
+    """What a Receiver sees of vLLM (actors.vllm_extension.EngineWeights), recording the loads."""
+
+    device, rank = torch.device("cpu"), 0
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, torch.Tensor] = {}
+
+    def begin(self) -> None:
+        pass
+
+    def load(self, weights) -> None:
+        self.loaded.update((name, tensor.clone()) for name, tensor in weights)
+
+    def finish(self) -> None:
+        pass
+
+
 @ray.remote(num_cpus=0)
 class FakeBroadcastReceiver:
-    """The streaming side of a GenerationWorker over a real gloo group, without vLLM; with
-    `die_at_bucket=k` the process exits when bucket k arrives, before posting its receive."""
+    """A GenerationWorker's update protocol over the real gloo receiver (BroadcastReceiver), without
+    vLLM; with `die_at_bucket=k` the process exits when bucket k arrives, before posting its receive."""
 
     def __init__(self, name: str, spec: dict, die_at_bucket: int = -1) -> None:
+        from actors.weight_sync.broadcast import BroadcastReceiver
+
         self.name, self.spec, self.die_at = name, spec, die_at_bucket
-        self.group, self.buckets, self.received = None, 0, {}
+        self.receiver, self.engine, self.buckets = BroadcastReceiver(), _RecordingEngine(), 0
 
     def describe(self) -> dict:
         return {"name": self.name, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 "version": 0, "healthy": True, "weight_spec": self.spec, "optional_names": [],
                 "tensor_parallel_size": 1}
 
-    def group_init(self, info: dict, timeout_s: float) -> None:
-        import torch
+    def connect_transport(self, transport: str, setup: dict, timeout_s: float, touches_weights: bool = False):
+        return [self.receiver.connect(self.engine, setup)]
 
-        from actors.weight_sync.broadcast import worker_join_group
+    def begin_update(self, transport: str, version: int, setup, timeout_s: float) -> None:
+        self.receiver.begin(self.engine, setup)
 
-        self.group = worker_join_group(info, 0, torch.device("cpu"))
-
-    def begin_update(self, version: int, timeout_s: float) -> None:
-        pass
-
-    def receive_bucket(self, transport: str, bucket: dict, timeout_s: float) -> None:
-        import torch
-
-        from actors.weight_sync.broadcast import worker_receive_bucket
-
+    def apply_update(self, transport: str, payload: dict, timeout_s: float, version=None) -> None:
         if self.buckets == self.die_at:
             os._exit(1)
         self.buckets += 1
-        for name, tensor in worker_receive_bucket(self.group, bucket, torch.device("cpu")):
-            self.received[name] = tensor.clone()
+        self.receiver.apply(self.engine, payload)
 
     def finish_update(self, version: int, timeout_s: float) -> dict:
+        self.receiver.finish(self.engine)
         return {"version": version, "pause_s": 0.0}
 
     def abort_update(self, reason: str) -> None:
         pass
 
     def weights(self) -> dict:
-        return self.received
+        return self.engine.loaded
 
 
 @ray.remote(num_cpus=0)
@@ -91,13 +103,15 @@ class FakeInplaceReceiver:
     by the spec; records the protocol calls it gets."""
 
     def __init__(self, name: str, spec: dict) -> None:
+        from actors.weight_sync.buckets import BucketEntry
         from actors.weight_sync.shm import _create_segment
 
         self.name, self.spec, self.calls = name, spec, []
-        self.layout, offset = {}, 0
+        self.layout, offset = [], 0
         for key, (shape, dtype) in spec.items():
-            self.layout[key] = (offset, tuple(shape), dtype)
-            offset += 4 * int(torch.tensor(shape).prod())
+            nbytes = 4 * int(torch.tensor(shape).prod())
+            self.layout.append(BucketEntry(key, list(shape), dtype, offset, nbytes))
+            offset += nbytes
         self.segment = _create_segment(f"/dev/shm/labrl-ws-{os.getpid()}-engine-fake", offset)
         self.segment.tensor.zero_()
 
@@ -106,13 +120,18 @@ class FakeInplaceReceiver:
                 "version": 0, "healthy": True, "weight_spec": self.spec, "optional_names": [],
                 "tensor_parallel_size": 1}
 
-    def share_weights(self, timeout_s: float) -> dict:
-        return {"path": self.segment.path, "nbytes": self.segment.nbytes, "layout": self.layout}
+    def connect_transport(self, transport: str, setup: dict, timeout_s: float, touches_weights: bool = False):
+        self.calls.append(("connect", touches_weights))
+        return [{"path": self.segment.path, "nbytes": self.segment.nbytes,
+                 "entries": [e.to_wire() for e in self.layout]}]
 
-    def begin_inplace(self, version: int, timeout_s: float) -> None:
+    def begin_update(self, transport: str, version: int, setup, timeout_s: float) -> None:
         self.calls.append(("begin", version))
 
-    def finish_inplace(self, version: int, timeout_s: float) -> dict:
+    def apply_update(self, transport: str, payload: dict, timeout_s: float, version=None) -> None:
+        self.calls.append(("apply", sorted(e.name for e in payload["entries"])))
+
+    def finish_update(self, version: int, timeout_s: float) -> dict:
         self.calls.append(("finish", version))
         return {"version": version, "pause_s": 0.0}
 
@@ -120,8 +139,9 @@ class FakeInplaceReceiver:
         self.calls.append(("abort", reason))
 
     def state(self) -> tuple[list, dict]:
-        return self.calls, {k: self.segment.tensor[o:o + 4 * int(torch.tensor(s).prod())].view(torch.float32)
-                            .view(s).clone() for k, (o, s, _) in self.layout.items()}
+        from actors.weight_sync.buckets import unpack_bucket
+
+        return self.calls, {k: t.clone() for k, t in unpack_bucket(self.segment.tensor, self.layout)}
 
 
 def started(*handles, timeout: float = 180.0) -> None:

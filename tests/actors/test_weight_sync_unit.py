@@ -13,7 +13,8 @@ import torch
 from actors.router import GenerationRouter, NoWorkerAvailableError
 from actors.types import SamplingSpec
 from actors.weight_sync import WeightSyncError, make_sender
-from actors.weight_sync.buckets import pack_buckets, unpack_bucket
+from actors.generation_control import check_bucket, check_full_manifest
+from actors.weight_sync.buckets import BucketEntry, pack_buckets, unpack_bucket
 from actors.weight_sync.spec import read_weight_spec
 from tests.actors.fakes import FakeWorker, started
 
@@ -59,6 +60,20 @@ def test_buckets_keep_their_size_after_an_oversize_tensor():
     assert used[0] == 1000 and all(u <= 128 for u in used[1:]) and num == len(used) == 1 + 5
 
 
+def test_bucket_entries_survive_the_engine_boundary_and_are_checked():
+    """Entries cross vLLM's collective_rpc as plain lists and come back equal; the worker's checks
+    name a misshapen, duplicated or wrongly sized entry, and a manifest missing a served name."""
+    entry = BucketEntry("a.weight", [4, 4], "float32", 128, 64, bucket=2)
+    assert BucketEntry.from_wire(entry.to_wire()) == entry and isinstance(entry.to_wire(), list)
+    bias = BucketEntry("b.bias", [4], "float32", 0, 16)
+    assert check_bucket([entry, bias], SPEC, []) is None
+    assert "shape (3,)" in check_bucket([BucketEntry("b.bias", [3], "float32", 0, 12)], SPEC, [])
+    assert "appears twice" in check_bucket([bias, bias], SPEC, [])
+    assert "8 bytes do not match" in check_bucket([BucketEntry("b.bias", [4], "float32", 0, 8)], SPEC, [])
+    with pytest.raises(ValueError, match=r"w refused .*1 served parameter\(s\) missing, e.g. \['a.weight'\]"):
+        check_full_manifest("w", [bias], SPEC, [])
+
+
 def test_weight_spec_of_tied_tiny_model(tiny_model_dir):
     spec, optional = read_weight_spec(tiny_model_dir)
     assert "model.embed_tokens.weight" in spec and "lm_head.weight" not in spec
@@ -71,7 +86,7 @@ def test_sender_timeout_names_the_hung_worker(ray_local):
     started(hung)
     sender = make_sender("shm", [hung], bucket_bytes=1 << 20, timeout_s=1.0)
     start = time.perf_counter()
-    with pytest.raises(WeightSyncError, match=r"worker\[0\].*hung-one.*no answer within .* update_weights"):
+    with pytest.raises(WeightSyncError, match=r"worker\[0\].*hung-one.*no answer within .* apply_update"):
         sender.send(tensors(), version=1)
     assert time.perf_counter() - start < 10
     sender.close()
@@ -85,7 +100,7 @@ def test_sender_to_killed_worker_and_dead_at_handshake(ray_local):
     sender = make_sender("shm", [ok, victim], bucket_bytes=1 << 20, timeout_s=30.0)
     assert sender.send(tensors(), version=1).num_buckets == 1
     ray.kill(victim)
-    with pytest.raises(WeightSyncError, match=r"(?s)1 of 2 worker.*worker\[1\].*victim.*died"):
+    with pytest.raises(WeightSyncError, match=r"(?s)1 of 2.*worker\[1\].*victim.*died"):
         sender.send(tensors(), version=2)
     sender.close()
     with pytest.raises(WeightSyncError, match=r"worker\[1\].*died during describe"):
@@ -128,19 +143,16 @@ def test_inplace_writes_every_tensor_and_a_bad_one_mid_stream_aborts(ray_local):
     sender = make_sender("shm_inplace", [engine], bucket_bytes=1 << 20, timeout_s=20.0)
     assert sender.send(named, version=1).bytes == 3 * 8 * 8 * 4
     calls, weights = ray.get(engine.state.remote())
-    assert calls == [("begin", 1), ("finish", 1)] and all(torch.equal(weights[n], t) for n, t in named)
+    assert calls == [("connect", True), ("begin", 1), ("apply", sorted(spec)), ("finish", 1)]
+    assert all(torch.equal(weights[n], t) for n, t in named)
     bad = [named[0], ("layer1.weight", torch.zeros(4, 8)), named[2]]
     with pytest.raises(WeightSyncError, match=r"(?s)failed after the engines were paused.*unhealthy.*layer1"):
         sender.send(bad, version=2)
     calls, _ = ray.get(engine.state.remote())
-    assert [c[0] for c in calls[2:]] == ["begin", "abort"]
+    assert [c[0] for c in calls[4:]] == ["begin", "abort"]
     sender.close()
     ray.kill(engine)
 
-
-def test_unknown_transport():
-    with pytest.raises(ValueError, match="unknown weight-sync transport"):
-        make_sender("carrier-pigeon", [object()], 1, 1.0)
 
 
 def test_router_balances_and_fails_over(ray_local):

@@ -4,13 +4,13 @@ never hold it (8 simulated GPU nodes and CPU-only nodes as plain resource dicts)
 import pytest
 
 from cluster import placement
-from cluster.placement import ENV_WORKER_RESOURCE_UNITS, plan_placement
+from cluster.placement import plan_placement
 from cluster.resources import GroupSpec, RoleDemand, fit_problems
 from configs.loading import ConfigError, load_config
 
 GPU_NODE = {"CPU": 96.0, "GPU": 8.0, "memory": 1e12}
 CPU_NODE = {"CPU": 64.0, "cpu_node": 1.0}
-def problems_on(cfg, nodes, roles=("generation", "trainer", "env_workers")):
+def problems_on(cfg, nodes, roles=("generation", "trainer")):
     plan = plan_placement(cfg, roles)
     return fit_problems(plan.demands, nodes, plan.joint)
 
@@ -28,19 +28,17 @@ def cross_node_transport(monkeypatch):
 def test_default_config_puts_trainer_and_engine_on_one_node_for_shm():
     plan = plan_placement(load_config())
     assert plan.mode == "disaggregated"
-    assert set(plan.groups) == {"policy", "env_workers"}
+    assert set(plan.groups) == {"policy"}
     policy = plan.groups["policy"]
     assert policy.strategy == "STRICT_PACK" and policy.bundles == ({"CPU": 1.0}, {"CPU": 1.0})
     assert [s.bundle for s in plan.trainer] == [0] and [s.bundle for s in plan.generation] == [1]
-    assert plan.groups["env_workers"].strategy == "SPREAD"
-    assert len(plan.groups["env_workers"].bundles) == 2
-    assert [d.role for d in plan.demands] == ["generation", "trainer", "env_workers"]
+    assert [d.role for d in plan.demands] == ["generation", "trainer"]
     assert [d.role for d in plan.joint] == ["trainer+generation"]
 
 
 def test_cross_node_transport_plans_separate_groups(cross_node_transport):
     plan = plan_placement(load_config())
-    assert set(plan.groups) == {"generation/0", "trainer", "env_workers"}
+    assert set(plan.groups) == {"generation/0", "trainer"}
     assert plan.groups["generation/0"].bundles == ({"CPU": 1.0},)
     assert plan.groups["trainer"].strategy == "PACK"  # trainer.num_nodes unset
     assert not plan.joint
@@ -88,21 +86,13 @@ def test_colocated_engines_share_trainer_bundles_with_a_whole_gpu_each():
     cfg = load_config(None, ["placement.mode=colocated", "trainer.num_ranks=4", "generation.num_workers=2",
                              "trainer.gpus_per_rank=0.5", "generation.gpus_per_worker=0.4"])
     plan = plan_placement(cfg)
-    assert set(plan.groups) == {"colocated", "env_workers"}
+    assert set(plan.groups) == {"colocated"}
     bundles = plan.groups["colocated"].bundles
     assert bundles[0] == {"CPU": 2.0, "GPU": 1.0} and bundles[3] == {"CPU": 1.0, "GPU": 1.0}
     assert [(s.bundle, s.num_gpus) for s in plan.generation] == [(0, 0.4), (1, 0.4)]
     assert [(s.bundle, s.num_gpus) for s in plan.trainer] == [(r, 0.5) for r in range(4)]
     with pytest.raises(ValueError, match="together"):
         plan_placement(cfg, ["generation"])
-
-
-def test_env_workers_request_the_custom_resource():
-    cfg = load_config(None, ["rollout.num_env_workers=3", "rollout.env_worker_resource=cpu_node"])
-    plan = plan_placement(cfg, ["env_workers"])
-    assert all(b == {"CPU": 0.25, "cpu_node": ENV_WORKER_RESOURCE_UNITS}
-               for b in plan.groups["env_workers"].bundles)
-    assert dict(plan.env_workers[2].resources) == {"cpu_node": ENV_WORKER_RESOURCE_UNITS}
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -163,26 +153,14 @@ def test_tensor_parallel_engine_wider_than_a_node():
     assert len(problems) == 1 and "engine 0 (tensor_parallel_size=16)" in problems[0]
 
 
-def test_missing_custom_resource_says_how_to_add_it():
-    cfg = load_config(None, ["rollout.env_worker_resource=cpu_node"])
-    problems = problems_on(cfg, [GPU_NODE], ["env_workers"])
-    assert len(problems) == 1 and "env_workers: needs cpu_node" in problems[0]
-    assert "ray start --resources" in problems[0]
-
-
 def test_bundle_that_no_node_holds():
     demand = RoleDemand("trainer", (GroupSpec("ranks", ({"CPU": 100.0},) * 2, "PACK"),))
     problems = fit_problems([demand], [GPU_NODE, GPU_NODE, GPU_NODE])
     assert problems == ["trainer: ranks has a bundle {CPU: 100} that no single node can hold (largest: CPU 96)"]
 
 
-def test_simulated_scale_eight_nodes_and_64_env_workers_fit(cross_node_transport):
-    """8 simulated nodes (4 GPU nodes, 4 CPU-only nodes tagged cpu_node), 64 env workers pinned to
-    the CPU nodes, 16 single-GPU engines and 16 trainer ranks."""
-    cfg = load_config(None, GPU_LAYOUT + ["generation.num_workers=16", "trainer.num_ranks=16",
-                                          "rollout.num_env_workers=64", "rollout.cpus_per_env_worker=2",
-                                          "rollout.env_worker_resource=cpu_node"])
-    nodes = [GPU_NODE] * 4 + [CPU_NODE] * 4
-    assert problems_on(cfg, nodes) == []
-    # Without the CPU nodes the env workers' custom resource is missing.
-    assert any("cpu_node" in p for p in problems_on(cfg, [GPU_NODE] * 8))
+def test_simulated_scale_sixteen_engines_and_ranks_on_four_gpu_nodes(cross_node_transport):
+    """4 simulated 8-GPU nodes hold 16 single-GPU engines and 16 trainer ranks; 3 nodes do not."""
+    cfg = load_config(None, GPU_LAYOUT + ["generation.num_workers=16", "trainer.num_ranks=16"])
+    assert problems_on(cfg, [GPU_NODE] * 4 + [CPU_NODE] * 4) == []
+    assert problems_on(cfg, [GPU_NODE] * 3)

@@ -14,7 +14,7 @@ import pytest
 import ray
 from ray.util.placement_group import get_current_placement_group, placement_group, remove_placement_group
 
-from cluster.placement import ENV_WORKER_RESOURCE_UNITS, build_placement
+from cluster.placement import build_placement
 from cluster.ray_cluster import ResourceError
 from configs.loading import load_config
 
@@ -63,7 +63,7 @@ def test_8gpu_config_reserves_one_node_layout_and_places_actors(fake_cluster):
     cfg = load_config(CONFIGS / "qwen2.5-7b-8gpu.yaml")
     placement = build_placement(cfg)
     try:
-        assert set(placement.groups) == {"policy", "env_workers"}
+        assert set(placement.groups) == {"policy"}
         assert placement.trainer_pg is placement.groups["policy"] and placement.trainer_bundle_offset == 0
         ranks = _start([placement.trainer_options(r) for r in range(2)])
         engines = _start([placement.generation_options(i) for i in range(2)])
@@ -117,18 +117,3 @@ def test_busy_cluster_times_out_and_releases_what_it_reserved(fake_cluster):
         assert _live_groups() == 1  # only the hog
     finally:
         remove_placement_group(hog)
-
-
-def test_64_env_workers_start_with_placement_and_custom_resource(fake_cluster):
-    """Simulated scale: 64 env-worker-like actors, SPREAD, each pinned by `cpu_node`."""
-    cfg = load_config(None, ["rollout.num_env_workers=64", "rollout.env_worker_resource=cpu_node"])
-    placement = build_placement(cfg, ["env_workers"])
-    try:
-        assert placement.groups["env_workers"].bundle_count == 64
-        found = _start([placement.env_worker_options(i) for i in range(64)], timeout_s=900)
-        assert len({p["pid"] for p in found}) == 64
-        assert all(p["in_group"] for p in found)
-        assert all(p["resources"].get("cpu_node") == pytest.approx(ENV_WORKER_RESOURCE_UNITS) for p in found)
-        assert all(p["resources"]["CPU"] == pytest.approx(0.25) for p in found)
-    finally:
-        placement.remove()

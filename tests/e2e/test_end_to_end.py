@@ -9,13 +9,15 @@ import json
 import pytest
 import ray
 
-from actors.router import GenerationRouter
 from cluster.ray_cluster import connect
+from configs.loading import load_config
 from envs.registry import get_env_spec
 from launch import components as C
-from configs.loading import load_config
+from launch.fleet import EngineFleet, FleetPublisher, TrainerStep
 from launch.train import train
-from rollout.pipeline import GRPOPipeline, PipelineSettings, TaskStream
+from monitor.rollout_metrics import rollout_metrics
+from rollout.pipeline import GRPOPipeline, TaskStream
+from tests.rollout.pipeline_fakes import Reports
 
 SMALL = ["sft.num_demos=48", "sft.steps=10", "grpo.num_steps=2", "grpo.batch_size=16",
          "grpo.group_size=4", "eval.num_tasks=8", "env.num_train_tasks=64", "env.num_heldout_tasks=8",
@@ -55,23 +57,23 @@ def test_grpo_steps_sync_weights_to_generation_workers(cfg, cluster, tmp_path):
     model_dir = C.prepare_model(cfg, tmp_path)
     spec = get_env_spec(cfg.env.name)
     dataset = spec.make_dataset(64, 8, cfg.env.difficulties, 0)
-    gen = C.make_generation_workers(cfg.model_copy(update={"generation": cfg.generation.model_copy(
-        update={"num_workers": 2})}), model_dir)
+    two_engines = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"num_workers": 2})})
+    fleet = EngineFleet(two_engines, model_dir)
+    gen = fleet.workers
     trainer = C.make_trainer(cfg, model_dir)
-    C.wait_ready(gen, "generation workers", 600)
-    pool = C.make_env_pool(cfg, model_dir, GenerationRouter(gen))
+    fleet.wait_ready()
+    pool = C.make_env_pool(cfg, model_dir, fleet.router())
     pool.wait_ready()
     probe = _probe_tokens(cfg, model_dir)
     before = ray.get(gen[0].prompt_logprobs.remote(probe))
 
-    pipeline = GRPOPipeline(
-        PipelineSettings(num_steps=2, batch_size=16, group_size=4, max_staleness=1),
-        pool, TaskStream(dataset.tasks("train"), 0),
-        train_fn=lambda s: trainer.train_step(s, C.loss_config(cfg)),
-        sync_fn=lambda v: C.sync_weights(trainer, gen, v, cfg),
-        log_fn=lambda m, step: logged.append(m))
-    logged: list[dict] = []
+    reports = Reports()
+    pipeline = GRPOPipeline(cfg.grpo.model_copy(update={"num_steps": 2, "batch_size": 16, "group_size": 4}), 1,
+                            pool, TaskStream(dataset.tasks("train"), 0), TrainerStep(two_engines, trainer, fleet),
+                            FleetPublisher(two_engines, trainer, fleet, pool), [reports])
     pipeline.run()
+    logged = [{**rollout_metrics([t for g in r.drawn for t in g], current_version=r.trained_version), **r.metrics}
+              for r in reports.reports]
 
     assert [ray.get(w.policy_version.remote()) for w in gen] == [2, 2]
     after = [ray.get(w.prompt_logprobs.remote(probe)) for w in gen]
@@ -87,17 +89,17 @@ def test_grpo_steps_sync_weights_to_generation_workers(cfg, cluster, tmp_path):
     acc = pipeline.buffer.accounting
     assert acc.produced == acc.trained == 32 and not acc.dropped
     pool.shutdown()
-    C.stop_generation_workers(gen)
+    fleet.stop()
 
     # The exported HF checkpoint is the trained policy: a fresh vLLM engine loading it from disk
     # serves the trainer's logprobs (names, shapes and tied weights all survive the export).
     exported = trainer.export_hf(str(tmp_path / "exported"))
-    fresh = C.make_generation_workers(cfg, exported)
-    C.wait_ready(fresh, "engine on the exported weights", 600)
-    served = ray.get(fresh[0].prompt_logprobs.remote(probe))
+    fresh = EngineFleet(cfg, exported)
+    fresh.wait_ready("engine on the exported weights")
+    served = ray.get(fresh.workers[0].prompt_logprobs.remote(probe))
     assert max(abs(a - b) for a, b in zip(served[1:], trainer_lp[1:])) <= 1e-3
     trainer.shutdown()
-    C.stop_generation_workers(fresh)
+    fresh.stop()
 
 
 def test_default_training_entrypoint_writes_a_complete_run_directory(cfg, cluster):

@@ -37,27 +37,47 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [r for r in rows if "accounting/produced" in r]
 
 
+class KillWorkersAfterFirstStep:
+    """An observer that kills env worker 0 and generation worker 0 after step 0 and, after the last
+    step, records what the run's pool and engine fleet look like."""
+
+    def __init__(self, run: TrainingRun, last_step: int):
+        self.run, self.last_step = run, last_step
+
+    def on_step(self, report) -> None:
+        if report.step == 0:
+            self.killed_env, self.killed_gen = self.run.pool.workers[0], self.run.fleet.workers[0]
+            ray.kill(self.killed_env, no_restart=True)
+            ray.kill(self.killed_gen, no_restart=True)
+        if report.step == self.last_step:
+            self.env_workers, self.gen_workers = list(self.run.pool.workers), list(self.run.fleet.workers)
+            self.replaced_env = self.run.pool.replaced_workers
+            self.served = ray.get([w.policy_version.remote() for w in self.gen_workers], timeout=60)
+
+
 def test_killed_env_and_generation_workers_are_replaced(cluster, tmp_path):
     cfg = load_config(None, TINY + ["generation.num_workers=2", "grpo.num_steps=3",
                                     f"logging.runs_root={tmp_path}", "run_name=faults"])
     run = TrainingRun(cfg)
-
-    def kill_workers(step, metrics):
-        if step == 0:
-            ray.kill(run.pool.workers[0], no_restart=True)
-            ray.kill(run.gen_workers[0], no_restart=True)
-
-    run.step_hooks.append(kill_workers)
+    faults = KillWorkersAfterFirstStep(run, last_step=2)
+    run.observers.append(faults)
     summary = run.execute()
     assert "eval_grpo/pass@1" in summary
     rows = _metrics(run.run_dir)
     assert [r["policy_version"] for r in rows] == [1, 2, 3]
-    assert sum(r["fault/generation_workers_replaced"] for r in rows) == 1
+    assert [r["fault/generation_workers_replaced"] for r in rows] == [0, 1, 0]  # at the sync after the kill
+    # Both dead workers were replaced by new actors, which serve: the engines the trained version.
+    assert faults.replaced_env == 1
+    assert faults.env_workers[0]._actor_id != faults.killed_env._actor_id
+    assert faults.gen_workers[0]._actor_id != faults.killed_gen._actor_id
+    assert faults.served == [3, 3]
+    # Every trajectory of the 3 batches (8 each) was trained on or dropped with a reason; none is
+    # left buffered or in flight, and none was counted twice (re-run groups replace lost ones).
     last = rows[-1]
     dropped = sum(v for k, v in last.items() if k.startswith("accounting/dropped/"))
-    # every produced trajectory is trained, dropped with a reason, or still buffered / in flight
-    assert last["accounting/produced"] == last["accounting/trained"] + dropped + last["accounting/buffered"]
-    assert last["accounting/trained"] + dropped >= 8 * 2
+    assert last["accounting/produced"] == 24
+    assert last["accounting/trained"] + dropped == 24
+    assert last["accounting/buffered"] == 0 and last["accounting/in_flight"] == 0
 
 
 def test_resume_after_stop_continues_step_counter_and_task_order(cluster, tmp_path):
@@ -70,15 +90,16 @@ def test_resume_after_stop_continues_step_counter_and_task_order(cluster, tmp_pa
 
     stopped = TrainingRun(load_config(None, base + ["run_name=stopped"]))
 
-    def stop_after_first_step(step, metrics):
-        if step == 0:
-            raise KeyboardInterrupt("simulated SIGTERM")
+    class StopAfterFirstStep:
+        def on_step(self, report):
+            if report.step == 0:
+                raise KeyboardInterrupt("simulated SIGTERM")
 
-    stopped.step_hooks.append(stop_after_first_step)
+    stopped.observers.append(StopAfterFirstStep())
     with pytest.raises(KeyboardInterrupt):
         stopped.execute()
     state = load_run_state(stopped.run_dir)
-    assert state.next_step == 1 and state.policy_version == 1
+    assert state.policy_version == 1
     resume(stopped.run_dir, [])
 
     got, want = _batches(stopped.run_dir), _batches(straight.run_dir)

@@ -144,3 +144,22 @@ def test_environment_needs_a_verifier() -> None:
 
     with pytest.raises(TypeError):
         NoSubmit(Task("t", "echo", "train", 1, 0, {}))
+
+
+def test_tool_timeout_set_by_the_runner_is_honoured_and_the_episode_goes_on() -> None:
+    """The env worker sets `tool_timeout_s` after building the environment (from env.tool_timeout_s)."""
+    env = EchoEnv(Task("t", "echo", "train", 1, 0, {}))
+    env.tool_timeout_s = 0.05
+    asyncio.run(env.reset())
+
+    async def timed_step():  # timed inside the loop: asyncio.run waits for the orphaned thread
+        t0 = time.monotonic()
+        return await env.step(_call("hang")), time.monotonic() - t0
+
+    (observations, reward, done, truncated), step_s = asyncio.run(timed_step())
+    assert step_s < 0.25
+    assert [o.content for o in observations] == ["Error: hang timed out after 0.05s"]
+    assert observations[0].is_error and observations[0].name == "hang" and reward.reason == "timeout"
+    assert not done and not truncated
+    observations, reward, done, truncated = _step(env, _call("submit", answer=42))
+    assert done and not truncated and reward.reason == "correct"

@@ -9,8 +9,7 @@ from typing import Literal, Optional
 import pytest
 
 from envs.core import Message, ToolCall
-from envs.parsing import parse_assistant
-from envs.tools import Tool, execute_tool_calls
+from envs.tools import Tool, run_tool_call
 
 
 def lookup(query: str, limit: int, scale: float, exact: bool, tags: list[str],
@@ -69,9 +68,13 @@ def test_name_override_and_bound_methods() -> None:
     assert tool.name == "go" and list(tool.parameters["properties"]) == ["n"]
 
 
-def _run(calls: list[ToolCall], tools: list[Tool], **kw) -> list[Message]:
-    message = Message(role="assistant", tool_calls=calls)
-    return asyncio.run(execute_tool_calls(message, tools, state="S", timeout_s=kw.pop("timeout_s", 2.0), **kw))
+def _run(calls: list[ToolCall], tools: list[Tool], timeout_s: float = 2.0, **kw) -> list[Message]:
+    by_name = {t.name: t for t in tools}
+
+    async def run() -> list[Message]:
+        return [(await run_tool_call(c, by_name, "S", timeout_s, **kw)).message for c in calls]
+
+    return asyncio.run(run())
 
 
 def test_valid_call_with_state_and_int_to_float() -> None:
@@ -143,12 +146,6 @@ def test_raising_tool_and_timeouts() -> None:
     assert outs[1].content == "Error: slow_sync timed out after 0.1s"
     assert outs[2].content == "Error: slow_async timed out after 0.1s"
     assert outs[3].content == "2"
-
-
-def test_parse_error_becomes_error_observation() -> None:
-    message = parse_assistant('<tool_call>{"name": "lookup", "arguments": {</tool_call>')
-    outs = asyncio.run(execute_tool_calls(message, [Tool.from_function(lookup)], None, 1.0))
-    assert len(outs) == 1 and outs[0].is_error and outs[0].content.startswith("Error: invalid tool call")
 
 
 def test_unsupported_types_are_rejected_when_building() -> None:

@@ -1,14 +1,17 @@
 """Bad configs fail before Ray starts, with the offending field named."""
 
+import json
+import logging
+
 import pytest
 import ray
-import torch
 
-from configs.schema import LabrlConfig
 from configs.loading import ConfigError, load_config
+from configs.schema import LabrlConfig
+from launch.preflight import novice_fraction, preflight
+from launch.run_state import CONFIG_FILE
 from launch.train import main
 from models.loading import ModelNotFoundError, resolve_model_path
-from trainers.settings import TrainerSettings
 
 
 def test_default_config_loads_and_is_consistent():
@@ -50,10 +53,20 @@ GPU_ROLES = ["generation.gpus_per_worker=1", "trainer.gpus_per_rank=1"]
     (["sync.transport=nccl"], "sync.transport=nccl moves GPU tensors"),
     (["sync.transport=cuda_ipc", *GPU_ROLES], "cuda_ipc .* needs placement.mode=colocated"),
     (["sync.transport=tcp"], "sync.transport"),
+    (["sync.transport=shm", "trainer.num_nodes=2", "trainer.num_ranks=2"], "keeps the trainer and engines on one node"),
+    (["sync.transport=gloo", *GPU_ROLES], "GPU engines take sync.transport=nccl"),
 ])
-def test_weight_sync_transport_must_fit_the_layout(overrides, message):
+def test_weight_sync_transport_must_fit_the_layout(overrides, message, caplog):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, overrides)
+        preflight(load_config(None, overrides))
+    assert main(overrides) == 2  # the CLI refuses it before Ray starts
+    assert not ray.is_initialized()
+
+
+def test_advantage_estimator_typo_fails_before_ray(caplog):
+    assert main(["grpo.advantage_estimator=grp0"]) == 2
+    assert not ray.is_initialized()
+    assert "grpo.advantage_estimator='grp0' is not registered" in caplog.text and "rloo" in caplog.text
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -80,17 +93,42 @@ def test_zero0_is_refused_in_bf16_on_gpu():
     """DeepSpeed 0.19.8 stage 0 in bf16 failed at initialize on an H200 (benchmarks/gpu_check.py)."""
     with pytest.raises(ConfigError, match="trainer.zero_stage=0 cannot train in bf16"):
         load_config(None, ["trainer.gpus_per_rank=1", "trainer.zero_stage=0"])
-    with pytest.raises(ValueError, match="zero_stage=0 cannot train in bf16"):
-        TrainerSettings(model_path="m", gpus_per_rank=1.0, zero_stage=0)
-    assert TrainerSettings(model_path="m", zero_stage=0).torch_dtype() == torch.float32  # CPU: fine
+    with pytest.raises(ConfigError, match="trainer.zero_stage=0 cannot train in bf16"):
+        load_config(None, ["trainer.dtype=bfloat16", "trainer.zero_stage=0"])
+    assert not load_config(None, ["trainer.zero_stage=0"]).trainer.uses_bf16  # CPU, fp32: fine
 
 
-def test_novice_demos_need_an_env_with_a_novice_solver(caplog):
-    with pytest.raises(ConfigError, match="sft.novice_fraction"):
-        load_config(None, ["sft.novice_fraction=1.0"])
-    assert main(["env.name=hidden_law", "sft.novice_fraction=0.5"]) == 2
+def test_env_without_a_novice_solver_runs_the_default_config(caplog):
+    """The default config asks for novice demonstrations; an env without a novice solver plays all
+    of them with the reference solver, after one warning."""
+    cfg = load_config(None, ["env.name=hidden_law"])
+    assert cfg.sft.novice_fraction > 0
+    with caplog.at_level(logging.WARNING):
+        spec = preflight(cfg)
+    assert novice_fraction(cfg, spec) == 0.0
+    warnings = [r for r in caplog.records if "has no novice solver" in r.getMessage()]
+    assert len(warnings) == 1 and "hidden_law" in warnings[0].getMessage()
+    assert novice_fraction(load_config(), preflight(load_config())) == 0.5  # stoichiometry has one
+
+
+def test_resume_with_a_bad_override_is_a_one_line_config_error(tmp_path, caplog):
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(load_config().model_dump()))
+    assert main(["--resume", str(tmp_path), "trainer.lr=bad"]) == 2
     assert not ray.is_initialized()
-    assert "environment 'hidden_law' has no novice solver" in caplog.text
+    assert "invalid config:\n  trainer.lr:" in caplog.text
+    assert "Traceback" not in caplog.text and "pydantic" not in caplog.text
+
+
+def test_knobs_that_were_code_only_are_settable():
+    cfg = load_config(None, ["trainer.lr_schedule=cosine", "trainer.min_lr_ratio=0.1", "grpo.dual_clip=3.0",
+                             "grpo.kl_estimator=k2", "grpo.is_cap=5", "trainer.share_prefix_tokens=0",
+                             "grpo.ppo_epochs=2", "grpo.num_mini_batches=2", "trainer.adam_betas=[0.9, 0.95]"])
+    assert (cfg.trainer.lr_schedule, cfg.trainer.min_lr_ratio, cfg.trainer.share_prefix_tokens) == ("cosine", 0.1, 0)
+    assert (cfg.grpo.dual_clip, cfg.grpo.kl_estimator, cfg.grpo.is_cap) == (3.0, "k2", 5.0)
+    assert cfg.trainer.adam_betas == (0.9, 0.95)
+    for bad in ("grpo.dual_clip=1.0", "grpo.kl_estimator=k4", "grpo.clip_low=1.0", "grpo.seq_mask_threshold=0.5"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(None, [bad])
 
 
 def test_nccl_sync_lets_the_trainer_span_nodes():
@@ -126,4 +164,5 @@ def test_missing_model_path_is_a_clear_error(tmp_path, caplog):
 def test_unknown_environment_fails_before_ray(caplog):
     assert main(["env.name=alchemy"]) == 2
     assert not ray.is_initialized()
+    assert "env.name" in caplog.text
     assert "alchemy" in caplog.text

@@ -7,7 +7,8 @@ from math import comb
 
 import pytest
 
-from monitor.profiling import (TaskProfile, format_table, pass_at_k, profile_task, profile_tasks, read_profiles,
+from monitor.text_table import format_table
+from monitor.profiling import (TaskProfile, pass_at_k, profile_task, profile_tasks, read_profiles,
                                summarize, summary_table, write_profiles)
 from tests.monitor.synthetic import traj
 

@@ -12,9 +12,10 @@ from configs.schema import MonitorConfig
 from configs.loading import load_config
 from monitor.health import HealthMonitor, HealthStop
 from monitor.run_logger import RunLogger, read_jsonl
-from monitor.samples import SampleRecorder, TappedPool, trajectory_sample
+from monitor.samples import SampleRecorder, trajectory_sample
 from monitor.secrets import Scrubber, is_secret_key, redact, secret_values
 from monitor.step_monitor import StepMonitor
+from rollout.pipeline import StepReport
 from tests.monitor.synthetic import healthy_step, traj
 
 SECRETS = ("secret123", "hunter2-config-value")
@@ -54,8 +55,8 @@ def test_wandb_offline_files_and_no_secret_written(tmp_path, monkeypatch):
         run_log = RunLogger(run_dir, cfg, "labrl-test", "offline", "unit", group="ablation-a")
         logging.getLogger("labrl").warning("connecting with key secret123 and hunter2-config-value")
         monitor = StepMonitor(run_log, HealthMonitor(MonitorConfig()), SampleRecorder(every=1, num=2))
-        monitor.recorder.observe(0, [traj(1.0, answer="secret123"), traj(0.0, answer=2)])
-        monitor({**healthy_step(0), "train/entropy": 0.0}, 0)
+        groups = [[traj(1.0, answer="secret123"), traj(0.0, answer=2)]]
+        monitor.on_step(StepReport(0, 0, groups, ["t0"], {**healthy_step(0), "train/entropy": 0.0}))
         run_log.alert("alert with secret123", "text with hunter2-config-value")
         run_log.finish()
     finally:
@@ -76,20 +77,24 @@ def test_step_monitor_writes_samples_alarms_and_stops_after_logging(tmp_path):
     recorder = SampleRecorder(every=2, num=3)
     monitor = StepMonitor(run_log, HealthMonitor(MonitorConfig(stop_on=["nonfinite_loss"],
                                                                nonfinite_loss_max_consecutive=2)), recorder)
-    for step in range(3):
-        recorder.observe(step, [traj(1.0, task_id=f"t{step}"), traj(0.0, task_id=f"t{step}"), traj(0.5)])
-        monitor(healthy_step(step), step)
-    monitor({**healthy_step(3), "train/loss": math.nan}, 3)
+    def step(k: int, metrics: dict) -> None:
+        group = [traj(1.0, task_id=f"t{k}"), traj(0.0, task_id=f"t{k}"), traj(0.5, task_id=f"t{k}")]
+        monitor.on_step(StepReport(k, k, [group], [f"t{k}"], metrics))
+
+    for k in range(3):
+        step(k, healthy_step(k))
+    step(3, {**healthy_step(3), "train/loss": math.nan})
     with pytest.raises(HealthStop) as stop:
-        monitor({**healthy_step(4), "train/loss": math.inf}, 4)
+        step(4, {**healthy_step(4), "train/loss": math.inf})
     assert stop.value.alarms[0].check == "nonfinite_loss"
     run_log.finish()
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]  # the stopping step is on disk
     assert rows[4]["health/nonfinite_loss_consecutive"] == 2 and "timing/idle_s" not in rows[0]
     samples = read_jsonl(tmp_path / "samples.jsonl")
-    assert [s["step"] for s in samples] == [0, 0, 2, 2]  # best and worst of each sampled batch
-    assert [s["reward"] for s in samples] == [1.0, 0.0, 1.0, 0.0]
+    # Best and worst of each sampled batch; the stopping step's samples are on disk too.
+    assert [s["step"] for s in samples] == [0, 0, 2, 2, 4, 4]
+    assert [s["reward"] for s in samples] == [1.0, 0.0] * 3
     assert [a["stop"] for a in read_jsonl(tmp_path / "alarms.jsonl")] == [False, True]
 
 
@@ -100,18 +105,10 @@ def test_trajectory_sample_columns():
     assert "submitted" in s["observations"]
 
 
-def test_tapped_pool_feeds_recorder_and_forwards():
-    class Job:
-        def __init__(self, batch_index):
-            self.tags = {"batch_index": batch_index} if batch_index is not None else {}
-
-    class Pool:
-        jobs = {"x": 1}
-
-        def collect(self, timeout_s, num_returns=1):
-            return [(Job(0), [traj(1.0)]), (Job(None), [traj(0.0)]), (Job(1), [traj(0.0)])]
-
-    recorder = SampleRecorder(every=1, num=4)
-    tapped = TappedPool(Pool(), recorder)
-    assert len(tapped.collect(timeout_s=1.0)) == 3 and tapped.jobs == {"x": 1}
-    assert len(recorder.pop(0)) == 1 and len(recorder.pop(1)) == 1 and recorder.pop(2) == []
+def test_sample_recorder_picks_best_and_worst_of_each_group_on_its_steps():
+    recorder = SampleRecorder(every=2, num=3)
+    groups = [[traj(0.5, task_id="a"), traj(1.0, task_id="a"), traj(0.0, task_id="a")], [traj(1.0, task_id="b")]]
+    assert recorder.pick(1, groups) == []
+    picked = recorder.pick(2, groups)
+    assert [(t.task_id, t.reward) for t in picked] == [("a", 1.0), ("a", 0.0), ("b", 1.0)]
+    assert SampleRecorder(every=0, num=3).pick(0, groups) == []

@@ -14,6 +14,7 @@ import pytest
 
 import launch.evaluate as evaluate_cmd
 import launch.profile as profile_cmd
+import monitor.evaluation
 from envs.dataset import Task
 from launch.policy_session import SamplingRun
 from monitor.profiling import read_profiles
@@ -49,6 +50,7 @@ def patched(monkeypatch):
     seen: dict = {}
     for module in (profile_cmd, evaluate_cmd):
         monkeypatch.setattr(module, "sampling_run", fake_session(seen))
+    for module in (profile_cmd, monitor.evaluation):  # eval samples through monitor.evaluation
         monkeypatch.setattr(module, "run_tasks", fake_run_tasks)
     return seen
 

@@ -7,6 +7,7 @@ dominates the run time.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from types import SimpleNamespace
 
@@ -14,9 +15,10 @@ import pytest
 import ray
 import torch
 
+from configs.schema import GRPOConfig, TrainerConfig
 from models.tiny import TinyModelSpec, save_tiny_model
 from trainers.batching import MicroBatch, TrainSample, collate
-from trainers.grpo.losses import PolicyLossConfig, gather_logprobs, policy_loss
+from trainers.grpo.losses import gather_logprobs, policy_loss
 
 TINY = TinyModelSpec(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                      num_kv_heads=2, max_position_embeddings=256, seed=1)
@@ -38,9 +40,8 @@ def make_samples(seed: int, n: int, vocab: int = 100, min_len: int = 6,
     return out
 
 
-def reference_steps(model_dir: str, batches: list[list[TrainSample]], cfg: PolicyLossConfig,
-                    lr: float, weight_decay: float,
-                    grad_clip: float) -> tuple[dict[str, torch.Tensor], list[float], list[float]]:
+def reference_steps(model_dir: str, batches: list[list[TrainSample]], cfg: GRPOConfig,
+                    trainer: TrainerConfig) -> tuple[dict[str, torch.Tensor], list[float], list[float]]:
     """Plain PyTorch, one process, whole batch in one forward: what every trainer layout must
     reproduce (on-policy: old logprobs = current, one optimizer step per batch).
 
@@ -49,11 +50,10 @@ def reference_steps(model_dir: str, batches: list[list[TrainSample]], cfg: Polic
     """
     from transformers import AutoModelForCausalLM
 
-    from trainers.settings import TrainerSettings, make_optimizer
+    from trainers.spec import make_optimizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    opt = make_optimizer(model, TrainerSettings(model_path=model_dir, lr=lr,
-                                                weight_decay=weight_decay))
+    opt = make_optimizer(model, trainer)
     norms, losses = [], []
     for samples in batches:
         b = collate(MicroBatch(samples), model.config.pad_token_id)
@@ -62,7 +62,7 @@ def reference_steps(model_dir: str, batches: list[list[TrainSample]], cfg: Polic
         loss, _ = policy_loss(lp, lp.detach(), b.advantages, b.mask, cfg,
                               sampler_logprobs=b.sampler_logprobs)
         loss.backward()
-        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)))
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)))
         losses.append(loss.item())
         opt.step()
         opt.zero_grad()
@@ -98,7 +98,7 @@ def assert_logprobs_match_hf(group, model_dir: str, seqs: list[list[int]]) -> No
         torch.testing.assert_close(torch.tensor(lp[1:]), want, atol=1e-5, rtol=1e-5)
 
 
-def check_resume(group, ckpt_dir: str, seed: int, cfg: PolicyLossConfig) -> None:
+def check_resume(group, ckpt_dir: str, seed: int, cfg: GRPOConfig) -> None:
     """save -> step B  must equal  save -> step A (elsewhere) -> load -> step B, exactly."""
     a, b = make_samples(seed, 8), make_samples(seed + 1, 8)
     group.train_step(a, cfg)
@@ -112,7 +112,7 @@ def check_resume(group, ckpt_dir: str, seed: int, cfg: PolicyLossConfig) -> None
     assert_params_close(group.gather_parameters(), uninterrupted, atol=0, rtol=0)
 
 
-def check_zero_advantage_skipping(group, ckpt_dir: str, seed: int, cfg: PolicyLossConfig) -> None:
+def check_zero_advantage_skipping(group, ckpt_dir: str, seed: int, cfg: GRPOConfig) -> None:
     """From one checkpoint, a batch with every sample run and the same batch with its zero-advantage
     samples skipped give the same loss, gradient norm and weights; the model runs fewer tokens. A
     mini-batch with no signal at all makes no optimizer step."""
@@ -121,13 +121,15 @@ def check_zero_advantage_skipping(group, ckpt_dir: str, seed: int, cfg: PolicyLo
         s.advantage = 0.0
     group.save_checkpoint(ckpt_dir)
     results = []
+    spec = group.spec  # skip_zero_advantage is read on the driver: swap the group's spec
     try:
         for skip in (False, True):
             group.load_checkpoint(ckpt_dir)
-            group.settings.skip_zero_advantage = skip
+            group.spec = dataclasses.replace(spec, trainer=spec.trainer.model_copy(
+                update={"skip_zero_advantage": skip}))
             results.append((group.train_step(samples, cfg), group.gather_parameters()))
     finally:
-        group.settings.skip_zero_advantage = True
+        group.spec = spec
     (dense, dense_params), (skipped, skipped_params) = results
     assert skipped["train/num_zero_advantage_skipped"] == 6 and dense["train/num_zero_advantage_skipped"] == 0
     assert skipped["train/num_sequences"] == 6 and dense["train/num_sequences"] == 12
@@ -137,7 +139,7 @@ def check_zero_advantage_skipping(group, ckpt_dir: str, seed: int, cfg: PolicyLo
     assert_params_close(skipped_params, dense_params, atol=1e-6, rtol=1e-5)
     flat_first = sorted(samples, key=lambda s: s.advantage != 0.0)  # mini-batch 1: all six flat ones
     step = group.step
-    m = group.train_step(flat_first, cfg, num_mini_batches=2)
+    m = group.train_step(flat_first, cfg.model_copy(update={"num_mini_batches": 2}))
     assert group.step == step + 1 and m["train/skipped_no_signal_updates"] == 1.0
 
 

@@ -9,19 +9,21 @@ import pytest
 import ray
 import torch
 
-from trainers.grpo.losses import PolicyLossConfig
+from configs.schema import GRPOConfig, TrainerConfig
 from trainers.group import PolicyTrainerGroup
-from trainers.settings import TrainerSettings
+from trainers.spec import TrainerSpec
 
-LR, WD, CLIP = 1e-3, 0.01, 1.0
-CFG = PolicyLossConfig(importance_sampling="token_tis", is_cap=2.0)
+LR = 1e-3
+TRAINER = TrainerConfig(num_ranks=1, zero_stage=0, lr=LR, weight_decay=0.01, grad_clip=1.0,
+                        micro_batch_tokens=96, cpus_per_rank=1)
+CFG = GRPOConfig(clip_high=0.2, importance_sampling="token_tis", is_cap=2.0)
+PLAIN = GRPOConfig(clip_high=0.2, importance_sampling="none")  # no sampler correction
+WITH_KL = GRPOConfig(clip_high=0.2, importance_sampling="none", kl_coef=0.1)
 
 
 @pytest.fixture(scope="module")
 def group(ray_cluster, tiny_model_dir):
-    g = PolicyTrainerGroup(TrainerSettings(model_path=tiny_model_dir, num_ranks=1, zero_stage=0,
-                                           lr=LR, weight_decay=WD, grad_clip=CLIP,
-                                           micro_batch_tokens=96, cpus_per_rank=1))
+    g = PolicyTrainerGroup(TrainerSpec(tiny_model_dir, TRAINER))
     yield g
     g.shutdown()
 
@@ -46,7 +48,7 @@ def test_on_policy_first_step_and_full_batch_equivalence(group, tiny_model_dir, 
     assert first["train/lr"] == pytest.approx(LR) and first["train/grad_norm"] > 0
     assert first["train/tokens_per_s"] > 0 and first["train/peak_memory_gb"] > 0
     metrics.append(group.train_step(batches[1], CFG))
-    want, norms, losses = th.reference_steps(tiny_model_dir, batches, CFG, LR, WD, CLIP)
+    want, norms, losses = th.reference_steps(tiny_model_dir, batches, CFG, TRAINER)
     assert [m["train/grad_norm"] for m in metrics] == pytest.approx(norms, rel=1e-4)
     assert [m["train/loss"] for m in metrics] == pytest.approx(losses, rel=1e-4, abs=1e-7)
     th.assert_params_close(group.gather_parameters(), want)
@@ -56,7 +58,7 @@ def test_mini_batches_recompute_old_logprobs(group, th):
     samples = th.make_samples(12, 8)
     th.set_on_policy(group, samples)
     step0 = group.step
-    m = group.train_step(samples, CFG, ppo_epochs=2, num_mini_batches=2)
+    m = group.train_step(samples, CFG.model_copy(update={"ppo_epochs": 2, "num_mini_batches": 2}))
     assert group.step == step0 + 4
     # Old logprobs are frozen at the start: later updates see a moved policy.
     assert m["train/approx_kl"] > 0 and m["train/is_ratio_min"] == pytest.approx(1.0, abs=1e-6)
@@ -64,9 +66,9 @@ def test_mini_batches_recompute_old_logprobs(group, th):
 
 def test_kl_reference_loaded_only_when_needed(group, th):
     samples = th.make_samples(13, 6)
-    m = group.train_step(samples, PolicyLossConfig())
+    m = group.train_step(samples, PLAIN)
     assert "train/kl_ref" not in m
-    m = group.train_step(samples, PolicyLossConfig(kl_coef=0.1))
+    m = group.train_step(samples, WITH_KL)
     assert m["train/kl_ref"] > 0  # the policy has moved away from the initial weights
 
 
@@ -81,7 +83,7 @@ def test_batch_without_signal_leaves_weights_alone(group, th):
     m = group.train_step(samples, CFG)
     assert m["train/skipped_no_signal"] == 1.0 and group.step == step0
     th.assert_params_close(group.gather_parameters(), before, atol=0.0, rtol=0.0)
-    m = group.train_step(samples, PolicyLossConfig(kl_coef=0.1))
+    m = group.train_step(samples, WITH_KL)
     assert m["train/skipped_no_signal"] == 0.0 and group.step == step0 + 1
 
 
@@ -135,5 +137,6 @@ def test_waits_name_what_hung(ray_cluster):
     g.name = "policy_trainer"
     fast = _sleep.remote(0.0)
     ray.get(fast)  # worker start-up is slow on a busy machine; only the sleeper may be late
-    with pytest.raises(TimeoutError, match=r"export_hf to /x did not finish within 3s on rank\(s\) \[1\]"):
+    with pytest.raises(TimeoutError, match=r"policy_trainer: export_hf to /x failed on 1 of 2") as err:
         g._wait([fast, _sleep.remote(30.0)], "export_hf to /x", 3.0)
+    assert "rank 1: no answer within 3.0 s" in str(err.value) and "rank 0" not in str(err.value)

@@ -1,16 +1,14 @@
 """Pure GRPO math: advantage estimators, the clipped policy loss and its helpers.
 
 No distributed or model code lives here; the trainer actor feeds tensors in and gets a loss and
-float metrics out. Modules: `advantages` (estimator registry), `losses` (policy loss; re-exports
-the helpers), `aggregation` (exact micro-batch / data-parallel reductions), `importance`
-(sampler-mismatch correction), `kl`, `logits`.
+float metrics out. Modules: `advantages` (estimator registry), `losses` (policy loss, which takes
+the `grpo` config section; re-exports the helpers), `aggregation` (exact micro-batch /
+data-parallel reductions), `importance` (sampler-mismatch correction), `kl`, `logits`.
 """
 
 from trainers.grpo.advantages import (ADVANTAGE_ESTIMATORS, compute_advantages,
                                       register_advantage_estimator)
-from trainers.grpo.losses import (PolicyLossConfig, aggregate, gather_logprobs, kl_in_reward,
-                                  kl_penalty, local_normalizer_counts, policy_loss, token_entropy)
+from trainers.grpo.losses import aggregate, gather_logprobs, kl_penalty, policy_loss, token_entropy
 
 __all__ = ["ADVANTAGE_ESTIMATORS", "compute_advantages", "register_advantage_estimator",
-           "PolicyLossConfig", "policy_loss", "aggregate", "local_normalizer_counts", "kl_penalty",
-           "kl_in_reward", "token_entropy", "gather_logprobs"]
+           "policy_loss", "aggregate", "kl_penalty", "token_entropy", "gather_logprobs"]

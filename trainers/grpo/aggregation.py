@@ -16,10 +16,11 @@ trajectories do not dilute the mean).
 Exactness across micro-batches / data-parallel ranks. The full-batch loss is a sum over sequences
 divided by a batch-wide count (N or |S|). Passing that GLOBAL count as `token_normalizer` (token-mean)
 or `seq_normalizer` (both seq-mean modes) makes each micro-batch return its exact share, so
-``sum over every micro-batch on every rank == full-batch loss`` (and the same for gradients). Get the
-counts with `local_normalizer_counts` on every micro-batch, sum them, and all-reduce (SUM) across
-ranks before the first forward. For seq-mean-token-sum-norm also pass a constant
-`max_response_tokens`: the default C (local mask width) changes with each micro-batch's padding.
+``sum over every micro-batch on every rank == full-batch loss`` (and the same for gradients). The
+trainer counts them once on the driver over the whole mini-batch
+(`trainers.batching.global_normalizers`) and hands every rank the same values. For
+seq-mean-token-sum-norm also pass a constant `max_response_tokens`: the default C (local mask
+width) changes with each micro-batch's padding.
 Then scale for what the framework averages: DDP/DeepSpeed average gradients over the R
 data-parallel ranks, and DeepSpeed's ``engine.backward`` also divides by gradient_accumulation_steps
 G, so back-propagate ``loss * R * G`` under DeepSpeed (``loss * R`` under plain DDP with manual
@@ -36,13 +37,6 @@ from torch import Tensor
 
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 AGG_MODES: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-
-
-def local_normalizer_counts(mask: Tensor) -> tuple[float, float]:
-    """(loss tokens, sequences with >= 1 loss token) of one micro-batch: sum these over all
-    micro-batches and ranks to get `token_normalizer` and `seq_normalizer`."""
-    keep = mask.bool()
-    return float(keep.sum().item()), float(keep.any(-1).sum().item())
 
 
 def masked_sum(values: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:

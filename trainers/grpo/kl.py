@@ -39,21 +39,3 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: KLEstimator) -
         return torch.exp((-d).clamp(-_EXP_CLAMP, _EXP_CLAMP)) - 1.0 + d
     raise ValueError(f"unknown KL estimator {estimator!r}; known: ['k1', 'k2', 'k3']")
 
-
-def kl_in_reward(rewards: Tensor, logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor,
-                 coef: float, estimator: KLEstimator = "k1") -> Tensor:
-    """``r_i - coef * sum_t mask[i, t] * kl[i, t]``: the KL penalty folded into the reward [B].
-
-    The alternative to a KL loss term: the penalty then flows through the advantage estimator
-    (group-normalised with everything else) instead of being a separate gradient. It is summed
-    over the sequence, i.e. the sequence-level KL, and computed without gradient: `logprobs` are
-    the sampling policy's, as in classic RLHF-PPO where k1 is the usual choice.
-    """
-    if rewards.dim() != 1 or rewards.shape[0] != logprobs.shape[0]:
-        raise ValueError(f"rewards must be [B={logprobs.shape[0]}], got {tuple(rewards.shape)}")
-    with torch.no_grad():
-        keep = mask.bool()
-        per_token = kl_penalty(torch.where(keep, logprobs, 0.0), torch.where(keep, ref_logprobs, 0.0),
-                               estimator)
-        seq_kl = torch.where(keep, per_token, 0.0).sum(-1)
-        return rewards - coef * seq_kl.to(rewards.dtype)

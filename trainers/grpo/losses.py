@@ -30,62 +30,18 @@ every other metric is a local masked mean/min/max, to be combined weighted by `n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import get_args
-
 import torch
 from torch import Tensor
 
-from trainers.grpo.aggregation import (AGG_MODES, AggMode, aggregate, local_normalizer_counts,
-                                       masked_sum)
-from trainers.grpo.importance import (IS_MODES, ImportanceSampling, importance_weights,
-                                      sampler_mismatch_metrics)
-from trainers.grpo.kl import KLEstimator, kl_in_reward, kl_penalty
+from configs.schema import GRPOConfig
+from trainers.grpo.aggregation import aggregate, masked_sum
+from trainers.grpo.importance import importance_weights, sampler_mismatch_metrics
+from trainers.grpo.kl import kl_penalty
 from trainers.grpo.logits import gather_logprobs, token_entropy
 
-__all__ = ["PolicyLossConfig", "policy_loss", "aggregate", "local_normalizer_counts", "kl_penalty",
-           "kl_in_reward", "token_entropy", "gather_logprobs"]
+__all__ = ["policy_loss", "aggregate", "kl_penalty", "token_entropy", "gather_logprobs"]
 
 _LOG_RATIO_CLAMP = 20.0
-
-
-@dataclass
-class PolicyLossConfig:
-    """Knobs of `policy_loss`; validated on construction so a bad config fails before training."""
-
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: float | None = None
-    agg_mode: AggMode = "token-mean"
-    kl_coef: float = 0.0
-    kl_estimator: KLEstimator = "k3"
-    entropy_coef: float = 0.0
-    importance_sampling: ImportanceSampling = "none"
-    is_cap: float = 2.0
-    seq_mask_threshold: float = 2.0
-    max_response_tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.clip_low < 1.0:
-            raise ValueError(f"clip_low must be in [0, 1), got {self.clip_low}")
-        if self.clip_high < 0.0:
-            raise ValueError(f"clip_high must be >= 0, got {self.clip_high}")
-        if self.dual_clip is not None and self.dual_clip <= 1.0:
-            raise ValueError(f"dual_clip must be > 1 (or None), got {self.dual_clip}")
-        if self.agg_mode not in AGG_MODES:
-            raise ValueError(f"agg_mode must be one of {list(AGG_MODES)}, got {self.agg_mode!r}")
-        if self.kl_estimator not in get_args(KLEstimator):
-            raise ValueError(f"kl_estimator must be one of {list(get_args(KLEstimator))}, "
-                             f"got {self.kl_estimator!r}")
-        if self.importance_sampling not in IS_MODES:
-            raise ValueError(f"importance_sampling must be one of {list(IS_MODES)}, "
-                             f"got {self.importance_sampling!r}")
-        if self.is_cap <= 0.0:
-            raise ValueError(f"is_cap must be > 0, got {self.is_cap}")
-        if self.seq_mask_threshold < 1.0:
-            raise ValueError(f"seq_mask_threshold must be >= 1, got {self.seq_mask_threshold}")
-        if self.max_response_tokens is not None and self.max_response_tokens <= 0:
-            raise ValueError(f"max_response_tokens must be > 0, got {self.max_response_tokens}")
 
 
 def _masked_mean(values: Tensor, keep: Tensor) -> Tensor:
@@ -111,11 +67,15 @@ def _check_same_shape(ref: Tensor, **others: Tensor | None) -> None:
 
 
 def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
-                cfg: PolicyLossConfig, *, sampler_logprobs: Tensor | None = None,
+                cfg: GRPOConfig, *, sampler_logprobs: Tensor | None = None,
                 ref_logprobs: Tensor | None = None, entropy: Tensor | None = None,
                 token_normalizer: float | None = None, seq_normalizer: float | None = None,
                 ) -> tuple[Tensor, dict[str, float]]:
     """Scalar loss (differentiable w.r.t. `logprobs` and `entropy`) and its metrics.
+
+    `cfg` is the run's `grpo` section; the loss reads clip_low, clip_high, dual_clip, agg_mode,
+    max_response_tokens, kl_coef, kl_estimator, entropy_coef, importance_sampling, is_cap and
+    seq_mask_threshold (ranges checked by the schema).
 
     `old_logprobs`, `sampler_logprobs`, `ref_logprobs` and `advantages` are treated as constants.
     Positions outside `mask` may hold anything (padding, -inf): they are replaced before any

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import replace
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from actors.types import SamplingSpec
-from envs.agent_loop import PolicyTurn, TurnContext
 from envs.chat import ChatCodec
-from envs.core import Environment, Message
 from envs.parsing import format_assistant
+from envs.registry import ReferencePolicy
+from rollout.agent_loop import PolicyTurn, TurnContext
 
 if TYPE_CHECKING:
     from actors.router import GenerationRouter
-
-ReferencePolicy = Callable[[Environment, list[Message]], Awaitable[Message]]
 
 
 class SamplerTurnPolicy:

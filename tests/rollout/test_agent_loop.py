@@ -5,11 +5,12 @@ import asyncio
 
 import pytest
 
-from envs.agent_loop import EpisodeLimits, PolicyTurn, run_episode
+from configs.schema import EnvConfig, GenerationConfig
 from envs.chat import ChatCodec
-from envs.policies import ReferenceTurnPolicy
 from envs.registry import get_env_spec
 from models.tiny import build_tokenizer
+from rollout.agent_loop import PolicyTurn, run_episode
+from rollout.policies import ReferenceTurnPolicy
 
 SPEC = get_env_spec("stoichiometry")
 TASKS = SPEC.make_dataset(8, 4, [1, 2], 0).tasks("train")
@@ -20,8 +21,8 @@ def codec():
     return ChatCodec(build_tokenizer())
 
 
-def _play(policy, codec, task, limits=EpisodeLimits(max_new_tokens=160)):
-    return asyncio.run(run_episode(SPEC.make_env(task), task, "g0", policy, codec, limits))
+def _play(policy, codec, task, env_cfg=EnvConfig(), generation=GenerationConfig(max_new_tokens=160)):
+    return asyncio.run(run_episode(SPEC.make_env(task), task, "g0", policy, codec, env_cfg, generation))
 
 
 @pytest.mark.parametrize("task", TASKS[:4], ids=lambda t: t.id)
@@ -74,8 +75,9 @@ def test_truncated_turn_is_scored_when_asked(codec):
             return PolicyTurn(ids, [-1.0] * len(ids), "length", 2)
 
     for score, reward, finish in [(False, 0.0, "length"), (True, 1.0, "env_done")]:
-        limits = EpisodeLimits(max_turns=1, score_truncated_turns=score)
-        traj = asyncio.run(run_episode(REPEAT.make_env(task), task, "g0", CutAnswer(), codec, limits))
+        env_cfg = EnvConfig(max_turns=1, score_truncated_turns=score)
+        traj = asyncio.run(run_episode(REPEAT.make_env(task), task, "g0", CutAnswer(), codec, env_cfg,
+                                       GenerationConfig()))
         assert (traj.reward, traj.finish_reason, traj.truncated) == (reward, finish, True)
 
 
@@ -89,12 +91,12 @@ class _SpansAnUpdate(_NoToolCalls):
 
 
 def test_turns_spanning_an_update_record_both_versions(codec):
-    traj = _play(_SpansAnUpdate(codec), codec, TASKS[0], EpisodeLimits(max_turns=2))
+    traj = _play(_SpansAnUpdate(codec), codec, TASKS[0], EnvConfig(max_turns=2), GenerationConfig())
     assert traj.policy_versions == [7, 8] * traj.num_turns and traj.policy_version == 7  # staleness: oldest
 
 
 def test_prose_without_tool_calls_hits_the_budget(codec):
-    traj = _play(_NoToolCalls(codec), codec, TASKS[0], EpisodeLimits(max_turns=3))
+    traj = _play(_NoToolCalls(codec), codec, TASKS[0], EnvConfig(max_turns=3), GenerationConfig())
     assert traj.reward == 0.0 and traj.num_turns <= 3
     assert traj.reward_reason in {"budget_exceeded", "invalid_format"}
     assert traj.num_invalid_tool_calls >= 1
@@ -118,15 +120,15 @@ class _Slow:
 
 
 def test_episode_timeout(codec):
-    traj = _play(_Slow(), codec, TASKS[0], EpisodeLimits(timeout_s=0.2))
+    traj = _play(_Slow(), codec, TASKS[0], EnvConfig(episode_timeout_s=0.2))
     assert traj.finish_reason == "timeout" and traj.reward_reason == "timeout"
 
 
 def test_seeded_sampling_gives_each_member_and_turn_its_own_reproducible_seed():
     from actors.types import SamplingSpec
-    from envs.agent_loop import TurnContext
     from envs.core import Message
-    from envs.policies import SamplerTurnPolicy
+    from rollout.agent_loop import TurnContext
+    from rollout.policies import SamplerTurnPolicy
 
     def seed(base, stream, assistant_turns):
         history = [Message(role="user", content="q")] + [Message(role="assistant", content="a")] * assistant_turns

@@ -11,7 +11,7 @@ def test_env_worker_and_tiny_tokenizer_do_not_import_torch(tmp_path):
     model_dir = save_tiny_model(tmp_path / "tiny")
     code = (
         "import sys\n"
-        "import envs.worker, envs.pool\n"
+        "import rollout.env_worker, rollout.pool\n"
         "from envs.chat import ChatCodec\n"
         "from models.loading import load_tokenizer\n"
         f"codec = ChatCodec(load_tokenizer({str(model_dir)!r}))\n"

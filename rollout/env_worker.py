@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from actors.types import SamplingSpec
-from envs.agent_loop import EpisodeLimits, TurnPolicy, run_episode
+from configs.schema import EnvConfig, GenerationConfig, LabrlConfig
 from envs.chat import ChatCodec
 from envs.dataset import Task
-from envs.policies import ReferenceTurnPolicy, SamplerTurnPolicy
 from envs.registry import Solver, get_env_spec
 from models.loading import load_tokenizer
+from rollout.agent_loop import TurnPolicy, run_episode
+from rollout.policies import ReferenceTurnPolicy, SamplerTurnPolicy
 from rollout.trajectory import Trajectory
 
 if TYPE_CHECKING:
@@ -27,37 +28,55 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class EnvWorkerSettings:
-    env_name: str
+@dataclass(frozen=True)
+class EnvWorkerSpec:
+    """What an EnvWorker needs: the run's `env` and `generation` sections as they are (episode
+    limits, tool timeout, environment name) plus the values derived from the run.
+
+    `sampling` is how policy turns are sampled (its `max_tokens` is replaced per turn by what the
+    context has room for); `max_concurrent_episodes` caps the episodes one worker plays at once.
+    """
+
+    env: EnvConfig
+    generation: GenerationConfig
     tokenizer_path: str
     sampling: SamplingSpec
-    limits: EpisodeLimits
     max_concurrent_episodes: int = 64
+
+    @classmethod
+    def from_config(cls, cfg: LabrlConfig, model_dir: str) -> "EnvWorkerSpec":
+        """The spec of run `cfg` whose policy (and tokenizer) lives in `model_dir`."""
+        tokenizer = load_tokenizer(model_dir)
+        stop = [tokenizer.convert_tokens_to_ids(tokenizer.eos_token)]
+        return cls(env=cfg.env, generation=cfg.generation, tokenizer_path=model_dir,
+                   sampling=SamplingSpec.from_config(cfg, stop),
+                   max_concurrent_episodes=cfg.rollout.max_concurrent_episodes)
 
 
 class EnvWorker:
     """Hosts environment instances; `run_group` plays one task `group_size` times concurrently."""
 
-    def __init__(self, settings: EnvWorkerSettings, router: GenerationRouter | None = None):
+    def __init__(self, spec: EnvWorkerSpec, router: GenerationRouter | None = None):
         logging.basicConfig(level=logging.INFO)
-        self.settings = settings
-        self.spec = get_env_spec(settings.env_name)
-        self.codec = ChatCodec(load_tokenizer(settings.tokenizer_path))
+        self.spec = spec
+        self.env_spec = get_env_spec(spec.env.name)
+        self.codec = ChatCodec(load_tokenizer(spec.tokenizer_path))
         self.router = router
-        self._slots = asyncio.Semaphore(settings.max_concurrent_episodes)
+        self._slots = asyncio.Semaphore(spec.max_concurrent_episodes)
 
     def _policy(self, solver: Solver, stream: str) -> TurnPolicy:
         if solver != "policy":
-            return ReferenceTurnPolicy(self.spec.solver(solver), self.codec)
+            return ReferenceTurnPolicy(self.env_spec.solver(solver), self.codec)
         if self.router is None:
             raise RuntimeError("EnvWorker has no generation router: only scripted-solver episodes can run")
-        return SamplerTurnPolicy(self.router, self.settings.sampling, stream)
+        return SamplerTurnPolicy(self.router, self.spec.sampling, stream)
 
     async def _episode(self, task: Task, group_id: str, policy: TurnPolicy) -> Trajectory:
         async with self._slots:
-            env = self.spec.make_env(task)
-            return await run_episode(env, task, group_id, policy, self.codec, self.settings.limits)
+            env = self.env_spec.make_env(task)
+            env.tool_timeout_s = self.spec.env.tool_timeout_s
+            return await run_episode(env, task, group_id, policy, self.codec, self.spec.env,
+                                     self.spec.generation)
 
     async def run_group(self, task: Task, group_size: int, group_id: str,
                         solver: Solver = "policy") -> list[Trajectory]:

@@ -1,20 +1,19 @@
-"""Evaluate the current policy on held-out tasks through the env workers: pass@1 with a 95% CI."""
+"""Play a list of tasks through the env pool and return the trajectories in task order.
+
+Used for scripted-solver demonstrations (behaviour cloning) and held-out evaluation
+(`monitor.evaluation`), so both see episodes played exactly as in training.
+"""
 
 from __future__ import annotations
 
-import logging
 import time
 
 from tqdm import tqdm
 
 from envs.dataset import Task
-from envs.pool import EnvWorkerPool
 from envs.registry import Solver
-from monitor.eval_stats import heldout_metrics
-from monitor.rollout_metrics import rollout_metrics
+from rollout.pool import EnvWorkerPool
 from rollout.trajectory import Trajectory
-
-logger = logging.getLogger(__name__)
 
 
 def run_tasks(pool: EnvWorkerPool, tasks: list[Task], samples_per_task: int = 1, solver: Solver = "policy",
@@ -32,16 +31,3 @@ def run_tasks(pool: EnvWorkerPool, tasks: list[Task], samples_per_task: int = 1,
                 results[job.tags["order"]] = trajs
                 bar.update(1)
     return [t for i in range(len(tasks)) for t in results[i]]
-
-
-def evaluate(pool: EnvWorkerPool, tasks: list[Task], label: str, samples_per_task: int = 1,
-             progress: bool = True) -> tuple[dict[str, float], list[float]]:
-    """Held-out metrics (pass@1 with a task-level 95% interval, pass@k, maj@k, rollout metrics);
-    and the per-task success rates in task order, for a paired comparison on the same tasks."""
-    trajs = run_tasks(pool, tasks, samples_per_task, desc=f"eval {label}", progress=progress)
-    metrics = rollout_metrics(trajs, prefix=f"eval_{label}")
-    summary, per_task = heldout_metrics(trajs, samples_per_task, prefix=f"eval_{label}")
-    metrics.update(summary)
-    logger.info("held-out success %s: %.3f +- %.3f (%d tasks x %d samples)", label,
-                metrics[f"eval_{label}/pass@1"], metrics[f"eval_{label}/ci95"], len(tasks), samples_per_task)
-    return metrics, [t.pass_at_1 for t in per_task]

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from configs.schema import EnvConfig, GenerationConfig
 from envs.chat import ChatCodec
 from envs.core import Environment, Message, reward_reason
 from envs.dataset import Task
@@ -46,17 +47,6 @@ class TurnPolicy(Protocol):
 
 
 @dataclass
-class EpisodeLimits:
-    max_turns: int = 6
-    max_new_tokens: int = 96
-    max_model_len: int = 768
-    timeout_s: float = 120.0
-    # A turn cut at max_new_tokens ends the episode unscored (False), or its text goes to the
-    # environment like any other turn (True; the trajectory still counts as truncated).
-    score_truncated_turns: bool = False
-
-
-@dataclass
 class _EpisodeState:
     tokens: list[int] = field(default_factory=list)
     mask: list[int] = field(default_factory=list)
@@ -79,13 +69,20 @@ class _EpisodeState:
         self.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
 
 
-async def run_episode(env: Environment, task: Task, group_id: str, policy: TurnPolicy,
-                      codec: ChatCodec, limits: EpisodeLimits) -> Trajectory:
-    """Run one episode to its end and return the trajectory; never raises for episode failures."""
+async def run_episode(env: Environment, task: Task, group_id: str, policy: TurnPolicy, codec: ChatCodec,
+                      env_cfg: EnvConfig, generation: GenerationConfig) -> Trajectory:
+    """Run one episode to its end and return the trajectory; never raises for episode failures.
+
+    Limits: `env_cfg.max_turns`, `env_cfg.episode_timeout_s`, `env_cfg.score_truncated_turns` (a
+    turn cut at `generation.max_new_tokens` ends the episode unscored when false, or its text goes
+    to the environment like any turn when true; either way the trajectory counts as truncated) and
+    `generation.max_new_tokens` / `generation.max_model_len` (per turn / whole episode).
+    """
     state = _EpisodeState()
     started = time.monotonic()
     try:
-        await asyncio.wait_for(_play(env, policy, codec, limits, state), timeout=limits.timeout_s)
+        await asyncio.wait_for(_play(env, policy, codec, env_cfg, generation, state),
+                               timeout=env_cfg.episode_timeout_s)
     except asyncio.TimeoutError:
         state.finish, state.reason, state.truncated = "timeout", "timeout", True
         state.reward = 0.0
@@ -105,22 +102,22 @@ async def run_episode(env: Environment, task: Task, group_id: str, policy: TurnP
         messages=[m.to_chat() for m in state.history])
 
 
-async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, limits: EpisodeLimits,
-                state: _EpisodeState) -> None:
+async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, env_cfg: EnvConfig,
+                generation: GenerationConfig, state: _EpisodeState) -> None:
     clock = time.monotonic()
     observations, tools = await env.reset()
     state.env_s += time.monotonic() - clock
     codec = codec.with_tools(tools)
     state.history = list(observations)
     state.extend(codec.prompt_tokens(observations), generated=False)
-    while state.turns < limits.max_turns:
-        room = limits.max_model_len - len(state.tokens)
+    while state.turns < env_cfg.max_turns:
+        room = generation.max_model_len - len(state.tokens)
         if room <= 0:
             state.finish, state.reason, state.truncated = "length", "context_exhausted", True
             return
         clock = time.monotonic()
         turn = await policy.act(TurnContext(state.tokens, state.history, env,
-                                            min(limits.max_new_tokens, room)))
+                                            min(generation.max_new_tokens, room)))
         state.generation_s += time.monotonic() - clock
         state.turns += 1
         state.versions.append(turn.policy_version)
@@ -129,7 +126,7 @@ async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, limits: 
         state.extend(turn.token_ids, generated=True, logprobs=turn.logprobs)
         if turn.finish_reason == "length":
             state.truncated = True
-            if not limits.score_truncated_turns:
+            if not env_cfg.score_truncated_turns:
                 # The turn never closed: what it would have said is unknown, so the episode ends here.
                 state.finish, state.reason = "length", "truncated_length"
                 return

@@ -13,13 +13,19 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import RayActorError
 
+from actors.calls import alive, wait_all
 from actors.router import GenerationRouter
+from configs.schema import RolloutConfig
 from envs.dataset import Task
 from envs.registry import Solver
-from envs.worker import EnvWorker, EnvWorkerSettings
+from rollout.env_worker import EnvWorker, EnvWorkerSpec
 from rollout.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
+
+# Share of `rollout.env_worker_resource` each env worker takes (as cluster/placement.py reserves it):
+# a node advertising 1 unit hosts up to 1000 workers, so the resource pins without limiting.
+ENV_WORKER_RESOURCE_UNITS = 0.001
 
 
 @dataclass
@@ -34,28 +40,37 @@ class GroupJob:
 
 
 class EnvWorkerPool:
-    def __init__(self, num_workers: int, settings: EnvWorkerSettings, router: GenerationRouter | None,
-                 num_cpus: float = 0.25, resources: dict[str, float] | None = None,
+    """`rollout.num_env_workers` EnvWorker actors, each with `rollout.cpus_per_env_worker` CPUs
+    (and `ENV_WORKER_RESOURCE_UNITS` of `rollout.env_worker_resource` when set), all built from
+    `spec`. `router` may be None until the generation workers exist (`set_router`); until then only
+    scripted-solver groups can run."""
+
+    def __init__(self, spec: EnvWorkerSpec, rollout: RolloutConfig, router: GenerationRouter | None = None,
                  max_attempts: int = 3):
-        self.settings = settings
+        self.spec = spec
         self.router = router
         self.max_attempts = max_attempts
+        pin = rollout.env_worker_resource  # e.g. keep env workers on CPU-only nodes
         self._actor_cls = ray.remote(EnvWorker).options(
-            num_cpus=num_cpus, resources=resources or {}, max_concurrency=1000)
-        self.workers = [self._spawn() for _ in range(num_workers)]
+            num_cpus=rollout.cpus_per_env_worker,
+            resources={pin: ENV_WORKER_RESOURCE_UNITS} if pin else {}, max_concurrency=1000)
+        self.workers = [self._spawn() for _ in range(rollout.num_env_workers)]
         self.jobs: dict[ray.ObjectRef, GroupJob] = {}
         self.replaced_workers = 0
         self.rerun_groups = 0
 
     def _spawn(self):
-        return self._actor_cls.remote(self.settings, self.router)
+        return self._actor_cls.remote(self.spec, self.router)
 
     def wait_ready(self, timeout_s: float = 600.0) -> None:
+        """Every worker answers a ping; TimeoutError names the ones that did not (too few CPUs in
+        the cluster for rollout.num_env_workers x cpus_per_env_worker?)."""
         try:
-            ray.get([w.ping.remote() for w in self.workers], timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise TimeoutError(f"env workers not ready after {timeout_s:.0f}s "
-                               "(not enough CPUs in the cluster for rollout.num_env_workers?)") from None
+            wait_all({f"env worker {i}": w.ping.remote() for i, w in enumerate(self.workers)}, timeout_s,
+                     "env worker start-up")
+        except TimeoutError as err:
+            raise TimeoutError(f"{err}\n  (does the cluster have the CPUs for rollout.num_env_workers x "
+                               "rollout.cpus_per_env_worker?)") from None
 
     def _least_loaded(self) -> int:
         load = [0] * len(self.workers)
@@ -91,7 +106,7 @@ class EnvWorkerPool:
 
     def _recover(self, job: GroupJob, err: Exception) -> None:
         """Replace the dead worker (once) and re-run the group, up to `max_attempts` times."""
-        if not _alive(self.workers[job.worker_index]):
+        if not alive(self.workers[job.worker_index]):
             self._replace(job.worker_index, err)
         if job.attempts >= self.max_attempts:
             raise RuntimeError(f"group {job.group_id} failed {job.attempts} times; last error: {err}")
@@ -122,10 +137,3 @@ class EnvWorkerPool:
             ray.kill(w)
         self.workers, self.jobs = [], {}
 
-
-def _alive(actor) -> bool:
-    try:
-        ray.get(actor.ping.remote(), timeout=10)
-        return True
-    except Exception:  # noqa: BLE001 - any failure to answer means the actor is gone
-        return False
