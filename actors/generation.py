@@ -38,17 +38,25 @@ from typing import Any, get_args
 import ray
 
 from actors import vllm_plugin
-from actors.generation_control import (EngineGate, UpdateState, check_bucket,
-                                       check_full_manifest)
-from actors.types import (CPU_KV_BLOCK_SIZE, EngineSpec, GenerationOutput, PauseMode, SamplingSpec,
-                          WorkerUnhealthyError)
+from actors.generation_control import (
+    EngineGate,
+    UpdateState,
+    check_bucket,
+    check_full_manifest,
+)
+from actors.types import (
+    CPU_KV_BLOCK_SIZE,
+    EngineSpec,
+    GenerationOutput,
+    PauseMode,
+    SamplingSpec,
+)
 from actors.weight_sync.spec import read_weight_spec
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 EXTENSION = "actors.vllm_extension.LabrlWorkerExtension"
-__all__ = ["EXTENSION", "GenerationWorker", "WorkerUnhealthyError"]
 
 
 class GenerationWorker:
@@ -260,11 +268,6 @@ class GenerationWorker:
             logger.debug("%s: request %s aborted by a weight update; resubmitting", self.name, request_id)
 
     # ---- pausing and weight updates -----------------------------------------------------------
-    async def pause(self, timeout_s: float = 300.0) -> float:
-        """Stop admitting requests, drain (or abort) in-flight ones, clear the KV/prefix cache."""
-        await self.ready()
-        return await self.gate.pause(self.engine, timeout_s)
-
     async def _reopen(self, weights_changed: bool) -> float:
         """Admit requests again; with new weights, stale KV goes first: cached prefixes always,
         and in pause_mode "recompute" the running requests' KV too (they are preempted and
@@ -279,17 +282,16 @@ class GenerationWorker:
                 self.update.mark_unhealthy(f"could not clear the prefix cache after a reload: {err}")
         return await self.gate.resume(self.engine)
 
-    async def resume(self) -> float:
-        """Admit requests again; returns how long generation was paused (0 while asleep: only
-        `wake_up` resumes a sleeping engine)."""
-        return await self._reopen(weights_changed=False)
-
     async def _pause_for_update(self, timeout_s: float) -> float:
-        """A sleeping engine is already paused and drained; its weights must be awake to load."""
+        """Stop admitting requests and drain, abort or hold the admitted ones (pause mode); returns
+        the drain time. A sleeping engine is already paused; its weights must be awake to load."""
         if "weights" in self.asleep:
             raise RuntimeError(f"{self.name}: its weights are asleep; call wake_up(['weights']) before a "
                                f"weight update (still serving version {self.version})")
-        return 0.0 if self.asleep else await self.pause(timeout_s)
+        if self.asleep:
+            return 0.0
+        await self.ready()
+        return await self.gate.pause(self.engine, timeout_s)
 
     async def connect_transport(self, transport: str, setup: Any, timeout_s: float = 300.0,
                                 touches_weights: bool = False) -> list[Any]:
@@ -297,15 +299,13 @@ class GenerationWorker:
         group; shm_inplace: move the weights into shared memory); one result per process.
         `touches_weights`: generation pauses around it and a failure marks the worker unhealthy."""
         await self.ready()
-        phase = f"{transport} connect"
+        args = (self.engine, "labrl_connect", (transport, setup), timeout_s, f"{transport} connect")
         if not touches_weights:
-            return await self.update.run(self.engine, "labrl_connect", (transport, setup), timeout_s, phase,
-                                         fatal=False)
+            return await self.update.run(*args, fatal=False)
         async with self._update_lock:
             await self._pause_for_update(timeout_s)
             try:
-                return await self.update.run(self.engine, "labrl_connect", (transport, setup), timeout_s, phase,
-                                             fatal=True)
+                return await self.update.run(*args, fatal=True)
             finally:
                 await self._reopen(weights_changed=False)
 
@@ -351,7 +351,6 @@ class GenerationWorker:
         async with self._update_lock:
             self.update.check_can_update(self.version, version)
             check_full_manifest(self.name, payload["entries"], self.weight_spec, self.optional)
-            await self.ready()
             drain_s = await self._pause_for_update(left())
             t0 = time.perf_counter()
             try:
@@ -392,7 +391,7 @@ class GenerationWorker:
             try:
                 await self.update.run(self.engine, "labrl_finish", (self.update.transport,), 60.0, "abort update",
                                       fatal=True)
-            except Exception:  # noqa: BLE001 - already failing; the unhealthy mark below matters
+            except Exception:
                 logger.exception("%s: finalize during abort failed", self.name)
             self.update.close()
             self.update.mark_unhealthy(f"update aborted mid-stream: {reason}")

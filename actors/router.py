@@ -6,8 +6,8 @@ env worker balances its own requests, which approximates global balance when eve
 many episodes, without a central router actor on the hot path.
 
 A worker that died (Ray actor error) or refuses work because a failed reload left it unhealthy is
-reported (logged at WARNING, listed by `failures()`), skipped from then on, and the request is
-retried on another worker. `set_workers` installs replacements (the launcher's job).
+reported (logged at WARNING, and named when no worker is left), skipped from then on, and the
+request is retried on another worker. Replacements come with a new router (`set_workers`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from typing import Any
 
 import ray
 
-from actors.types import WorkerUnhealthyError
-from actors.types import GenerationOutput, SamplingSpec
+from actors.types import GenerationOutput, SamplingSpec, WorkerUnhealthyError
 
 logger = logging.getLogger(__name__)
 
@@ -75,17 +74,6 @@ class GenerationRouter:
         self._workers = list(handles)
         self._excluded = set()
         self._outstanding = {self._key(h): self._outstanding.get(self._key(h), 0) for h in self._workers}
-
-    @property
-    def workers(self) -> list[Any]:
-        return list(self._workers)
-
-    def failures(self) -> list[WorkerFailure]:
-        """Workers this router gave up on, with the error that made it do so."""
-        return list(self._failures)
-
-    def outstanding(self) -> dict[str, int]:
-        return dict(self._outstanding)
 
     def _pick(self) -> Any | None:
         live = [h for h in self._workers if self._key(h) not in self._excluded]

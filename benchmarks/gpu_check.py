@@ -13,7 +13,7 @@ wheels exceed what can be carried there), so it drives the real classes directly
    losses must agree.
 2. CUDA IPC weight sync data plane: a sender packs the policy into buckets in one reused GPU
    buffer (`pack_buckets`), passes each bucket's IPC handle to a receiver process, which opens it
-   with `worker_open_bucket` (the function the vLLM worker uses) and copies the tensors into its
+   with `open_bucket` (what the vLLM worker's CudaIpcReceiver uses) and copies the tensors into its
    own model. Reported: GB/s against the device-to-device copy floor; for the 0.5B model, logprobs
    of the receiver against the sender after the sync (and that they differed before it).
 
@@ -67,6 +67,7 @@ def save_model(shape: str, out_dir: Path) -> str:
 def trainer_stage(model_path: str, stage: int, samples: int, steps: int, checkpoint: bool,
                   gpus_per_rank: float = 1.0) -> dict[str, Any]:
     """One ZeRO stage on one GPU (runs in its own process: DeepSpeed state is per process)."""
+    from trainers.settings import TrainerSettings
     from transformers import AutoConfig
 
     from benchmarks.trainer import make_batch
@@ -74,7 +75,6 @@ def trainer_stage(model_path: str, stage: int, samples: int, steps: int, checkpo
     from trainers.grpo.losses import PolicyLossConfig
     from trainers.metrics import merge_states
     from trainers.policy_trainer import PolicyTrainerRank, _free_port
-    from trainers.settings import TrainerSettings
 
     settings = TrainerSettings(model_path=model_path, gpus_per_rank=gpus_per_rank, zero_stage=stage, lr=1e-6,
                                micro_batch_tokens=16384, gradient_checkpointing=True)
@@ -134,7 +134,7 @@ def run_trainer_stages(model_path: str, stages: list[int], samples: int, steps: 
 @torch.no_grad()
 def _receiver(shape: str, model_path: str | None, inbox: Any, outbox: Any) -> None:
     """Receiver process: open each bucket like the vLLM worker does, copy into its own weights."""
-    from actors.weight_sync.cuda_ipc import worker_open_bucket
+    from actors.weight_sync.cuda_ipc import open_bucket
 
     device = torch.device("cuda", 0)
     params, model = _load_params(shape, model_path)
@@ -143,7 +143,7 @@ def _receiver(shape: str, model_path: str | None, inbox: Any, outbox: Any) -> No
         if msg == "logprobs":
             outbox.put(_logprobs(model))
             continue
-        for name, tensor in worker_open_bucket(pickle.loads(msg), device):
+        for name, tensor in open_bucket(pickle.loads(msg), device):
             params[name].copy_(tensor)
         torch.cuda.synchronize()
         outbox.put("ok")
@@ -197,7 +197,7 @@ def _answer(outbox: Any, child: Any, timeout_s: float = 120.0) -> Any:
 
 def ipc_sync(shape: str, model_path: str | None, bucket_mb: int, floor_gb_s: float) -> dict[str, Any]:
     """Sync sender -> receiver process over CUDA IPC; time it; check the receiver's logprobs."""
-    from actors.weight_sync.buckets import entries_to_wire, pack_buckets
+    from actors.weight_sync.buckets import pack_buckets
     from actors.weight_sync.cuda_ipc import device_uuid, ipc_bucket
 
     ctx = mp.get_context("spawn")
@@ -225,7 +225,7 @@ def ipc_sync(shape: str, model_path: str | None, bucket_mb: int, floor_gb_s: flo
     def ship(index: int, buf: Any, entries: list) -> None:  # what CudaIpcSender._ship sends
         used = entries[-1].offset + entries[-1].nbytes
         torch.cuda.synchronize()
-        inbox.put(pickle.dumps(ipc_bucket(buf[:used], uuid, entries_to_wire(entries))))
+        inbox.put(pickle.dumps(ipc_bucket(buf[:used], uuid, entries)))
         if _answer(outbox, child) != "ok":
             raise RuntimeError(f"receiver failed on bucket {index}")
 
@@ -252,7 +252,7 @@ def _table(rows: list[dict[str, Any]], keys: list[str]) -> str:
     lines = [" ".join(f"{k:>14}" for k in keys)]
     for r in rows:
         lines.append(" ".join(f"{r.get(k, float('nan')):>14.4g}" if isinstance(r.get(k), float)
-                              else f"{str(r.get(k, '-')):>14}" for k in keys))
+                              else f"{r.get(k, '-')!s:>14}" for k in keys))
     return "\n".join(lines)
 
 
@@ -260,7 +260,7 @@ def _guarded(check: Any, *args: Any) -> dict[str, Any]:
     """Run one check; a failure becomes a row with its error, so the other checks still run."""
     try:
         return check(*args)
-    except Exception as err:  # noqa: BLE001 - reported in the output, not swallowed
+    except Exception as err:
         logger.exception("%s%s failed", check.__name__, args[:1])
         return {"check": check.__name__, "args": repr(args[:2]), "error": f"{type(err).__name__}: {err}"}
 

@@ -60,18 +60,19 @@ def make_batch(n: int, min_len: int, max_len: int, vocab: int, seed: int = 0) ->
 def bench_layout(model_path: str, stage: int, ranks: int, samples: list[Any], steps: int,
                  warmup: int, micro_batch_tokens: int, cpus_per_rank: float,
                  gpus_per_rank: float) -> dict[str, Any]:
-    from trainers.grpo.losses import PolicyLossConfig
+    from configs.schema import GRPOConfig, TrainerConfig
     from trainers.group import PolicyTrainerGroup
-    from trainers.settings import TrainerSettings
+    from trainers.spec import TrainerSpec
 
     t0 = time.perf_counter()
-    group = PolicyTrainerGroup(TrainerSettings(
-        model_path=model_path, num_ranks=ranks, zero_stage=stage, lr=1e-6,
-        micro_batch_tokens=micro_batch_tokens, cpus_per_rank=cpus_per_rank,
-        gpus_per_rank=gpus_per_rank, log_entropy=False), name=f"bench_z{stage}_r{ranks}")
+    trainer = TrainerConfig(num_ranks=ranks, zero_stage=stage, lr=1e-6,
+                            micro_batch_tokens=micro_batch_tokens, cpus_per_rank=cpus_per_rank,
+                            gpus_per_rank=gpus_per_rank, log_entropy=False)
+    group = PolicyTrainerGroup(TrainerSpec(model_path, trainer), name=f"bench_z{stage}_r{ranks}")
     setup_s = time.perf_counter() - t0
     try:
-        cfg = PolicyLossConfig()
+        # The numbers in benchmarks/README.md were taken with this loss: symmetric clip, no IS.
+        cfg = GRPOConfig(clip_high=0.2, importance_sampling="none")
         rates, peaks, step_s = [], [], []
         for k in range(warmup + steps):
             m = group.train_step(samples, cfg)

@@ -30,11 +30,12 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from actors.generation import GenerationWorker  # noqa: E402
-from actors.types import EngineConfig, SamplingSpec  # noqa: E402
-from actors.weight_sync import make_sender  # noqa: E402
+from actors.generation import GenerationWorker
+from actors.types import EngineSpec, SamplingSpec
+from actors.weight_sync import make_sender
+from benchmarks.common import emit, setup_logging
+from configs.schema import GenerationConfig
 from monitor.text_table import format_table
-from benchmarks.common import emit, setup_logging  # noqa: E402
 
 logger = logging.getLogger("benchmarks.weight_sync")
 
@@ -89,18 +90,18 @@ def run_size(size: str, repeats: int, bucket_mb: int, kv_gb: float, gen: bool, d
     try:
         n_params = build_model(size, workdir)
         t = time.perf_counter()
-        worker = GenerationWorker.as_actor(EngineConfig(model_path=str(workdir), max_model_len=128, kv_cache_gb=kv_gb),
-                                           name=f"bench-{size}", cpu_direct_reload=direct)
+        spec = EngineSpec(str(workdir), GenerationConfig(max_model_len=128, kv_cache_gb=kv_gb))
+        worker = GenerationWorker.as_actor(spec, name=f"bench-{size}", cpu_direct_reload=direct)
         ray.get(worker.ready.remote(), timeout=900)
         startup_s = time.perf_counter() - t
         info = ray.get(worker.describe.remote())
         result = {"size": size, "mode": "direct" if direct else "layerwise", "params": n_params, "startup_s": round(startup_s, 1),
                   "engine_build_s": round(info["startup_s"], 1)}
         if gen:
-            spec = SamplingSpec(max_tokens=64)
-            ray.get([worker.generate.remote([1, 2, 3, 4], spec) for _ in range(8)])
+            sampling = SamplingSpec(max_tokens=64)
+            ray.get([worker.generate.remote([1, 2, 3, 4], sampling) for _ in range(8)])
             t = time.perf_counter()
-            outs = ray.get([worker.generate.remote([1, 2, 3, 4 + i], spec) for i in range(64)])
+            outs = ray.get([worker.generate.remote([1, 2, 3, 4 + i], sampling) for i in range(64)])
             result["gen_tokens_per_s"] = round(sum(len(o.token_ids) for o in outs) / (time.perf_counter() - t))
         model = Qwen2ForCausalLM.from_pretrained(workdir, dtype=torch.float32).eval()
         rows, version = [], 0
@@ -117,11 +118,12 @@ def run_size(size: str, repeats: int, bucket_mb: int, kv_gb: float, gen: bool, d
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def measure(sender, worker, model, version: int, repeats: int) -> dict:
-    """`repeats` syncs of perturbed weights, each against the memcpy floor measured just before it."""
+def measure(sender, worker, model, first_version: int, repeats: int) -> dict:
+    """`repeats` syncs of perturbed weights (versions after `first_version`), each against the
+    memcpy floor measured just before it."""
     memcpy = Memcpy()
     stats, floors = [], []
-    for version in range(version + 1, version + repeats + 1):
+    for version in range(first_version + 1, first_version + repeats + 1):
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(1.001)

@@ -33,7 +33,7 @@ Use (`launch/components.py`):
     placement = build_placement(cfg)
     workers = [GenerationWorker.as_actor(engine, name=f"gen{i}", **placement.generation_options(i))
                for i in range(cfg.generation.num_workers)]
-    trainer = PolicyTrainerGroup(settings, placement_group=placement.trainer_pg,
+    trainer = PolicyTrainerGroup(spec, placement_group=placement.trainer_pg,
                                  bundle_offset=placement.trainer_bundle_offset)
     ...
     placement.remove()   # at shutdown (also released automatically when the driver exits)

@@ -189,8 +189,8 @@ class TrainerConfig(Section):
         None, description="Attention kernel of the trained model; null: transformers' default.")
     lr: float = Field(3e-4, gt=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
-        "constant", description="Shape after the warmup; linear/cosine decay to min_lr_ratio * lr at "
-                                "grpo.num_steps optimizer steps.")
+        "constant", description="Shape after the warmup; linear/cosine decay to min_lr_ratio * lr by the run's "
+                                "last optimizer step (grpo.num_steps x ppo_epochs x num_mini_batches).")
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay, on matrices only.")
@@ -249,7 +249,7 @@ class SyncConfig(Section):
 
     transport: str = Field("shm", description="A name in actors/weight_sync's transport registry; whether it "
                                               "fits the placement is checked before Ray starts.")
-    bucket_mb: int = Field(64, gt=0)
+    bucket_mb: float = Field(64, gt=0, description="Bucket size of the streaming transports (MiB).")
     timeout_s: float = Field(120.0, gt=0)
     pause_mode: Literal["wait", "abort", "keep", "recompute"] = Field(
         "wait", description="What a sync does to requests running on an engine (actors/generation.py). "

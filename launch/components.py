@@ -23,7 +23,7 @@ from rollout.pool import EnvWorkerPool
 from rollout.trajectory import Trajectory
 from trainers.batching import TrainSample
 from trainers.group import PolicyTrainerGroup
-from trainers.settings import TrainerSpec
+from trainers.spec import TrainerSpec
 
 
 def prepare_model(cfg: LabrlConfig, run_dir: Path) -> str:

@@ -28,6 +28,7 @@ from configs.schema import GRPOConfig
 from envs.dataset import Task
 from rollout.pool import EnvWorkerPool
 from rollout.buffer import RolloutBuffer
+from rollout.play import collect_until
 from rollout.shaping import filter_zero_variance_groups
 from rollout.trajectory import Trajectory
 from trainers.batching import TrainSample
@@ -133,14 +134,10 @@ class GRPOPipeline:
             self.submitted_batches += 1
 
     def _collect(self, batch_index: int, num_groups: int) -> None:
-        deadline = time.monotonic() + self.grpo.collect_timeout_s
-        while self.buffer.num_groups(batch_index) < num_groups:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"batch {batch_index}: only {self.buffer.num_groups(batch_index)}/"
-                                   f"{num_groups} groups after {self.grpo.collect_timeout_s:.0f}s "
-                                   "(env workers or generation workers hung?)")
-            for job, trajs in self.pool.collect(timeout_s=1.0, num_returns=1):
-                self.buffer.add_group(job.tags["batch_index"], trajs)
+        collect_until(self.pool, lambda: num_groups - self.buffer.num_groups(batch_index),
+                      lambda job, trajs: self.buffer.add_group(job.tags["batch_index"], trajs),
+                      self.grpo.collect_timeout_s,
+                      lambda: f"batch {batch_index}: only {self.buffer.num_groups(batch_index)}/{num_groups} groups")
 
     def step(self, step: int) -> StepReport:
         t0 = time.monotonic()

@@ -1,7 +1,7 @@
 """Behaviour cloning: supervised fine-tuning on reference-solver demonstrations before RL.
 
 Demonstrations are trajectories produced by the environment's own solver through the same agent
-loop as RL (the launcher turns them into `SFTSample`s), so the loss mask already covers exactly the
+loop as RL (the launcher turns them into `TrainSample`s), so the loss mask already covers exactly the
 assistant tokens. This warm start gives GRPO a policy that succeeds sometimes; from zero success a
 group-normalised advantage is all zeros.
 """
@@ -12,7 +12,6 @@ import logging
 import random
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,23 +19,11 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 from configs.schema import SFTConfig
+from trainers.batching import TrainSample
 
 logger = logging.getLogger(__name__)
 
 WARMUP_STEPS = 10  # linear warmup of the SFT learning rate, then a linear decay to 5%
-
-
-@dataclass(frozen=True)
-class SFTSample:
-    """One demonstration: its tokens and which of them to learn (1: assistant-generated)."""
-
-    token_ids: list[int]
-    loss_mask: list[int]
-
-    def __post_init__(self) -> None:
-        if not self.token_ids or len(self.loss_mask) != len(self.token_ids):
-            raise ValueError(f"SFTSample: {len(self.token_ids)} token ids and {len(self.loss_mask)} "
-                             "loss-mask entries (need the same, non-zero count)")
 
 
 def pad_batch(seqs: list[list[int]], masks: list[list[int]], pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -59,11 +46,13 @@ def masked_nll(model, ids: torch.Tensor, loss_mask: torch.Tensor, attention: tor
     return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
-def train_sft(policy_dir: str, out_dir: str | Path, samples: Sequence[SFTSample], sft: SFTConfig,
+def train_sft(policy_dir: str, out_dir: str | Path, samples: Sequence[TrainSample], sft: SFTConfig,
               seed: int, pad_token_id: int, progress_bar: bool = True) -> dict[str, float]:
     """Fine-tune `policy_dir` on `samples` for `sft.steps` AdamW steps (`sft.batch_size` samples
     drawn per step, peak lr `sft.lr`); save the result (weights + tokenizer files) to `out_dir`.
-    `sft.enabled`, `num_demos` and `novice_fraction` are the caller's business (which demos)."""
+
+    Only `token_ids` and `loss_mask` (1: learn this token) of each sample are read. `sft.enabled`,
+    `num_demos` and `novice_fraction` are the caller's business (which demos)."""
     pool = list(samples)
     if not pool:
         raise ValueError("SFT needs at least one demonstration")
@@ -88,8 +77,9 @@ def train_sft(policy_dir: str, out_dir: str | Path, samples: Sequence[SFTSample]
         losses.append(loss.item())
     _save_like(model, policy_dir, out_dir)
     tail = losses[-10:] or [float("nan")]
-    logger.info("SFT: %d steps on %d demos, final loss %.4f", sft.steps, len(samples), sum(tail) / len(tail))
-    return {"sft/final_loss": sum(tail) / len(tail), "sft/num_demos": float(len(samples))}
+    final = sum(tail) / len(tail)
+    logger.info("SFT: %d steps on %d demos, final loss %.4f", sft.steps, len(pool), final)
+    return {"sft/final_loss": final, "sft/num_demos": float(len(pool))}
 
 
 def _save_like(model, source_dir: str, out_dir: str | Path) -> None:

@@ -43,9 +43,11 @@ class TrainerSpec:
     total_steps: int | None = None
 
     @classmethod
-    def from_config(cls, cfg: LabrlConfig, model_path: str) -> "TrainerSpec":
+    def from_config(cls, cfg: LabrlConfig, model_path: str) -> TrainerSpec:
+        # The lr schedule counts optimizer steps: num_mini_batches per pass, ppo_epochs passes a step.
+        updates_per_step = cfg.grpo.ppo_epochs * cfg.grpo.num_mini_batches
         return cls(model_path=model_path, trainer=cfg.trainer, seed=cfg.seed,
-                   temperature=cfg.generation.temperature, total_steps=cfg.grpo.num_steps)
+                   temperature=cfg.generation.temperature, total_steps=cfg.grpo.num_steps * updates_per_step)
 
     @property
     def torch_dtype(self) -> torch.dtype:

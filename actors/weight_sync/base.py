@@ -64,7 +64,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 def dtype_from_name(name: str) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype name {name!r}")
+        raise ValueError(f"unknown dtype name {name!r}")  # noqa: TRY004 - a bad name, not a bad type
     return dtype
 
 

@@ -56,7 +56,9 @@ def _join(info: dict[str, Any], rank: int, device: torch.device) -> Any:
     address, port, world = info["master_address"], int(info["master_port"]), int(info["world_size"])
     if info["backend"] == "gloo":
         return GlooGroup(address, port, rank, world, float(info["timeout_s"]))
-    from vllm.distributed.weight_transfer.nccl_common import stateless_init_process_group
+    from vllm.distributed.weight_transfer.nccl_common import (
+        stateless_init_process_group,
+    )
 
     return stateless_init_process_group(address, port, rank, world, device)
 

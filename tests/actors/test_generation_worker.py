@@ -6,6 +6,7 @@ order and the last one kills the worker.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -13,8 +14,10 @@ import ray
 import torch
 
 from actors.generation import GenerationWorker
-from actors.types import EngineConfig, SamplingSpec
+from actors.types import EngineSpec, SamplingSpec
 from actors.weight_sync import WeightSyncError, make_sender
+from actors.weight_sync.buckets import BucketEntry
+from configs.schema import GenerationConfig
 
 MAX_MODEL_LEN = 256
 TIMEOUT = 120
@@ -22,14 +25,12 @@ TIMEOUT = 120
 
 @pytest.fixture(scope="module")
 def worker(ray_local, tiny_model_dir):
-    handle = GenerationWorker.as_actor(EngineConfig(model_path=tiny_model_dir, max_model_len=MAX_MODEL_LEN,
-                                                    kv_cache_gb=1.0), name="test-gen-0")
+    spec = EngineSpec(tiny_model_dir, GenerationConfig(max_model_len=MAX_MODEL_LEN, kv_cache_gb=1.0))
+    handle = GenerationWorker.as_actor(spec, name="test-gen-0")
     assert ray.get(handle.ready.remote(), timeout=600) == 0
     yield handle
-    try:
+    with contextlib.suppress(Exception):  # the last test kills it
         ray.get(handle.shutdown.remote(), timeout=60)
-    except Exception:  # noqa: BLE001 - the last test kills it
-        pass
     ray.kill(handle)
 
 
@@ -89,7 +90,7 @@ def sample_ids(tokenizer, text="<|im_start|>user\nBalance H2 + O2 -> H2O<|im_end
 
 def test_concurrent_generate_batches(worker, tokenizer):
     prompt = sample_ids(tokenizer)
-    spec = lambda n: SamplingSpec(max_tokens=n, temperature=1.0, seed=n)  # noqa: E731
+    spec = lambda n: SamplingSpec(max_tokens=n, temperature=1.0, seed=n)
     t0 = time.perf_counter()
     single = ray.get(worker.generate.remote(prompt, spec(32)), timeout=TIMEOUT)
     single_s = time.perf_counter() - t0
@@ -214,16 +215,19 @@ def test_failed_sync_keeps_old_version(worker, sender, hf_model, tokenizer):
     with pytest.raises(WeightSyncError, match="unknown parameter"):
         sender.send([("model.bogus.weight", torch.zeros(3))] + list(params.items()), version=4)
     # the worker's own check, should a sender skip validation
-    bad = {"segments": [], "entries": [[0, "model.norm.weight", [7], "float32", 0, 28]]}
+    bad = {"segments": [], "entries": [BucketEntry("model.norm.weight", [7], "float32", 0, 28)]}
     with pytest.raises(ValueError, match="test-gen-0 refused the weight update"):
-        ray.get(worker.update_weights.remote("shm", bad, 4), timeout=TIMEOUT)
+        ray.get(worker.apply_update.remote("shm", bad, TIMEOUT, 4), timeout=TIMEOUT)
     # a manifest the worker cannot map (segment gone) is refused before any weight is touched
     info = ray.get(worker.describe.remote())
-    entries = [[0, n, list(shape), dt, 0, 4 * int(torch.tensor(shape).prod())]
+    entries = [BucketEntry(n, list(shape), dt, 0, 4 * int(torch.tensor(shape).prod()))
                for n, (shape, dt) in info["weight_spec"].items()]
     gone = {"segments": [{"path": "/dev/shm/labrl-ws-does-not-exist", "nbytes": 64}], "entries": entries}
     with pytest.raises(RuntimeError, match="refused the weight update.*FileNotFoundError"):
-        ray.get(worker.update_weights.remote("shm", gone, 4), timeout=TIMEOUT)
+        ray.get(worker.apply_update.remote("shm", gone, TIMEOUT, 4), timeout=TIMEOUT)
+    # a bucket outside begin_update is refused (nothing open), and the worker stays healthy
+    with pytest.raises(RuntimeError, match="apply_update called without begin_update"):
+        ray.get(worker.apply_update.remote("gloo", {"entries": [], "nbytes": 0}, TIMEOUT), timeout=TIMEOUT)
     assert ray.get(worker.policy_version.remote()) == 3
     assert ray.get(worker.health.remote())["healthy"]
     assert ray.get(worker.prompt_logprobs.remote(ids), timeout=TIMEOUT) == served

@@ -46,13 +46,14 @@ class TrainerStub:
 
 
 @contextlib.contextmanager
-def _gpu_worker(tiny_model_dir: str, num_gpus: float, name: str, **engine: object) -> Iterator[object]:
+def _gpu_worker(tiny_model_dir: str, num_gpus: float, name: str, **generation: object) -> Iterator[object]:
     from actors.generation import GenerationWorker
-    from actors.types import EngineConfig
+    from actors.types import EngineSpec
+    from configs.schema import GenerationConfig
 
-    worker = GenerationWorker.as_actor(EngineConfig(model_path=tiny_model_dir, max_model_len=256,
-                                                    gpu_memory_utilization=0.3, **engine),
-                                       num_gpus=num_gpus, name=name)
+    spec = EngineSpec(tiny_model_dir, GenerationConfig(max_model_len=256, gpu_memory_utilization=0.3,
+                                                       gpus_per_worker=num_gpus, **generation))
+    worker = GenerationWorker.as_actor(spec, num_gpus=num_gpus, name=name)
     try:
         ray.get(worker.ready.remote(), timeout=600)
         yield worker
@@ -88,7 +89,7 @@ def test_cuda_ipc_colocated_sync_matches_hf(ray_local, tiny_model_dir):
 def test_colocated_sleep_frees_gpu_memory_and_sync_refills(ray_local, tiny_model_dir, level):
     """The colocated step on one GPU: sleep frees the engine's memory (KV cache, and the weights),
     the weights wake, a cuda_ipc sync loads the trainer's, the KV cache wakes, logprobs match."""
-    with _gpu_worker(tiny_model_dir, 0.4, f"gpu-sleep-{level}", enable_sleep_mode=True) as worker:
+    with _gpu_worker(tiny_model_dir, 0.4, f"gpu-sleep-{level}", sleep_level=level) as worker:
         trainer = TrainerStub.options(num_gpus=0.4).remote(tiny_model_dir, "cuda_ipc", [worker])
         slept = ray.get(worker.sleep.remote(level), timeout=300)
         assert slept["freed_gb"] > 1.0, slept  # 0.3 of the GPU was reserved, mostly KV cache

@@ -15,11 +15,11 @@ import pytest
 import ray
 
 from actors.generation import GenerationWorker
-from actors.types import EngineConfig
+from actors.types import EngineSpec
+from configs.schema import GenerationConfig, GRPOConfig, SyncConfig, TrainerConfig
 from trainers.batching import TrainSample
-from trainers.grpo.losses import PolicyLossConfig
 from trainers.group import PolicyTrainerGroup
-from trainers.settings import TrainerSettings
+from trainers.spec import TrainerSpec
 
 TIMEOUT = 300
 
@@ -27,9 +27,8 @@ TIMEOUT = 300
 @pytest.fixture(scope="module")
 def engines(ray_local, tiny_model_dir):
     # One eager engine, one running vLLM's compiled graph: syncs must reach the weights both run.
-    handles = [GenerationWorker.as_actor(EngineConfig(model_path=tiny_model_dir, max_model_len=256,
-                                                      kv_cache_gb=0.5, enforce_eager=i == 0),
-                                         name=f"two-engines-{i}")
+    handles = [GenerationWorker.as_actor(EngineSpec(tiny_model_dir, GenerationConfig(
+                   max_model_len=256, kv_cache_gb=0.5, enforce_eager=i == 0)), name=f"two-engines-{i}")
                for i in range(2)]
     assert ray.get([h.ready.remote() for h in handles], timeout=900) == [0, 0]
     yield handles
@@ -54,14 +53,15 @@ def grpo_samples(seed: int, n: int = 8) -> list[TrainSample]:
                                                                (3, 2, "gloo", 3), (3, 2, "shm_inplace", 4)])
 def test_engines_serve_the_trainer_weights_after_a_step(engines, tiny_model_dir, stage, ranks, transport,
                                                         version):
-    group = PolicyTrainerGroup(TrainerSettings(
-        model_path=tiny_model_dir, num_ranks=ranks, zero_stage=stage, lr=3e-2, micro_batch_tokens=96,
-        cpus_per_rank=1, zero3_persistence_threshold=0), name=f"two-engines-z{stage}")
+    group = PolicyTrainerGroup(TrainerSpec(tiny_model_dir, TrainerConfig(
+        num_ranks=ranks, zero_stage=stage, lr=3e-2, micro_batch_tokens=96, cpus_per_rank=1,
+        zero3_persistence_threshold=0)), name=f"two-engines-z{stage}")
     try:
         probe = grpo_samples(99, 1)[0].token_ids
         before = ray.get([e.prompt_logprobs.remote(probe) for e in engines], timeout=TIMEOUT)
-        group.train_step(grpo_samples(version), PolicyLossConfig())  # each case its own update
-        stats = group.sync_weights(engines, version, transport, bucket_bytes=64 << 10, timeout_s=TIMEOUT)
+        group.train_step(grpo_samples(version), GRPOConfig())  # each case its own update
+        # 1 MiB buckets: the ~4 MB tiny model streams in several
+        stats = group.sync_weights(engines, version, SyncConfig(transport=transport, bucket_mb=1, timeout_s=TIMEOUT))
         assert stats.version == version and (stats.num_buckets > 1 or transport == "shm_inplace")  # no buckets
         trainer = group.compute_logprobs([probe])[0]
         for engine, old in zip(engines, before):

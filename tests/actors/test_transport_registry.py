@@ -8,8 +8,13 @@ import pytest
 from actors.weight_sync import TRANSPORTS, check_transport, make_sender
 from actors.weight_sync.base import Receiver, WeightSender
 from actors.weight_sync.registry import receiver_class
-from configs.schema import (GenerationConfig, LabrlConfig, PlacementConfig, SyncConfig,
-                            TrainerConfig)
+from configs.schema import (
+    GenerationConfig,
+    LabrlConfig,
+    PlacementConfig,
+    SyncConfig,
+    TrainerConfig,
+)
 
 GPU = {"generation": GenerationConfig(gpus_per_worker=1), "trainer": TrainerConfig(gpus_per_rank=1, zero_stage=1)}
 COLOCATED_GPU = {"generation": GenerationConfig(gpus_per_worker=0.4),
@@ -40,17 +45,16 @@ def test_layouts_a_transport_serves_pass(config):
 
 
 @pytest.mark.parametrize("config, message", [
-    (cfg("carrier-pigeon"), r"sync.transport='carrier-pigeon' is not a known .*known: shm, shm_inplace, gloo, "
-                            r"nccl, cuda_ipc"),
+    (cfg("carrier-pigeon"), r"sync.transport='carrier-pigeon' is not a known .*known: shm, shm_inplace, gloo, nccl"),
     (cfg("shm", trainer=TrainerConfig(num_ranks=2, num_nodes=2)),
      r"sync.transport=shm keeps the trainer and engines on one node: trainer.num_nodes \(2\) must be 1 or unset"),
     (cfg("shm_inplace", trainer=TrainerConfig(num_ranks=2, num_nodes=2)), r"sync.transport=shm_inplace keeps"),
-    (cfg("nccl"), r"sync.transport=nccl moves GPU tensors: set generation.gpus_per_worker and "
-                  r"trainer.gpus_per_rank above 0, or use sync.transport=shm on CPU"),
+    (cfg("nccl"), (r"sync.transport=nccl moves GPU tensors: set generation.gpus_per_worker and "
+                   r"trainer.gpus_per_rank above 0, or use sync.transport=shm on CPU")),
     (cfg("nccl", generation=GenerationConfig(gpus_per_worker=1)), r"nccl moves GPU tensors"),
     (cfg("cuda_ipc", trainer=TrainerConfig(gpus_per_rank=1, zero_stage=1)), r"cuda_ipc moves GPU tensors"),
-    (cfg("gloo", **GPU), r"sync.transport=gloo moves host-memory weights into CPU engines "
-                         r"\(generation.gpus_per_worker is 1\); GPU engines take sync.transport=nccl or cuda_ipc"),
+    (cfg("gloo", **GPU), (r"sync.transport=gloo moves host-memory weights into CPU engines "
+                          r"\(generation.gpus_per_worker is 1\); GPU engines take sync.transport=nccl or cuda_ipc")),
     (cfg("shm_inplace", **GPU), r"sync.transport=shm_inplace moves host-memory weights"),
     (cfg("cuda_ipc", **GPU), r"sync.transport=cuda_ipc .* needs placement.mode=colocated"),
 ], ids=lambda v: v.sync.transport if isinstance(v, LabrlConfig) else "")

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from trainers.grpo.aggregation import aggregate, local_normalizer_counts
-from trainers.grpo.losses import PolicyLossConfig, policy_loss
+from configs.schema import GRPOConfig
+from trainers.grpo.aggregation import aggregate
+from trainers.grpo.losses import policy_loss
 
 NAN = float("nan")
 # row 0: 3 tokens (1, 2, 3), row 1: 2 tokens (5, 6), row 2: no loss tokens (must not count)
@@ -44,10 +45,6 @@ def test_empty_mask_gives_zero_not_nan_and_unknown_mode_raises():
         aggregate(v, torch.ones(2, 3), "token-mean", token_normalizer=0)
 
 
-def test_local_normalizer_counts():
-    assert local_normalizer_counts(MASK) == (5.0, 2.0)
-
-
 def _batch():
     torch.manual_seed(1)
     b, t = 4, 6
@@ -65,9 +62,9 @@ def _batch():
 @pytest.mark.parametrize("agg_mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_micro_batches_with_global_normalisers_equal_full_batch(agg_mode):
     lp0, old, sampler, ref, ent0, adv, mask = _batch()
-    cfg = PolicyLossConfig(agg_mode=agg_mode, clip_high=0.28, dual_clip=2.0, kl_coef=0.05,
-                           entropy_coef=0.01, importance_sampling="token_tis", is_cap=1.5,
-                           max_response_tokens=8)
+    cfg = GRPOConfig(agg_mode=agg_mode, clip_high=0.28, dual_clip=2.0, kl_coef=0.05,
+                     entropy_coef=0.01, importance_sampling="token_tis", is_cap=1.5,
+                     max_response_tokens=8)
 
     lp, ent = lp0.clone().requires_grad_(True), ent0.clone().requires_grad_(True)
     full, _ = policy_loss(lp, old, adv, mask, cfg, sampler_logprobs=sampler, ref_logprobs=ref, entropy=ent)
@@ -76,8 +73,9 @@ def test_micro_batches_with_global_normalisers_equal_full_batch(agg_mode):
     # rows {0, 1} and {2, 3}; the second micro-batch is padded narrower (its longest row is 4),
     # as a length-bucketing packer would do
     splits = [(slice(0, 2), 6), (slice(2, 4), 4)]
-    counts = [local_normalizer_counts(mask[rows, :w]) for rows, w in splits]
-    tok_norm, seq_norm = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    # the global counts (what trainers.batching.global_normalizers computes for the trainer):
+    # loss tokens, and sequences with at least one
+    tok_norm, seq_norm = float(mask.sum()), float(mask.bool().any(-1).sum())
     assert (tok_norm, seq_norm) == (15.0, 4.0)
     mlp, ment = lp0.clone().requires_grad_(True), ent0.clone().requires_grad_(True)
     total = torch.zeros(())
@@ -98,7 +96,7 @@ def test_local_normalisers_do_not_match_full_batch():
     # why the global normalisers exist: averaging two locally-normalised token-means weights the
     # micro-batches equally although they hold 8 and 7 tokens
     lp, old, _, _, _, adv, mask = _batch()
-    cfg = PolicyLossConfig()
+    cfg = GRPOConfig(clip_high=0.2, importance_sampling="none")
     full, _ = policy_loss(lp, old, adv, mask, cfg)
     parts = [policy_loss(lp[r], old[r], adv[r], mask[r], cfg)[0] for r in (slice(0, 2), slice(2, 4))]
     assert abs((parts[0] + parts[1]).item() / 2 - full.item()) > 1e-4

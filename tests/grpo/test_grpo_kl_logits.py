@@ -1,11 +1,11 @@
-"""k1/k2/k3, KL-in-reward, gather_logprobs and token_entropy by hand."""
+"""k1/k2/k3, gather_logprobs and token_entropy by hand."""
 
 import math
 
 import pytest
 import torch
 
-from trainers.grpo.losses import gather_logprobs, kl_in_reward, kl_penalty, token_entropy
+from trainers.grpo.losses import gather_logprobs, kl_penalty, token_entropy
 
 LP = torch.tensor([[-1.0, -2.0]])
 REF = torch.tensor([[-1.5, -1.0]])  # d = log pi - log ref = [0.5, -1.0]
@@ -20,16 +20,6 @@ def test_kl_estimators():
     assert kl_penalty(LP, LP, "k3").abs().max().item() == 0.0
     with pytest.raises(ValueError):
         kl_penalty(LP, REF, "k4")
-
-
-def test_kl_in_reward():
-    # k1, both tokens: 1 - 0.1 * (0.5 - 1.0) = 1.05 ; only the first token: 1 - 0.1 * 0.5 = 0.95
-    out = kl_in_reward(torch.tensor([1.0, 1.0]), LP.repeat(2, 1), REF.repeat(2, 1),
-                       torch.tensor([[1, 1], [1, 0]]), 0.1, "k1")
-    torch.testing.assert_close(out, torch.tensor([1.05, 0.95]))
-    # k3: 1 - 0.1 * (0.10653066 + 0.71828183) = 0.91751875
-    out = kl_in_reward(torch.tensor([1.0]), LP, REF, torch.ones(1, 2), 0.1, "k3")
-    assert out.item() == pytest.approx(0.91751875)
 
 
 def test_gather_logprobs_and_entropy():

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from configs.schema import GRPOConfig
 from rollout.pipeline import GRPOPipeline, TaskStream
+from rollout.shaping import filter_zero_variance_groups
 from tests.monitor.synthetic import traj
 from tests.rollout.pipeline_fakes import NullPublisher, RecordingTrainer, Reports, ScriptedPool, tasks
 
@@ -57,3 +58,13 @@ def test_without_dynamic_sampling_flat_groups_are_trained():
     assert all(len(samples) == 4 * GROUP for samples in trained)
     assert pipeline.buffer.accounting.dropped["zero_variance"] == 0
     assert "rollout/refill_rounds" not in logged[0]
+
+
+def test_filter_zero_variance_groups_keeps_order():
+    rewards = [("a", 1), ("b", 0), ("a", 0), ("b", 0), ("c", 1), ("c", 1), ("d", 1)]
+    trajs = [traj(float(r), task_id=g) for g, r in rewards]
+    kept, dropped = filter_zero_variance_groups(trajs)
+    assert [t.task_id for t in kept] == ["a", "a"]
+    assert [t.task_id for t in dropped] == ["b", "b", "c", "c", "d"]  # d: singleton
+    kept, _ = filter_zero_variance_groups([traj(1.0, task_id="a"), traj(1.05, task_id="a")], atol=0.1)
+    assert kept == []

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
+from configs.schema import LabrlConfig, TrainerConfig
 from trainers.batching import (MicroBatch, TrainSample, collate, equalize_counts, global_normalizers,
                                pack_by_budget, plan_train_step, split_across_ranks)
 from trainers.metrics import MetricState, merge_states
-from trainers.settings import LrShape, TrainerSettings, deepspeed_config
+from trainers.spec import LrShape, TrainerSpec, deepspeed_config, make_optimizer, make_scheduler
 
 
 def test_split_balances_tokens_and_is_deterministic():
@@ -97,10 +98,42 @@ def test_lr_shape_and_deepspeed_config():
     shape = LrShape(warmup_steps=3, schedule="cosine", total_steps=13, min_ratio=0.1)
     assert [round(shape(s), 3) for s in range(3)] == [0.25, 0.5, 0.75]
     assert shape(3) == 1.0 and math.isclose(shape(13), 0.1)
-    cfg = deepspeed_config(TrainerSettings(model_path="x", zero_stage=3, grad_clip=0.5), 2)
-    assert cfg["managed_gradient_accumulation"] is False
+    spec = TrainerSpec("x", TrainerConfig(zero_stage=3, grad_clip=0.5, zero3_persistence_threshold=7))
+    cfg = deepspeed_config(spec, 2)
+    assert cfg["managed_gradient_accumulation"] is False and cfg["train_batch_size"] == 2
     assert cfg["zero_optimization"]["stage"] == 3 and cfg["gradient_clipping"] == 0.5
-    assert cfg["bf16"]["enabled"] is False  # CPU: fp32
-    with pytest.raises(ValueError, match="total_steps"):
-        TrainerSettings(model_path="x", lr_schedule="linear")
-    assert torch.float32 == TrainerSettings(model_path="x").torch_dtype()
+    assert cfg["zero_optimization"]["stage3_param_persistence_threshold"] == 7
+    assert cfg["bf16"]["enabled"] is False and "data_types" not in cfg  # CPU: fp32
+    assert spec.torch_dtype == torch.float32
+    gpu = deepspeed_config(TrainerSpec("x", TrainerConfig(zero_stage=2, gpus_per_rank=1.0)), 1)
+    assert gpu["bf16"]["enabled"] and gpu["data_types"]["grad_accum_dtype"] == "fp32"
+    assert gpu["zero_optimization"]["overlap_comm"] is True
+
+
+def test_spec_from_config_reads_the_sections():
+    cfg = LabrlConfig.model_validate({"seed": 5, "generation": {"temperature": 0.7},
+                                      "grpo": {"num_steps": 12}, "trainer": {"lr": 2e-4}})
+    spec = TrainerSpec.from_config(cfg, "/m")
+    assert (spec.model_path, spec.seed, spec.temperature, spec.total_steps) == ("/m", 5, 0.7, 12)
+    assert spec.trainer is cfg.trainer
+    # The schedule counts optimizer steps: every pass over the batch makes num_mini_batches of them.
+    several = cfg.model_copy(update={"grpo": cfg.grpo.model_copy(update={"ppo_epochs": 2, "num_mini_batches": 3})})
+    assert TrainerSpec.from_config(several, "/m").total_steps == 72
+
+
+def test_optimizer_and_schedule_follow_the_trainer_section():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    t = TrainerConfig(lr=0.1, weight_decay=0.01, adam_betas=(0.8, 0.9), adam_eps=1e-6, warmup_steps=1,
+                      lr_schedule="linear", min_lr_ratio=0.5)
+    opt = make_optimizer(model, t)
+    decay, no_decay = opt.param_groups  # the matrix decays; biases and the norm do not
+    assert len(decay["params"]) == 1 and decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert decay["betas"] == (0.8, 0.9) and decay["eps"] == 1e-6
+    sched = make_scheduler(opt, TrainerSpec("x", t, total_steps=5))
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # warmup 0.05, then 0.1 decaying linearly to 0.05 at step 5
+    assert lrs == pytest.approx([0.05, 0.1, 0.0875, 0.075, 0.0625, 0.05])

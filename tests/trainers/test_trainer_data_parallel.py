@@ -9,20 +9,22 @@ import pytest
 import ray
 import torch
 
-from trainers.grpo.losses import PolicyLossConfig
+from configs.schema import GRPOConfig, SyncConfig, TrainerConfig
 from trainers.group import PolicyTrainerGroup
-from trainers.settings import TrainerSettings
+from trainers.spec import TrainerSpec
 
-LR, WD, CLIP = 1e-3, 0.01, 1.0
-CFG = PolicyLossConfig(importance_sampling="token_tis", is_cap=2.0)
+CFG = GRPOConfig(clip_high=0.2, importance_sampling="token_tis", is_cap=2.0)
+
+
+def trainer_config(stage: int) -> TrainerConfig:
+    return TrainerConfig(num_ranks=2, zero_stage=stage, lr=1e-3, weight_decay=0.01, grad_clip=1.0,
+                         micro_batch_tokens=96, cpus_per_rank=1,
+                         zero3_persistence_threshold=0)  # partition every parameter, however small
 
 
 @pytest.fixture(scope="module", params=[1, 2, 3], ids=lambda s: f"zero{s}")
 def group(request, ray_cluster, tiny_model_dir):
-    g = PolicyTrainerGroup(TrainerSettings(
-        model_path=tiny_model_dir, num_ranks=2, zero_stage=request.param, lr=LR, weight_decay=WD,
-        grad_clip=CLIP, micro_batch_tokens=96, cpus_per_rank=1,
-        zero3_persistence_threshold=0))  # partition every parameter, however small
+    g = PolicyTrainerGroup(TrainerSpec(tiny_model_dir, trainer_config(request.param)))
     yield g
     g.shutdown()
 
@@ -40,11 +42,11 @@ class RecordingReceiver:
                 "version": 0, "healthy": True, "weight_spec": self.spec, "optional_names": [],
                 "tensor_parallel_size": 1}
 
-    def update_weights(self, transport: str, payload: dict, version: int,
-                       timeout_s: float = 300.0) -> dict:
-        from actors.weight_sync.shm import ShmMappings
+    def apply_update(self, transport: str, payload: dict, timeout_s: float = 300.0,
+                     version: int | None = None) -> dict:
+        from actors.weight_sync.shm import ShmReceiver
 
-        self.received = {n: t.clone() for n, t in ShmMappings().weights(payload)}
+        self.received = {n: t.clone() for n, t in ShmReceiver().weights(payload)}
         return {"version": version, "pause_s": 0.0, "reload_s": 0.0}
 
     def get(self) -> dict[str, torch.Tensor]:
@@ -70,7 +72,7 @@ def test_two_ranks_equal_one_full_batch(group, tiny_model_dir, th):
     metrics = [group.train_step(samples, CFG) for samples in batches]
     assert [m["train/num_sequences"] for m in metrics] == [12, 3]
     assert metrics[1]["train/num_micro_batches"] == 2
-    want, norms, losses = th.reference_steps(tiny_model_dir, batches, CFG, LR, WD, CLIP)
+    want, norms, losses = th.reference_steps(tiny_model_dir, batches, CFG, group.spec.trainer)
     assert [m["train/grad_norm"] for m in metrics] == pytest.approx(norms, rel=1e-4)
     assert [m["train/loss"] for m in metrics] == pytest.approx(losses, rel=1e-4, abs=1e-7)
     th.assert_params_close(group.gather_parameters(), want)
@@ -101,8 +103,10 @@ def test_zero_advantage_samples_skipped_without_changing_the_update(group, tmp_p
 
 def test_sync_and_export_deliver_full_weights(group, receiver, tmp_path, th):
     full = group.gather_parameters()
-    stats = group.sync_weights([receiver], version=7, transport="shm", bucket_bytes=16 << 10,
-                               timeout_s=60)
+    # 16 KiB buckets (the schema counts whole MiB; the tiny model is 0.3 MiB): several buckets,
+    # so several ZeRO-3 gathers.
+    sync = SyncConfig(transport="shm", timeout_s=60).model_copy(update={"bucket_mb": 1 / 64})
+    stats = group.sync_weights([receiver], version=7, sync=sync)
     assert stats.version == 7 and stats.num_buckets > 1
     th.assert_params_close(ray.get(receiver.get.remote()), full, atol=0, rtol=0)
     out = group.export_hf(str(tmp_path / "hf"))
