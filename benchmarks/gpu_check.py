@@ -67,29 +67,30 @@ def save_model(shape: str, out_dir: Path) -> str:
 def trainer_stage(model_path: str, stage: int, samples: int, steps: int, checkpoint: bool,
                   gpus_per_rank: float = 1.0) -> dict[str, Any]:
     """One ZeRO stage on one GPU (runs in its own process: DeepSpeed state is per process)."""
-    from trainers.settings import TrainerSettings
     from transformers import AutoConfig
 
+    from actors.calls import free_port
     from benchmarks.trainer import make_batch
+    from configs.schema import GRPOConfig, TrainerConfig
     from trainers.batching import plan_micro_batches, plan_train_step
-    from trainers.grpo.losses import PolicyLossConfig
     from trainers.metrics import merge_states
-    from trainers.policy_trainer import PolicyTrainerRank, _free_port
+    from trainers.policy_trainer import PolicyTrainerRank
+    from trainers.spec import TrainerSpec
 
-    settings = TrainerSettings(model_path=model_path, gpus_per_rank=gpus_per_rank, zero_stage=stage, lr=1e-6,
-                               micro_batch_tokens=16384, gradient_checkpointing=True)
+    trainer = TrainerConfig(gpus_per_rank=gpus_per_rank, zero_stage=stage, lr=1e-6, micro_batch_tokens=16384,
+                            gradient_checkpointing=True)
     t0 = time.perf_counter()
-    rank = PolicyTrainerRank(settings, 0, 1)
-    info = rank.setup("127.0.0.1", _free_port())
+    rank = PolicyTrainerRank(TrainerSpec(model_path, trainer), 0, 1)
+    info = rank.setup("127.0.0.1", free_port())
     setup_s = time.perf_counter() - t0
     batch = make_batch(samples, 256, 1024, AutoConfig.from_pretrained(model_path).vocab_size)
     # On-policy: the sampler's logprobs are the trainer's own (eval-mode forward).
-    for idx, lp in rank.compute_logprobs(plan_micro_batches(batch, 1, settings.micro_batch_tokens)[0]):
+    for idx, lp in rank.compute_logprobs(plan_micro_batches(batch, 1, trainer.micro_batch_tokens)[0]):
         batch[idx].sampler_logprobs = lp
-    cfg = PolicyLossConfig()
+    cfg = GRPOConfig(clip_high=0.2, importance_sampling="none")  # the settings this check was measured with
 
     def step() -> dict[str, float]:
-        plan = plan_train_step(batch, 1, 1, settings.micro_batch_tokens)[0]
+        plan = plan_train_step(batch, 1, 1, trainer.micro_batch_tokens)[0]
         return merge_states([rank.train_step(plan, cfg)])
 
     first = step()
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--bucket-mb", type=int, nargs="+", default=[256])
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    # Its own format: the GPU machine runs this file without labrl's dependencies (no monitor/).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.gpu_check needs a CUDA GPU")

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, setup_logging
 

@@ -23,6 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from monitor.run_logger import LOG_FORMAT
+from monitor.text_table import format_table
+
 logger = logging.getLogger("benchmarks.trainer")
 
 
@@ -88,13 +91,8 @@ def bench_layout(model_path: str, stage: int, ranks: int, samples: list[Any], st
         group.shutdown()
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'ZeRO':>4} {'ranks':>5} {'tokens/s':>10} {'step s':>8} {'peak GB/rank':>12} {'setup s':>8}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['zero_stage']:>4} {r['ranks']:>5} {r['tokens_per_s']:>10.0f} "
-                     f"{r['step_s']:>8.2f} {r['peak_memory_gb']:>12.2f} {r['setup_s']:>8.1f}")
-    return "\n".join(lines)
+COLUMNS = [("ZeRO", "zero_stage", ""), ("ranks", "ranks", ""), ("tokens/s", "tokens_per_s", ".0f"),
+           ("step s", "step_s", ".2f"), ("peak GB/rank", "peak_memory_gb", ".2f"), ("setup s", "setup_s", ".1f")]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cpus-per-rank", type=float, default=1.0)
     p.add_argument("--gpus-per-rank", type=float, default=0.0)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
     from cluster.ray_cluster import connect
 
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"benchmark": "trainer", "num_params": n_params,
               "tokens_per_batch": sum(len(s.token_ids) for s in samples),
               "config": vars(args), "results": rows}
-    sys.stdout.write(format_table(rows) + "\n" + json.dumps(result) + "\n")
+    sys.stdout.write(format_table(rows, COLUMNS) + "\n" + json.dumps(result) + "\n")
     return result
 
 

@@ -31,7 +31,7 @@ Layout (`placement.mode`):
 Use (`launch/components.py`):
 
     placement = build_placement(cfg)
-    workers = [GenerationWorker.as_actor(engine, name=f"gen{i}", **placement.generation_options(i))
+    workers = [GenerationWorker.as_actor(engine_spec, name=f"gen{i}", **placement.generation_options(i))
                for i in range(cfg.generation.num_workers)]
     trainer = PolicyTrainerGroup(spec, placement_group=placement.trainer_pg,
                                  bundle_offset=placement.trainer_bundle_offset)
@@ -52,6 +52,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors.weight_sync import TRANSPORTS
 from cluster.ray_cluster import ResourceError, check_resources
 from cluster.resources import GroupSpec, RoleDemand, fmt
 from configs.schema import LabrlConfig
@@ -61,7 +62,7 @@ logger = logging.getLogger(__name__)
 ROLES = ("generation", "trainer")
 # Weight-sync transports that need every engine on the trainer's rank-0 node (shared memory and
 # CUDA IPC handles do not cross nodes; the nccl and gloo broadcasts do).
-SAME_NODE_TRANSPORTS = ("shm", "shm_inplace", "cuda_ipc")
+SAME_NODE_TRANSPORTS = tuple(name for name, t in TRANSPORTS.items() if t.one_node or t.colocated)
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ import argparse
 import logging
 
 from monitor.report import build_report
+from monitor.run_logger import LOG_FORMAT
 
 logger = logging.getLogger("labrl")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     p = argparse.ArgumentParser(prog="labrl report", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/report)")

@@ -34,6 +34,7 @@ from typing import Any
 
 from configs.schema import LabrlConfig
 from configs.loading import ConfigError, load_config
+from monitor.run_logger import LOG_FORMAT
 
 logger = logging.getLogger("labrl.scale")
 
@@ -231,7 +232,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     args = parse_args(argv)
     out = Path(args.out or f"results/scale-{time.strftime('%Y%m%d-%H%M%S')}")
     try:

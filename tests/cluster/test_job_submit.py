@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from actors.calls import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -39,17 +40,11 @@ OVERRIDES = ["sft.num_demos=32", "sft.steps=5", "grpo.num_steps=2", "grpo.batch_
 pytestmark = pytest.mark.skipif(not Path(RAY).exists(), reason="ray CLI not installed beside this Python")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _node_ports() -> list[str]:
     """Ports two raylets on one host must not share (defaults like 52365 are fixed numbers)."""
     names = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
              "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
-    return [a for n in names for a in (n, str(_free_port()))]
+    return [a for n in names for a in (n, str(free_port()))]
 
 
 def _env() -> dict[str, str]:
@@ -68,8 +63,8 @@ def _run(args: list[str], timeout: float = 120, check: bool = True) -> subproces
 class TwoNodeCluster:
     def __init__(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="lrl", dir="/tmp"))  # short: socket paths are limited
-        self.gcs = f"127.0.0.1:{_free_port()}"
-        self.dashboard = f"http://127.0.0.1:{_free_port()}"
+        self.gcs = f"127.0.0.1:{free_port()}"
+        self.dashboard = f"http://127.0.0.1:{free_port()}"
         self.procs: list[subprocess.Popen] = []
 
     def _start(self, name: str, args: list[str]) -> None:
@@ -87,7 +82,7 @@ class TwoNodeCluster:
         self._start("head", ["--head", "--port", self.gcs.split(":")[1], "--num-cpus", "2",
                              "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
                              "--dashboard-port", self.dashboard.rsplit(":", 1)[1],
-                             "--ray-client-server-port", str(_free_port())])
+                             "--ray-client-server-port", str(free_port())])
         self._wait(lambda: _run([RAY, "status", "--address", self.gcs], 60, check=False).returncode == 0,
                    "head", 300)
         self._start("node2", ["--address", self.gcs, "--num-cpus", "1", "--resources", '{"node2": 1}'])

@@ -107,7 +107,6 @@ def test_colocated_engines_share_trainer_bundles_with_a_whole_gpu_each():
     (["placement.mode=colocated", "trainer.gpus_per_rank=1"], "both or neither|both generation"),
     (["placement.mode=colocated", "trainer.gpus_per_rank=0.6", "generation.gpus_per_worker=0.6"], "at most 1"),
     (["placement.mode=packed"], "placement.mode"),
-    (["trainer.num_ranks=4", "trainer.num_nodes=2"], "sync.transport=shm"),
 ])
 def test_impossible_layouts_fail_in_config(overrides, message):
     with pytest.raises(ConfigError, match=message):

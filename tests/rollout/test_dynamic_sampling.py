@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 from configs.schema import GRPOConfig
 from rollout.pipeline import GRPOPipeline, TaskStream

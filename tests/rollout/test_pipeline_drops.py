@@ -3,7 +3,6 @@ stale groups (older than `rollout.max_staleness` versions) and groups with a fai
 
 from __future__ import annotations
 
-import pytest
 
 from configs.schema import GRPOConfig
 from rollout.buffer import RolloutBuffer
