@@ -10,9 +10,10 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ray
+if TYPE_CHECKING:  # imported where used: the trainer rank (free_port) also runs without Ray
+    import ray
 
 
 def wait_all(refs: Mapping[str, ray.ObjectRef], timeout_s: float, what: str, *,
@@ -24,6 +25,8 @@ def wait_all(refs: Mapping[str, ray.ObjectRef], timeout_s: float, what: str, *,
     failure instead of waiting for the others (peers of a collective are stuck with the one that
     failed, so waiting for them only delays the message).
     """
+    import ray
+
     deadline = time.monotonic() + timeout_s
     pending = {ref: label for label, ref in refs.items()}
     results: dict[str, Any] = {}
@@ -49,6 +52,8 @@ def wait_all(refs: Mapping[str, ray.ObjectRef], timeout_s: float, what: str, *,
 
 def alive(actor: Any, timeout_s: float = 10.0) -> bool:
     """Whether an actor still answers `ping()` (a dead, restarting or wedged one does not)."""
+    import ray
+
     try:
         ray.get(actor.ping.remote(), timeout=timeout_s)
         return True

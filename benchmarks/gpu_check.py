@@ -250,11 +250,12 @@ def ipc_sync(shape: str, model_path: str | None, bucket_mb: int, floor_gb_s: flo
 
 # ------------------------------------------------------------------------------------- output
 def _table(rows: list[dict[str, Any]], keys: list[str]) -> str:
-    lines = [" ".join(f"{k:>14}" for k in keys)]
-    for r in rows:
-        lines.append(" ".join(f"{r.get(k, float('nan')):>14.4g}" if isinstance(r.get(k), float)
-                              else f"{r.get(k, '-')!s:>14}" for k in keys))
-    return "\n".join(lines)
+    """The rows under `keys`, floats in 4 significant digits (a failed check's row shows its error)."""
+    from monitor.text_table import format_table  # dependency-free, like this script
+
+    columns = [(k, lambda r, k=k: r.get(k, "-"), "") for k in keys]
+    floats = [{k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    return format_table(floats, columns) + "\n"
 
 
 def _guarded(check: Any, *args: Any) -> dict[str, Any]:
@@ -293,10 +294,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["ipc"] = [_guarded(ipc_sync, shape, model_path if shape == "0.5b" else None, mb, floor)
                          for shape in args.ipc_models for mb in args.bucket_mb]
         sys.stdout.write(_table(result["ipc"], ["model", "bucket_mb", "gb", "seconds", "gb_per_s",
-                                                "ratio_to_floor", "max_logprob_diff_after"]) + "\n")
+                                                "ratio_to_floor", "max_logprob_diff_after"]))
         result["trainer"] = run_trainer_stages(model_path, args.stages, args.samples, args.steps)
         sys.stdout.write(_table(result["trainer"], ["zero_stage", "tokens_per_s", "step_s", "peak_gpu_gb",
-                                                    "setup_s", "first_is_ratio_max", "first_approx_kl"]) + "\n")
+                                                    "setup_s", "first_is_ratio_max", "first_approx_kl"]))
     line = json.dumps(result)
     sys.stdout.write(line + "\n")
     if args.out:

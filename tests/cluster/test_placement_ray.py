@@ -112,7 +112,7 @@ def test_busy_cluster_times_out_and_releases_what_it_reserved(fake_cluster):
     ray.get(hog.ready(), timeout=60)
     try:
         cfg = load_config(CONFIGS / "qwen2.5-7b-8gpu.yaml", ["placement.ready_timeout_s=3"])
-        with pytest.raises(ResourceError, match=r"(?s)not reserved after .*policy.*still free: \{CPU: 80, GPU: 4, cpu_node: 1\}"):
+        with pytest.raises(ResourceError, match=r"(?s)not reserved after .*policy.*still free: \{CPU: 96, GPU: 4, cpu_node: 1\}"):
             build_placement(cfg)
         assert _live_groups() == 1  # only the hog
     finally:
