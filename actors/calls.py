@@ -17,11 +17,12 @@ if TYPE_CHECKING:  # imported where used: the trainer rank (free_port) also runs
 
 
 def wait_all(refs: Mapping[str, ray.ObjectRef], timeout_s: float, what: str, *,
-             error: type[Exception] = RuntimeError, fail_fast: bool = False) -> dict[str, Any]:
+             error: type[Exception] = RuntimeError, hang_error: type[Exception] = TimeoutError,
+             fail_fast: bool = False) -> dict[str, Any]:
     """Results of `refs` (keyed by a label naming each actor) under one deadline of `timeout_s`.
 
     Raises `error` naming every actor that died, raised, or had not answered by the deadline
-    (a deadline with nothing else wrong raises TimeoutError). `fail_fast`: raise at the first
+    (`hang_error` when nothing but the deadline went wrong). `fail_fast`: raise at the first
     failure instead of waiting for the others (peers of a collective are stuck with the one that
     failed, so waiting for them only delays the message).
     """
@@ -45,7 +46,7 @@ def wait_all(refs: Mapping[str, ray.ObjectRef], timeout_s: float, what: str, *,
     hung = [] if (errors and fail_fast) else list(pending.values())
     errors += [f"{label}: no answer within {timeout_s:.1f} s during {what} (hung or overloaded)" for label in hung]
     if errors:
-        kind = TimeoutError if len(hung) == len(errors) else error
+        kind = hang_error if len(hung) == len(errors) else error
         raise kind(f"{what} failed on {len(errors)} of {len(refs)}:\n  " + "\n  ".join(errors))
     return {label: results[label] for label in refs}
 

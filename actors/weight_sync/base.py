@@ -96,10 +96,7 @@ def wait_workers(refs: Mapping[str, ray.ObjectRef], timeout_s: float, phase: str
     `WeightSyncError` naming the workers (keys of `refs`) and `phase`."""
     from actors.calls import wait_all
 
-    try:
-        return wait_all(refs, timeout_s, f"weight sync {phase}", error=WeightSyncError)
-    except TimeoutError as err:  # every failure was a hang: still the sender's one error type
-        raise WeightSyncError(str(err)) from None
+    return wait_all(refs, timeout_s, f"weight sync {phase}", error=WeightSyncError, hang_error=WeightSyncError)
 
 
 def describe_receivers(receivers: Sequence[Any], timeout_s: float) -> dict[str, dict[str, Any]]:
