@@ -212,6 +212,8 @@ class TrainerConfig(Section):
     num_nodes: int | None = Field(
         None, gt=0, description="Nodes the ranks span. 1: all ranks on one node (fails fast when no node "
                                 "holds them); None: packed onto as few nodes as Ray finds.")
+    max_restarts: int = Field(3, ge=0, description="Times a run restores the trainer ranks from the last checkpoint "
+                                                   "after one dies before it stops (launch/recovery.py).")
     setup_timeout_s: float = Field(600.0, gt=0, description="Rank start-up, rendezvous and model load.")
     step_timeout_s: float = Field(1800.0, gt=0, description="One train step, checkpoint or export.")
     dist_timeout_s: float = Field(600.0, gt=0, description="torch.distributed collectives.")
@@ -312,9 +314,14 @@ class MonitorConfig(Section):
 
 
 class CheckpointConfig(Section):
-    """Trainer + driver state for `labrl train --resume RUN_DIR`; also written on SIGTERM/Ctrl-C."""
+    """Trainer + driver state for `labrl train --resume RUN_DIR` (launch/run_state.py), and what a dead
+    trainer rank is restored from. Also written on SIGTERM/Ctrl-C. A save is atomic: the driver state
+    naming it is written last, so a kill half-way leaves the previous checkpoint as the one used."""
 
-    every_steps: int = Field(0, ge=0, description="Save every N GRPO steps; 0: only on stop signals.")
+    every_steps: int = Field(4, ge=0, description="Save after every N-th GRPO step; 0: no step trigger.")
+    every_minutes: float = Field(30.0, ge=0, description="Also save after a step when this long has passed "
+                                                         "since the last save; 0: no time trigger.")
+    keep_last: int = Field(2, gt=0, description="Complete checkpoints kept on disk; older ones are deleted.")
 
 
 class ClusterConfig(Section):

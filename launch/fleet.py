@@ -11,14 +11,14 @@ from dataclasses import asdict
 
 import ray
 
-from actors.calls import alive, wait_all
+from actors.calls import wait_all
 from actors.router import GenerationRouter
 from cluster.placement import Placement
 from configs.schema import LabrlConfig
 from launch import components as C
 from rollout.pool import EnvWorkerPool
 from trainers.batching import TrainSample
-from trainers.group import PolicyTrainerGroup
+from trainers.group import PolicyTrainerGroup, TrainerRankLost
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,12 @@ class EngineFleet:
         return GenerationRouter(self.workers)
 
     def replace_dead(self) -> list[int]:
-        """Start a fresh engine for every worker that no longer answers; returns their indices."""
-        dead = [i for i, w in enumerate(self.workers) if not alive(w)]
+        """Start a fresh engine for every worker that no longer answers or is unhealthy (an update
+        aborted half-way left it with mixed weights); returns their indices."""
+        dead = [i for i, w in enumerate(self.workers) if not _healthy(w)]
         for i in dead:
-            logger.warning("generation worker %d is gone; starting a replacement", i)
+            logger.warning("generation worker %d is gone or unhealthy; starting a replacement", i)
+            ray.kill(self.workers[i], no_restart=True)  # an unhealthy one still holds its resources
             self.workers[i] = C.make_generation_workers(self.cfg, self.policy_dir, indices=[i],
                                                         placement=self.placement)[0]
         if dead:
@@ -83,6 +85,14 @@ class EngineFleet:
         return {f"gen{i}": getattr(w, method).remote(*args) for i, w in enumerate(self.workers)}
 
 
+def _healthy(worker, timeout_s: float = 30.0) -> bool:
+    """Alive and serving whole weights (`GenerationWorker.health`)."""
+    try:
+        return bool(ray.get(worker.health.remote(), timeout=timeout_s)["healthy"])
+    except Exception:  # noqa: BLE001 - dead, or too wedged to answer: replace it either way
+        return False
+
+
 class TrainerStep:
     """The pipeline's `StepTrainer`: one GRPO optimizer step; colocated engines sleep through it."""
 
@@ -109,15 +119,41 @@ class FleetPublisher:
         sleeping = [i for i in fleet.asleep if i not in replaced]
         fleet.asleep = []
         metrics = fleet.wake(sleeping, ["weights"]) if sleeping else {}
-        metrics.update(self.sync(version))
+        metrics.update(self.sync(version, replaced))
         if sleeping:
             metrics.update(fleet.wake(sleeping, ["kv_cache"]))
-        if replaced:  # route to the new engines only once they serve the current weights
-            self.pool.set_router(fleet.router())
+        return metrics
+
+    def sync(self, version: int, replaced: list[int] | None = None, rollback: bool = False) -> dict[str, float]:
+        """Push the trainer's weights to every engine as `version`; returns `sync/` metrics.
+
+        An engine that dies during the sync is replaced and the sync repeated once, to every engine
+        (the survivors may hold half an update); a second failure stops the run with the error.
+        Engines replaced here or in `replaced` get requests only once they serve `version`.
+        `rollback`: `version` is older than the served one (the trainer was restored).
+        """
+        replaced = list(replaced or [])
+        try:
+            stats = self._push(version, rollback)
+        except TrainerRankLost:
+            raise
+        except Exception as err:  # noqa: BLE001 - re-raised below unless an engine died
+            dead = self.fleet.replace_dead()
+            if not dead:
+                raise
+            logger.warning("generation worker(s) %s died during the v%d weight sync (%s); replaced, syncing "
+                           "again", dead, version, err)
+            replaced += dead
+            stats = self._push(version, rollback)
+        if replaced:
+            self.pool.set_router(self.fleet.router())
+        metrics = {f"sync/{k}": float(v) for k, v in asdict(stats).items() if isinstance(v, (int, float))}
         metrics["fault/generation_workers_replaced"] = float(len(replaced))
         return metrics
 
-    def sync(self, version: int) -> dict[str, float]:
-        """Push the trainer's weights to every engine as `version`; returns `sync/` metrics."""
-        stats = self.trainer.sync_weights(self.fleet.workers, version, self.cfg.sync)
-        return {f"sync/{k}": float(v) for k, v in asdict(stats).items() if isinstance(v, (int, float))}
+    def _push(self, version: int, rollback: bool):
+        workers = self.fleet.workers
+        if rollback:
+            wait_all({f"gen{i}": w.allow_rollback.remote(version) for i, w in enumerate(workers)}, 60.0,
+                     f"allow_rollback(v{version})")
+        return self.trainer.sync_weights(workers, version, self.cfg.sync)

@@ -20,7 +20,10 @@ from launch import components as C
 from launch.curriculum import training_stream
 from launch.fleet import EngineFleet, FleetPublisher, TrainerStep
 from launch.preflight import novice_fraction, preflight
-from launch.run_state import CHECKPOINT_DIR, CONFIG_FILE, RunState, save_run_state, write_atomic
+from launch.recovery import CheckpointRecovery
+from launch.run_state import (CHECKPOINT_DIR, CONFIG_FILE, RunState, checkpoint_tag, committed_run_state,
+                              remove_checkpoint, rewind_run_files, save_run_state, stale_checkpoints,
+                              write_atomic)
 from models.loading import load_tokenizer
 from monitor.evaluation import evaluate
 from monitor.health import HealthMonitor, HealthStop
@@ -56,6 +59,7 @@ class TrainingRun:
         self.run_dir = run_dir or make_run_dir(cfg)
         self.summary: dict[str, float] = dict(resume.summary) if resume else {}
         self.pool = self.trainer = self.run_log = self.placement = self.fleet = None
+        self.trainer_step = self.publisher = None
         self.version = resume.policy_version if resume else 0
         self.observers: list[StepObserver] = []
 
@@ -74,6 +78,8 @@ class TrainingRun:
         policy_dir = self.resume.policy_dir if self.resume else C.prepare_model(cfg, self.run_dir)
         self.dataset = C.make_dataset(cfg, self.spec)
         self.heldout = self.dataset.tasks("heldout")[: cfg.eval.num_tasks]
+        if self.resume:  # rows a killed run wrote after its checkpoint describe steps that run again
+            rewind_run_files(self.run_dir, self.version)
         connect(cfg.cluster.address, C.cpus_requested(cfg), cfg.cluster.num_cpus)
         check_resources({"CPU": C.cpus_requested(cfg), "GPU": C.gpus_requested(cfg)})
         self.run_log = RunLogger.for_run(self.run_dir, cfg, f"{cfg.run_name}-{self.run_dir.name}")
@@ -147,6 +153,7 @@ class TrainingRun:
         self.fleet = EngineFleet(self.cfg, policy_dir, self.placement)
         self.trainer = C.make_trainer(self.cfg, policy_dir, placement=self.placement)
         self.fleet.wait_ready()
+        self.trainer_step = TrainerStep(self.cfg, self.trainer, self.fleet)
         self.publisher = FleetPublisher(self.cfg, self.trainer, self.fleet, self.pool)
         if self.resume:
             self.trainer.load_checkpoint(str(self.run_dir / CHECKPOINT_DIR), self.resume.trainer_tag)
@@ -160,17 +167,29 @@ class TrainingRun:
         with _ProgressBar(cfg, self.version) as progress:
             pipeline = GRPOPipeline(cfg.grpo, cfg.rollout.max_staleness, self.pool,
                                     training_stream(self.dataset.tasks("train"), cfg),
-                                    trainer=TrainerStep(cfg, self.trainer, self.fleet), publisher=self.publisher,
+                                    trainer=self.trainer_step, publisher=self.publisher,
                                     observers=[_RunBookkeeping(self), monitor, progress, *self.observers],
-                                    start_version=self.version)
+                                    start_version=self.version, recovery=CheckpointRecovery(self))
             pipeline.run()
 
     # ---- state --------------------------------------------------------------------------------
-    def checkpoint(self) -> None:
-        """Trainer state first, then the driver state that names it (atomically)."""
-        tag = self.trainer.save_checkpoint(str(self.run_dir / CHECKPOINT_DIR))
+    def checkpoint(self) -> float:
+        """Trainer state first, then the driver state that names it (atomically: the commit), then
+        the checkpoints beyond `checkpoint.keep_last` go; returns the seconds it took."""
+        t0 = time.perf_counter()
+        ckpt_dir, tag = self.run_dir / CHECKPOINT_DIR, checkpoint_tag(self.version)
+        committed = committed_run_state(self.run_dir)
+        # One trainer state per version: if this version is committed already, its folder is it.
+        if committed is None or committed.trainer_tag != tag:
+            remove_checkpoint(ckpt_dir / tag)  # a save of this version cut short by a kill
+            self.trainer.save_checkpoint(str(ckpt_dir), tag)
         save_run_state(self.run_dir, RunState(policy_version=self.version, trainer_tag=tag,
                                               policy_dir=self.policy_dir, summary=self.summary))
+        for stale in stale_checkpoints(ckpt_dir, tag, self.cfg.checkpoint.keep_last):
+            remove_checkpoint(stale)
+        seconds = time.perf_counter() - t0
+        logger.info("checkpoint %s saved in %.2f s", tag, seconds)
+        return seconds
 
     def finish(self) -> None:
         self.trainer.export_hf(str(self.run_dir / "final_model"))
@@ -209,20 +228,32 @@ class TrainingRun:
 
 
 class _RunBookkeeping:
-    """After each step: the served version, the batch audit log, and periodic checkpoints."""
+    """After each step: the served version, the batch audit log, and periodic checkpoints (every
+    `checkpoint.every_steps` steps or `every_minutes` minutes; none after the last step, which the
+    final export covers). Runs first among the observers, so the save time is in the step's metrics."""
 
     def __init__(self, run: TrainingRun):
         self.run = run
+        self.last_save = time.monotonic()
 
     def on_step(self, report: StepReport) -> None:
-        run, every = self.run, self.run.cfg.checkpoint.every_steps
+        run = self.run
         run.version = report.trained_version + 1
         # batches.jsonl: which tasks each step trained on, to audit data order across resumes.
         with open(run.run_dir / BATCHES_FILE, "a") as f:
             f.write(json.dumps({"step": report.step, "policy_version": run.version,
                                 "task_ids": report.trained_task_ids}) + "\n")
-        if every and (report.step + 1) % every == 0 and report.step + 1 < run.cfg.grpo.num_steps:
-            run.checkpoint()
+        if self._due(report.step + 1):
+            report.metrics["checkpoint/save_s"] = run.checkpoint()
+            self.last_save = time.monotonic()
+
+    def _due(self, steps_done: int) -> bool:
+        ckpt = self.run.cfg.checkpoint
+        if steps_done >= self.run.cfg.grpo.num_steps:
+            return False
+        by_steps = ckpt.every_steps and steps_done % ckpt.every_steps == 0
+        by_time = ckpt.every_minutes and time.monotonic() - self.last_save >= 60 * ckpt.every_minutes
+        return bool(by_steps or by_time)
 
 
 class _ProgressBar:

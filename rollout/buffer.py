@@ -65,5 +65,13 @@ class RolloutBuffer:
         """Count trajectories taken out of a batch (e.g. zero-variance groups) as dropped."""
         self.accounting.dropped[reason] += len(trajs)
 
+    def drop_all(self, reason: str) -> int:
+        """Count every buffered trajectory as dropped for `reason` and empty the buffer; returns how many."""
+        n = self.num_buffered
+        if n:
+            self.accounting.dropped[reason] += n
+        self.groups.clear()
+        return n
+
     def mark_trained(self, trajs: list[Trajectory]) -> None:
         self.accounting.trained += len(trajs)

@@ -6,8 +6,14 @@ k+1 .. k+s with the weights they have. Each step: collect batch k -> drop stale 
 advantages -> one optimizer step -> publish the weights to every generation worker (version += 1)
 -> a `StepReport` to every observer. With max_staleness = 0 this is the synchronous, on-policy loop.
 
-The pipeline's collaborators are three small protocols: a `StepTrainer`, a `WeightPublisher` and
-`StepObserver`s (launch/run.py wires the real ones; tests pass fakes).
+The pipeline's collaborators are small protocols: a `StepTrainer`, a `WeightPublisher`,
+`StepObserver`s and an optional `TrainerRecovery` (launch/ wires the real ones; tests pass fakes).
+
+A trainer rank that dies (`TrainerRankLost`, from a step, a sync or an observer's checkpoint) is
+not the end: the recovery restores the trainer from the last checkpoint and re-syncs the engines at
+that version, and the pipeline rewinds to it: buffered groups are dropped (counted,
+`trainer_restart`), groups in flight are cancelled, and batches from the restored version on are
+submitted again, in the same task order.
 
 Dynamic sampling (DAPO): groups whose rewards are all equal teach nothing (every advantage is 0);
 they are dropped (counted) and the batch is refilled with fresh groups played by the current
@@ -32,6 +38,7 @@ from rollout.play import collect_until
 from rollout.shaping import filter_zero_variance_groups
 from rollout.trajectory import Trajectory
 from trainers.batching import TrainSample
+from trainers.group import TrainerRankLost
 from trainers.grpo.advantages import compute_advantages
 
 logger = logging.getLogger(__name__)
@@ -88,6 +95,13 @@ class StepObserver(Protocol):
     def on_step(self, report: StepReport) -> None: ...
 
 
+class TrainerRecovery(Protocol):
+    """Rebuilds a trainer that lost a rank; returns the policy version it was restored to (the
+    engines already serve it)."""
+
+    def restore(self, lost: TrainerRankLost) -> int: ...
+
+
 def to_train_samples(groups: list[list[Trajectory]], estimator: str) -> list[TrainSample]:
     """Group-relative advantages (one scalar per trajectory) turned into trainer samples."""
     trajs = [t for g in groups for t in g]
@@ -107,15 +121,22 @@ class GRPOPipeline:
 
     def __init__(self, grpo: GRPOConfig, max_staleness: int, pool: EnvWorkerPool, tasks: TaskStream,
                  trainer: StepTrainer, publisher: WeightPublisher,
-                 observers: Sequence[StepObserver] = (), start_version: int = 0):
+                 observers: Sequence[StepObserver] = (), start_version: int = 0,
+                 recovery: TrainerRecovery | None = None):
         self.grpo, self.max_staleness = grpo, max_staleness
         self.pool, self.tasks = pool, tasks
         self.trainer, self.publisher, self.observers = trainer, publisher, list(observers)
+        self.recovery = recovery
         self.buffer = RolloutBuffer(max_staleness)
-        # Step k trains from policy version k. Resuming at version k, the task stream starts exactly
-        # where batch k begins, so a resumed run trains on the same tasks in the same order.
-        self.start_version = self.version = self.submitted_batches = start_version
-        self.tasks.position = start_version * self.groups_per_batch
+        self.start_version = start_version
+        self.restarts = self.reissued_groups = 0
+        self._rewind_to(start_version)
+
+    def _rewind_to(self, version: int) -> None:
+        """Step k trains from policy version k. At version k the task stream starts exactly where
+        batch k begins, so a resumed or restored run trains on the same tasks in the same order."""
+        self.version = self.submitted_batches = version
+        self.tasks.position = version * self.groups_per_batch
         self._batch_tasks: dict[int, list[str]] = {}  # batch -> task ids in submission order
 
     @property
@@ -148,13 +169,20 @@ class GRPOPipeline:
         groups = self._refill_flat_groups(step, drawn, metrics) if self.grpo.dynamic_sampling else drawn
         t_collected = time.monotonic()
         if groups:
-            metrics.update(self.trainer.train(to_train_samples(groups, self.grpo.advantage_estimator)))
-            self.buffer.mark_trained([t for g in groups for t in g])
+            batch = [t for g in groups for t in g]
+            try:
+                metrics.update(self.trainer.train(to_train_samples(groups, self.grpo.advantage_estimator)))
+            except TrainerRankLost:  # the update is lost with the rank: its batch counts as dropped
+                self.buffer.drop(batch, "trainer_restart")
+                raise
+            self.buffer.mark_trained(batch)
         t_trained = time.monotonic()
         metrics.update(self.publisher.publish(self.version + 1))
         self.version += 1
         self.buffer.accounting.check(self.buffer.num_buffered)
         metrics.update(self.buffer.accounting.metrics(self.buffer.num_buffered, self._in_flight()))
+        metrics.update({"fault/trainer_restarts": float(self.restarts),
+                        "fault/groups_reissued": float(self.reissued_groups)})
         metrics.update({"timing/wait_rollout_s": t_collected - t0, "timing/train_s": t_trained - t_collected,
                         "timing/sync_s": time.monotonic() - t_trained, "timing/step_s": time.monotonic() - t0,
                         "policy_version": float(self.version)})
@@ -208,7 +236,23 @@ class GRPOPipeline:
         return sum(job.group_size for job in self.pool.jobs.values())
 
     def run(self) -> None:
-        for step in range(self.start_version, self.grpo.num_steps):
-            report = self.step(step)
-            for observer in self.observers:
-                observer.on_step(report)
+        while self.version < self.grpo.num_steps:
+            try:
+                report = self.step(self.version)
+                for observer in self.observers:
+                    observer.on_step(report)
+            except TrainerRankLost as lost:
+                if self.recovery is None:
+                    raise
+                self._restart(self.recovery.restore(lost))
+
+    def _restart(self, version: int) -> None:
+        """Continue from `version` (the restored trainer's): nothing generated for later policies
+        is trained on; in-flight groups are re-issued by the submissions from `version` on."""
+        dropped = self.buffer.drop_all("trainer_restart")
+        cancelled = self.pool.cancel_all()
+        self.restarts += 1
+        self.reissued_groups += cancelled
+        logger.warning("trainer restored at policy v%d (was v%d): %d buffered trajectories dropped, "
+                       "%d groups in flight re-issued", version, self.version, dropped, cancelled)
+        self._rewind_to(version)

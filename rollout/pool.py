@@ -116,6 +116,14 @@ class EnvWorkerPool:
         self.jobs[ref] = job
         self.rerun_groups += 1
 
+    def cancel_all(self) -> int:
+        """Cancel every group still running (their results would come from a policy being rolled
+        back); returns how many. They produced nothing, so they leave the accounting untouched."""
+        for ref in self.jobs:
+            ray.cancel(ref)
+        cancelled, self.jobs = len(self.jobs), {}
+        return cancelled
+
     def set_router(self, router: GenerationRouter) -> None:
         """Point every worker at `router`; a worker found dead is replaced (its replacement starts
         with `router`) and its unfinished groups re-run when `collect` sees them fail."""

@@ -158,9 +158,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(engine: Any, ckpt_dir: str | Path, step: int, rank: int) -> str:
-    """All ranks call this together. Returns the tag (`step_<n>`) under `ckpt_dir`."""
-    tag = f"step_{step}"
+def save_training_state(engine: Any, ckpt_dir: str | Path, step: int, rank: int, tag: str | None = None) -> str:
+    """All ranks call this together. Returns the tag under `ckpt_dir` (default `step_<n>`)."""
+    tag = tag or f"step_{step}"
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={STEP_KEY: step})
     # Our own file, written with torch.save: the RNG tuples are not weights-only loadable.
     torch.save(rng_state(), Path(ckpt_dir) / tag / RNG_FILE.format(rank=rank))

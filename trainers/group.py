@@ -27,6 +27,14 @@ from trainers.spec import TrainerSpec
 logger = logging.getLogger(__name__)
 
 
+class TrainerRankLost(RuntimeError):
+    """A trainer rank died (its actor is gone); the group is unusable until rebuilt."""
+
+    def __init__(self, rank: int, cause: str):
+        super().__init__(f"trainer rank {rank} died: {cause}")
+        self.rank, self.cause = rank, cause
+
+
 class PolicyTrainerGroup:
     """Create, drive and shut down the trainer ranks.
 
@@ -69,9 +77,29 @@ class PolicyTrainerGroup:
         """Results of `refs` (rank r's at index r) in order. The first rank to fail raises at once
         (its peers are probably stuck in a collective with it); ranks still silent at the deadline
         are named."""
-        results = wait_all({f"rank {r}": ref for r, ref in enumerate(refs)}, timeout_s,
-                           f"{self.name}: {what}", error=RuntimeError, fail_fast=True)
+        try:
+            results = wait_all({f"rank {r}": ref for r, ref in enumerate(refs)}, timeout_s,
+                               f"{self.name}: {what}", error=RuntimeError, fail_fast=True)
+        except Exception as err:
+            dead = self._dead_ranks()
+            if dead:  # the run can restore the group from a checkpoint (launch/recovery.py)
+                raise TrainerRankLost(dead[0], f"{what}: {err}") from err
+            raise
         return list(results.values())
+
+    def _dead_ranks(self, timeout_s: float = 5.0) -> list[int]:
+        """Ranks whose actor is gone. A rank still busy (stuck in a collective with a failed peer)
+        does not answer in time either, but it is not dead: only Ray's actor-died error counts."""
+        refs = [actor.ping.remote() for actor in self.ranks]
+        dead = []
+        for r, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=timeout_s)
+            except ray.exceptions.RayActorError:
+                dead.append(r)
+            except ray.exceptions.GetTimeoutError:
+                pass
+        return dead
 
     def _all(self, method: str, what: str, timeout_s: float, *args: Any) -> list[Any]:
         """Call `method` on every rank at once (collective) and wait for all of them."""
@@ -135,10 +163,11 @@ class PolicyTrainerGroup:
                 "(receivers alive? ZeRO-3 gathers stuck?)")
         return self._all("sync_weights", what, sync.timeout_s + 60.0, receivers, version, sync)[0]
 
-    def save_checkpoint(self, ckpt_dir: str) -> str:
-        """Model, optimizer, scheduler, RNG and step counter; returns the checkpoint tag."""
+    def save_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> str:
+        """Model, optimizer, scheduler, RNG and step counter under `tag` (default `step_<n>`);
+        returns the tag."""
         return self._all("save_checkpoint", f"save_checkpoint to {ckpt_dir}",
-                         self.spec.trainer.step_timeout_s, ckpt_dir)[0]
+                         self.spec.trainer.step_timeout_s, ckpt_dir, tag)[0]
 
     def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> int:
         """Restore what `save_checkpoint` wrote (`tag=None`: the latest); returns the step."""

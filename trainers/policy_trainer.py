@@ -335,8 +335,8 @@ class PolicyTrainerRank:
                 pass
 
     # ----------------------------------------------------------- persistence
-    def save_checkpoint(self, ckpt_dir: str) -> str:
-        return save_training_state(self.engine, ckpt_dir, self.step, self.rank)
+    def save_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> str:
+        return save_training_state(self.engine, ckpt_dir, self.step, self.rank, tag)
 
     def load_checkpoint(self, ckpt_dir: str, tag: str | None = None) -> int:
         self.step = load_training_state(self.engine, ckpt_dir, self.rank, tag)
@@ -353,6 +353,10 @@ class PolicyTrainerRank:
         copy_model_files(self.model_path, out_dir, dtype)
         logger.info("exported step %d weights to %s", self.step, out_dir)
         return out_dir
+
+    def ping(self) -> bool:
+        """Answers while the actor lives (`actors.calls.alive`)."""
+        return True
 
     def get_step(self) -> int:
         return self.step

@@ -32,6 +32,11 @@ class ScriptedPool:
         self.jobs[self.submitted] = Job(task, group_size, group_id, tags)
         self.submitted += 1
 
+    def cancel_all(self):
+        cancelled = len(self.jobs)
+        self.jobs.clear()
+        return cancelled
+
     def collect(self, timeout_s, num_returns=1):
         job = self.jobs.pop(next(iter(self.jobs)))
         trajs = self.play(job)
