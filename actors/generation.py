@@ -183,10 +183,11 @@ class GenerationWorker:
     async def policy_version(self) -> int:
         return self.version
 
-    async def allow_rollback(self, version: int) -> None:
+    async def accept_version(self, version: int) -> None:
         """Let the next update carry `version` although it is not newer than the served one: the
-        trainer was restored from a checkpoint (launch/recovery.py) and its weights are that version."""
-        self.update.rollback_to = version
+        trainer was restored from a checkpoint (older), or a sync that failed on another engine is
+        repeated (the same version again)."""
+        self.update.accepted = version
 
     async def ping(self) -> bool:
         """Answers while the actor lives (`actors.calls.alive`); does not build the engine."""

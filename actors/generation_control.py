@@ -38,7 +38,7 @@ class UpdateState:
         self.transport = ""
         self.target = -1
         self.loaded: set[str] = set()
-        self.rollback_to: int | None = None  # the one older version the next update may carry
+        self.accepted: int | None = None  # a version the next update may carry though not newer
 
     def check_healthy(self) -> None:
         if not self.healthy:
@@ -52,12 +52,12 @@ class UpdateState:
         self.check_healthy()
         if self.open:
             raise RuntimeError(f"{self.name}: an update to version {self.target} is still open")
-        if new <= current and new != self.rollback_to:
+        if new <= current and new != self.accepted:
             raise ValueError(f"{self.name}: update to version {new} is not newer than the served version {current}")
+        self.accepted = None  # once
 
     def start(self, transport: str, version: int) -> None:
         self.open, self.transport, self.target, self.loaded = True, transport, version, set()
-        self.rollback_to = None
 
     def expect_open(self, what: str, transport: str | None = None) -> None:
         self.check_healthy()

@@ -45,7 +45,8 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
             f"model.hidden_size={args.hidden}", f"model.num_layers={args.layers}",
             f"model.intermediate_size={4 * args.hidden}",
             f"logging.runs_root={RUNS_ROOT}", "logging.wandb_mode=disabled", "logging.progress_bar=false",
-            "logging.sample_every=0", "checkpoint.every_steps=0"]
+            "logging.sample_every=0", "checkpoint.every_steps=0",
+            "checkpoint.every_minutes=0"]
 
 
 def start_policy(args: argparse.Namespace) -> str:

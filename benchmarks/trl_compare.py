@@ -128,7 +128,8 @@ def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespac
                  f"grpo.group_size={COMPLETIONS_PER_PROMPT}", "grpo.dynamic_sampling=false", f"rollout.max_staleness={staleness}",
                  f"trainer.lr={LR}", "grpo.kl_coef=0.0", f"logging.runs_root={WORK_DIR}",
                  "logging.wandb_mode=disabled", "logging.progress_bar=false", "logging.sample_every=0",
-                 *args.labrl_override]
+                 # The TRL side saves nothing either: the comparison is of training throughput.
+                 "checkpoint.every_steps=0", "checkpoint.every_minutes=0", *args.labrl_override]
     t0 = time.perf_counter()
     run = TrainingRun(load_config(None, overrides))
     run.execute()

@@ -124,17 +124,17 @@ class FleetPublisher:
             metrics.update(fleet.wake(sleeping, ["kv_cache"]))
         return metrics
 
-    def sync(self, version: int, replaced: list[int] | None = None, rollback: bool = False) -> dict[str, float]:
+    def sync(self, version: int, replaced: list[int] | None = None, restored: bool = False) -> dict[str, float]:
         """Push the trainer's weights to every engine as `version`; returns `sync/` metrics.
 
         An engine that dies during the sync is replaced and the sync repeated once, to every engine
         (the survivors may hold half an update); a second failure stops the run with the error.
         Engines replaced here or in `replaced` get requests only once they serve `version`.
-        `rollback`: `version` is older than the served one (the trainer was restored).
+        `restored`: the trainer was restored from a checkpoint, so `version` is older than the served one.
         """
         replaced = list(replaced or [])
         try:
-            stats = self._push(version, rollback)
+            stats = self._push(version, accept_any=restored)
         except TrainerRankLost:
             raise
         except Exception as err:  # noqa: BLE001 - re-raised below unless an engine died
@@ -144,16 +144,17 @@ class FleetPublisher:
             logger.warning("generation worker(s) %s died during the v%d weight sync (%s); replaced, syncing "
                            "again", dead, version, err)
             replaced += dead
-            stats = self._push(version, rollback)
+            stats = self._push(version, accept_any=True)  # survivors may already serve `version`
         if replaced:
             self.pool.set_router(self.fleet.router())
         metrics = {f"sync/{k}": float(v) for k, v in asdict(stats).items() if isinstance(v, (int, float))}
         metrics["fault/generation_workers_replaced"] = float(len(replaced))
         return metrics
 
-    def _push(self, version: int, rollback: bool):
+    def _push(self, version: int, accept_any: bool):
+        """`accept_any`: the engines take `version` even if they serve it or a newer one already."""
         workers = self.fleet.workers
-        if rollback:
-            wait_all({f"gen{i}": w.allow_rollback.remote(version) for i, w in enumerate(workers)}, 60.0,
-                     f"allow_rollback(v{version})")
+        if accept_any:
+            wait_all({f"gen{i}": w.accept_version.remote(version) for i, w in enumerate(workers)}, 60.0,
+                     f"accept_version(v{version})")
         return self.trainer.sync_weights(workers, version, self.cfg.sync)

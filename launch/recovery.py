@@ -51,7 +51,7 @@ class CheckpointRecovery:
         if state is not None:
             run.trainer.load_checkpoint(str(run.run_dir / CHECKPOINT_DIR), state.trainer_tag)
         run.trainer_step.trainer = run.publisher.trainer = run.trainer
-        run.publisher.sync(version, rollback=True)
+        run.publisher.sync(version, restored=True)
         rewind_run_files(run.run_dir, version)
         run.version = version
         return version

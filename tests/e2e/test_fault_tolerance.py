@@ -1,6 +1,13 @@
 """Long-run faults: dead env and generation workers are replaced, nothing is lost, runs resume exactly."""
 
+import contextlib
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +20,7 @@ from launch.run import BATCHES_FILE, TrainingRun
 from launch.run_state import load_run_state
 from launch.train import resume
 
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["sft.num_demos=32", "sft.steps=5", "grpo.batch_size=8", "grpo.group_size=4", "eval.num_tasks=4",
         "env.num_train_tasks=64", "env.num_heldout_tasks=4", "logging.progress_bar=false",
         "generation.max_model_len=512", "rollout.max_staleness=1", "logging.wandb_mode=disabled",
@@ -38,8 +46,9 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 class KillWorkersAfterFirstStep:
-    """An observer that kills env worker 0 and generation worker 0 after step 0 and, after the last
-    step, records what the run's pool and engine fleet look like."""
+    """An observer that kills env worker 0 and generation worker 0 after step 0, generation worker
+    1 inside the weight sync that ends step 2 (after the dead-engine check that opens every sync)
+    and, after the last step, records what the run's pool and engine fleet look like."""
 
     def __init__(self, run: TrainingRun, last_step: int):
         self.run, self.last_step = run, last_step
@@ -49,10 +58,24 @@ class KillWorkersAfterFirstStep:
             self.killed_env, self.killed_gen = self.run.pool.workers[0], self.run.fleet.workers[0]
             ray.kill(self.killed_env, no_restart=True)
             ray.kill(self.killed_gen, no_restart=True)
+        if report.step == 1:
+            self._kill_in_next_sync(1)
         if report.step == self.last_step:
             self.env_workers, self.gen_workers = list(self.run.pool.workers), list(self.run.fleet.workers)
             self.replaced_env = self.run.pool.replaced_workers
             self.served = ray.get([w.policy_version.remote() for w in self.gen_workers], timeout=60)
+
+    def _kill_in_next_sync(self, index: int) -> None:
+        trainer = self.run.publisher.trainer
+        sync = trainer.sync_weights
+
+        def sync_after_a_kill(receivers, version, cfg):
+            trainer.sync_weights = sync  # once
+            self.killed_in_sync = receivers[index]
+            ray.kill(self.killed_in_sync, no_restart=True)
+            return sync(receivers, version, cfg)
+
+        trainer.sync_weights = sync_after_a_kill
 
 
 def test_killed_env_and_generation_workers_are_replaced(cluster, tmp_path):
@@ -65,11 +88,16 @@ def test_killed_env_and_generation_workers_are_replaced(cluster, tmp_path):
     assert "eval_grpo/pass@1" in summary
     rows = _metrics(run.run_dir)
     assert [r["policy_version"] for r in rows] == [1, 2, 3]
-    assert [r["fault/generation_workers_replaced"] for r in rows] == [0, 1, 0]  # at the sync after the kill
-    # Both dead workers were replaced by new actors, which serve: the engines the trained version.
+    # Engine 0 is replaced at the sync after its kill; engine 1 dies inside the next sync, which is
+    # repeated once it is replaced (engine 0 too, if it had begun the aborted update: half-updated
+    # weights are not served).
+    replaced = [r["fault/generation_workers_replaced"] for r in rows]
+    assert replaced[0] == 0 and replaced[1] == 1 and replaced[2] in (1, 2), replaced
+    # The dead workers were replaced by new actors, which serve: the engines the trained version.
     assert faults.replaced_env == 1
     assert faults.env_workers[0]._actor_id != faults.killed_env._actor_id
     assert faults.gen_workers[0]._actor_id != faults.killed_gen._actor_id
+    assert faults.gen_workers[1]._actor_id != faults.killed_in_sync._actor_id
     assert faults.served == [3, 3]
     # Every trajectory of the 3 batches (8 each) was trained on or dropped with a reason; none is
     # left buffered or in flight, and none was counted twice (re-run groups replace lost ones).
@@ -80,15 +108,40 @@ def test_killed_env_and_generation_workers_are_replaced(cluster, tmp_path):
     assert last["accounting/buffered"] == 0 and last["accounting/in_flight"] == 0
 
 
-def test_resume_after_stop_continues_step_counter_and_task_order(cluster, tmp_path):
-    # Synchronous, seeded sampling: a resumed step sees the same weights and draws the same tokens.
-    # The entropy bonus makes every step a real update even when the untrained policy earns 0.
-    base = TINY + [f"logging.runs_root={tmp_path}", "grpo.num_steps=3", "rollout.max_staleness=0",
-                   "generation.seeded_sampling=true", "grpo.entropy_coef=0.01"]
-    straight = TrainingRun(load_config(None, base + ["run_name=straight"]))
-    straight.execute()
+# Synchronous, seeded sampling: a resumed step sees the same weights and draws the same tokens.
+# The entropy bonus makes every step a real update even when the untrained policy earns 0.
+RESUMABLE = TINY + ["grpo.num_steps=4", "rollout.max_staleness=0", "generation.seeded_sampling=true",
+                    "grpo.entropy_coef=0.01"]
 
-    stopped = TrainingRun(load_config(None, base + ["run_name=stopped"]))
+
+@pytest.fixture(scope="module")
+def straight(cluster, tmp_path_factory) -> Path:
+    """An uninterrupted run of RESUMABLE: what every interrupted-and-resumed run must reproduce."""
+    root = tmp_path_factory.mktemp("straight")
+    run = TrainingRun(load_config(None, RESUMABLE + [f"logging.runs_root={root}", "run_name=straight"]))
+    run.execute()
+    return run.run_dir
+
+
+def _assert_same_run_as(resumed_dir: Path, straight_dir: Path, resumed_from: int) -> None:
+    """Same step counter, same task order, same updates from the checkpoint on, exact accounting."""
+    got, want = _batches(resumed_dir), _batches(straight_dir)
+    assert [b["step"] for b in got] == [0, 1, 2, 3]
+    assert [b["task_ids"] for b in got] == [b["task_ids"] for b in want]
+    assert [b["policy_version"] for b in got] == [1, 2, 3, 4]
+    resumed, uninterrupted = _metrics(resumed_dir), _metrics(straight_dir)
+    assert [r["policy_version"] for r in resumed] == [1, 2, 3, 4]
+    for key in ("rollout/num_generated_tokens", "train/loss"):
+        assert [r[key] for r in resumed[resumed_from:]] == pytest.approx(
+            [r[key] for r in uninterrupted[resumed_from:]], rel=1e-3, abs=1e-6), key
+    last = resumed[-1]
+    dropped = sum(v for k, v in last.items() if k.startswith("accounting/dropped/"))
+    assert last["accounting/produced"] == last["accounting/trained"] + dropped + last["accounting/buffered"]
+    assert last["accounting/in_flight"] == 0
+
+
+def test_resume_after_stop_continues_step_counter_and_task_order(cluster, straight, tmp_path):
+    stopped = TrainingRun(load_config(None, RESUMABLE + [f"logging.runs_root={tmp_path}", "run_name=stopped"]))
 
     class StopAfterFirstStep:
         def on_step(self, report):
@@ -101,12 +154,54 @@ def test_resume_after_stop_continues_step_counter_and_task_order(cluster, tmp_pa
     state = load_run_state(stopped.run_dir)
     assert state.policy_version == 1
     resume(stopped.run_dir, [])
+    _assert_same_run_as(stopped.run_dir, straight, resumed_from=1)
 
-    got, want = _batches(stopped.run_dir), _batches(straight.run_dir)
-    assert [b["step"] for b in got] == [0, 1, 2]
-    assert [b["task_ids"] for b in got] == [b["task_ids"] for b in want]
-    assert [b["policy_version"] for b in got] == [1, 2, 3]
-    resumed, uninterrupted = _metrics(stopped.run_dir), _metrics(straight.run_dir)
-    assert [r["policy_version"] for r in resumed] == [1, 2, 3]
-    for key in ("rollout/num_generated_tokens", "train/loss"):
-        assert [r[key] for r in resumed] == pytest.approx([r[key] for r in uninterrupted], rel=1e-3, abs=1e-6), key
+
+def _start_driver(args: list[str], log: Path) -> subprocess.Popen:
+    """`python -m launch.train ARGS` in its own session (its local Ray with it), output to `log`."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "launch.train", *args], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_during_checkpoint_write(proc: subprocess.Popen, runs_root: Path, timeout_s: float) -> tuple[Path, str]:
+    """SIGKILL the driver the moment a checkpoint folder exists that run_state.json does not name:
+    a save under way. Returns the run directory and the tag that was committed at the kill."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        run_dir = next(runs_root.glob("killed-*"), None)
+        ckpt_dir = run_dir / "checkpoint" if run_dir else None
+        if ckpt_dir is not None and ckpt_dir.is_dir() and (run_dir / "run_state.json").is_file():
+            # Listed before the state is read: a folder seen here and not named there is being written.
+            versions = [int(d.name[1:]) for d in ckpt_dir.iterdir() if re.fullmatch(r"v\d+", d.name)]
+            committed = json.loads((run_dir / "run_state.json").read_text())["trainer_tag"]
+            if any(v > int(committed[1:]) for v in versions):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(30)
+                return run_dir, committed
+        time.sleep(0.001)
+    raise AssertionError(f"no checkpoint write seen within {timeout_s:.0f}s (driver exit code {proc.poll()})")
+
+
+def test_sigkill_during_a_checkpoint_write_then_resume_finishes_the_same_run(straight, tmp_path):
+    args = RESUMABLE + [f"logging.runs_root={tmp_path}", "run_name=killed", "checkpoint.every_steps=1"]
+    driver = _start_driver(args, tmp_path / "killed.log")
+    try:
+        run_dir, committed = _kill_during_checkpoint_write(driver, tmp_path, timeout_s=900)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever of its Ray did not die with it
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == -signal.SIGKILL
+    # The save under way is not what a resume sees: run_state.json still names the previous one.
+    state = load_run_state(run_dir)
+    assert state.trainer_tag == committed and state.policy_version == int(committed[1:])
+    assert (run_dir / "checkpoint" / f"v{state.policy_version + 1}").is_dir()
+
+    resumed = subprocess.run([sys.executable, "-m", "launch.train", "--resume", str(run_dir)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_run_as(run_dir, straight, resumed_from=state.policy_version)
+    # The half-written folder was replaced by a complete save; only the newest two are kept.
+    assert sorted(d.name for d in (run_dir / "checkpoint").iterdir() if d.is_dir()) == ["v2", "v3"]
+    assert load_run_state(run_dir).trainer_tag == "v3"
