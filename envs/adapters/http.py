@@ -4,276 +4,160 @@ Why: some environments need their own machine (a simulator, a licensed tool, a l
 The server keeps one environment per session; the client is an ordinary `Environment`, so the agent
 loop does not know the difference. Tools cross the wire as schemas and are executed by the server.
 
-Safety: the server binds 127.0.0.1 unless told otherwise and refuses a non-loopback address without
-an API key; requests must carry the key in `X-API-Key` (401 otherwise). An environment that raises
-in `step` ends its episode with an error observation (reason `env_error`); the server stays up.
+    python -m envs.adapters.http --envs stoichiometry,my_pkg.envs:SPEC [--host 127.0.0.1] [--port 8765]
 
-Protocol (JSON):
-    POST   /sessions               {"config": {...}} -> {"session", "observations", "tools"}
-    POST   /sessions/{id}/step     {"action": msg}   -> {"observations", "reward", "reason", "done", "truncated"}
-    DELETE /sessions/{id}                            -> {"ok": true}
-    GET    /health                                   -> {"ok": true, "sessions": n}  (no key needed)
+serves exactly the environments named at start (registered names or import paths of `EnvSpec`s,
+resolved once, by the operator; a name that does not resolve stops the start with a message). A
+client picks one of those names; nothing a client sends is imported or called.
+
+Safety: the server binds 127.0.0.1 unless told otherwise and refuses a non-loopback address without
+an API key ($LABRL_ENV_API_KEY); requests must then carry it in `X-API-Key`. The key is compared in
+constant time and never logged. An environment that raises in `step` ends its episode with an error
+observation (reason `env_error`; `timeout` past `--env-timeout-s`); the server stays up.
+
+Protocol (JSON; every refusal is `{"error": message}`):
+    POST   /sessions            {"env": name, "task": Task dict} -> {"session", "observations", "tools"}
+    POST   /sessions/{id}/step  {"action": assistant Message dict} -> {"observations", "reward", "reason",
+                                                                       "done", "truncated"}
+    DELETE /sessions/{id}                                     -> {"ok": true}
+    GET    /health                                            -> {"ok": true, "sessions": n}  (no key needed)
+
+Refusals: 400 malformed JSON, wrong types or fields, or an environment name not served (the message
+lists the served ones); 401 missing or wrong key; 404 unknown, closed or finished session, or no
+such endpoint; 405 wrong method; 410 session expired (older than `--max-session-age-s` or idle
+longer than `--idle-timeout-s`; it is closed); 413 body over `--max-body-bytes`; 422 the
+environment could not start this task (it raised); 429 `--max-sessions` sessions open, or a
+session stepping faster than `--max-steps-per-s` (burst `--step-burst`), with Retry-After; 504 the
+environment did not start within `--env-timeout-s`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
-import inspect
-import ipaddress
 import logging
 import os
+import re
+import signal
+import subprocess
+import sys
 import time
-import uuid
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from pathlib import Path
+from typing import Sequence
 
-from aiohttp import ClientSession, ClientTimeout, web
+from envs.adapters.http_client import RemoteEnvError, RemoteEnvironment, RemoteEnvTimeout
+from envs.adapters.http_server import EnvServer, ServerLimits
+from envs.adapters.http_wire import API_KEY_ENV, API_KEY_HEADER
+from envs.registry import EnvSpec, get_env_spec
 
-from envs.core import Environment, Message, Reward, reward_reason
-from envs.dataset import Task
-from envs.tools import Tool, error_message
+__all__ = ["API_KEY_ENV", "API_KEY_HEADER", "EnvServer", "RemoteEnvError", "RemoteEnvTimeout",
+           "RemoteEnvironment", "ServerLimits", "main", "resolve_envs", "start_server_process"]
 
 logger = logging.getLogger(__name__)
 
-API_KEY_HEADER = "X-API-Key"
-API_KEY_ENV = "LABRL_ENV_API_KEY"
-EnvFactory = Callable[[dict[str, Any]], "Environment | Awaitable[Environment]"]
+_LISTENING = re.compile(r"environment server listening on (http://\S+?),")
+_LIMIT_FLAGS = {  # flag -> (ServerLimits field, type)
+    "--max-body-bytes": ("max_body_bytes", int), "--max-sessions": ("max_sessions", int),
+    "--max-session-age-s": ("max_session_age_s", float), "--idle-timeout-s": ("idle_timeout_s", float),
+    "--max-steps-per-s": ("max_steps_per_s", float), "--step-burst": ("step_burst", int),
+    "--env-timeout-s": ("env_timeout_s", float),
+}
 
 
-class RemoteEnvError(RuntimeError):
-    """The server refused a request or could not create the environment."""
+def resolve_envs(names: Sequence[str]) -> dict[str, EnvSpec]:
+    """Served name (as given) -> spec, through `get_env_spec` (registered names and import paths).
+    Raises ValueError naming the first name that does not resolve."""
+    specs: dict[str, EnvSpec] = {}
+    for name in names:
+        if name in specs:
+            raise ValueError(f"environment {name!r} is named twice")
+        try:
+            specs[name] = get_env_spec(name)
+        except Exception as err:  # noqa: BLE001 - an operator's module may fail in any way on import
+            raise ValueError(f"cannot serve environment {name!r}: {type(err).__name__}: {err}") from err
+    if not specs:
+        raise ValueError("no environment to serve: give --envs NAME[,NAME...]")
+    return specs
 
 
-def registry_factory(config: dict[str, Any]) -> Environment:
-    """Build an environment from `{"env": registered name or import path, "task": Task dict}`."""
-    from envs.registry import get_env_spec  # late: keeps this module importable on its own
-
-    return get_env_spec(config["env"]).make_env(Task.from_dict(config["task"]))
-
-
-@dataclass
-class _Session:
-    env: Environment
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    last_used: float = field(default_factory=time.monotonic)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+async def _serve(server: EnvServer) -> None:
+    url = await server.start()
+    # The one line an operator (and `start_server_process`) always needs, whatever --log-level says.
+    logger.info("environment server listening on %s, serving %s", url, ", ".join(server.envs))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # close the sessions' environments before exiting
+        loop.add_signal_handler(sig, stop.set)
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class EnvServer:
-    """Hosts environment sessions behind an aiohttp app (start/stop inside a running event loop)."""
-
-    def __init__(self, factory: EnvFactory = registry_factory, *, api_key: str | None = None,
-                 host: str = "127.0.0.1", port: int = 0, max_sessions: int = 1024,
-                 session_ttl_s: float = 3600.0, max_body_bytes: int = 1 << 20):
-        if api_key is None and not _is_loopback(host):
-            raise ValueError(f"refusing to serve environments on {host} without an API key")
-        self.factory = factory
-        self.api_key = api_key
-        self.host, self.port = host, port
-        self.max_sessions = max_sessions
-        self.session_ttl_s = session_ttl_s
-        self.sessions: dict[str, _Session] = {}
-        self.app = web.Application(middlewares=[self._auth], client_max_size=max_body_bytes)
-        self.app.add_routes([
-            web.get("/health", self._health),
-            web.post("/sessions", self._create),
-            web.post("/sessions/{sid}/step", self._step),
-            web.delete("/sessions/{sid}", self._delete),
-        ])
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    async def start(self) -> str:
-        """Start serving; returns the base URL (with the real port when `port=0`)."""
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-        if self.port == 0:  # the OS picked a free port
-            self.port = self._runner.addresses[0][1]
-        logger.info("environment server listening on %s", self.url)
-        return self.url
-
-    async def stop(self) -> None:
-        for sid in list(self.sessions):
-            await self._close(sid)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @web.middleware
-    async def _auth(self, request: web.Request, handler):
-        if self.api_key is not None and request.path != "/health":
-            given = request.headers.get(API_KEY_HEADER, "")
-            if not hmac.compare_digest(given.encode(), self.api_key.encode()):
-                return web.json_response({"error": "unauthorized"}, status=401)
-        return await handler(request)
-
-    async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "sessions": len(self.sessions)})
-
-    async def _json(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise web.HTTPBadRequest(text='{"error": "body must be JSON"}',
-                                     content_type="application/json") from None
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text='{"error": "body must be an object"}',
-                                     content_type="application/json")
-        return body
-
-    async def _evict_idle(self) -> None:
-        now = time.monotonic()
-        for sid, session in list(self.sessions.items()):
-            if now - session.last_used > self.session_ttl_s and not session.lock.locked():
-                logger.info("closing idle environment session %s", sid)
-                await self._close(sid)
-
-    async def _create(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        await self._evict_idle()
-        if len(self.sessions) >= self.max_sessions:
-            return web.json_response({"error": "too many sessions"}, status=503)
-        try:
-            env = self.factory(body.get("config") or {})
-            if inspect.isawaitable(env):
-                env = await env
-            observations, tools = await env.reset()
-        except Exception as err:  # noqa: BLE001 - a bad environment must not take the server down
-            logger.warning("environment creation failed: %s: %s", type(err).__name__, err)
-            return web.json_response({"error": f"environment failed to start: {type(err).__name__}: {err}"},
-                                     status=500)
-        sid = uuid.uuid4().hex
-        self.sessions[sid] = _Session(env)
-        return web.json_response({"session": sid, "observations": [m.to_dict() for m in observations],
-                                  "tools": [t.schema for t in tools]})
-
-    async def _step(self, request: web.Request) -> web.Response:
-        sid = request.match_info["sid"]
-        session = self.sessions.get(sid)
-        if session is None:
-            return web.json_response({"error": "unknown session"}, status=404)
-        body = await self._json(request)
-        try:
-            action = Message.from_dict(body["action"])
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            return web.json_response({"error": f"bad action: {type(err).__name__}"}, status=400)
-        async with session.lock:
-            session.last_used = time.monotonic()
-            try:
-                observations, reward, done, truncated = await session.env.step(action)
-            except Exception as err:  # noqa: BLE001 - the crash is reported to the agent instead
-                logger.warning("environment step failed in session %s: %s: %s", sid, type(err).__name__, err)
-                observations = [error_message(None, f"environment failed: {type(err).__name__}")]
-                reward, done, truncated = Reward(0.0, "env_error"), True, True
-        if done or truncated:
-            await self._close(sid)
-        return web.json_response({"observations": [m.to_dict() for m in observations],
-                                  "reward": float(reward), "reason": reward_reason(reward),
-                                  "done": bool(done), "truncated": bool(truncated)})
-
-    async def _delete(self, request: web.Request) -> web.Response:
-        await self._close(request.match_info["sid"])
-        return web.json_response({"ok": True})
-
-    async def _close(self, sid: str) -> None:
-        session = self.sessions.pop(sid, None)
-        if session is not None:
-            try:
-                await session.env.close()
-            except Exception as err:  # noqa: BLE001 - closing is best effort
-                logger.debug("closing session %s failed: %s", sid, err)
-
-
-class RemoteEnvironment(Environment):
-    """An environment that lives on an `EnvServer`; `config` is passed to the server's factory."""
-
-    def __init__(self, base_url: str, config: dict[str, Any], *, api_key: str | None = None,
-                 timeout_s: float = 60.0, session: ClientSession | None = None):
-        self.base_url = base_url.rstrip("/")
-        self.config = config
-        self.api_key = api_key
-        self.timeout = ClientTimeout(total=timeout_s)
-        self._http = session
-        self._own_http = session is None
-        self.session_id: str | None = None
-        self.tools: list[Tool] = []
-
-    @classmethod
-    def for_task(cls, base_url: str, env_name: str, task: Task, **kwargs: Any) -> "RemoteEnvironment":
-        """A remote environment built by the server's registry from `env_name` and `task`."""
-        return cls(base_url, {"env": env_name, "task": task.to_dict()}, **kwargs)
-
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        if self._http is None:
-            self._http = ClientSession(timeout=self.timeout)
-        headers = {API_KEY_HEADER: self.api_key} if self.api_key else {}
-        async with self._http.request(method, self.base_url + path, json=body, headers=headers,
-                                      timeout=self.timeout) as resp:
-            try:
-                data = await resp.json(content_type=None)
-            except ValueError:
-                data = {"error": (await resp.text())[:200]}
-            if resp.status != 200:
-                raise RemoteEnvError(f"{method} {path}: HTTP {resp.status}: {data.get('error', data)}")
-            return data
-
-    async def reset(self) -> tuple[list[Message], list[Tool]]:
-        data = await self._request("POST", "/sessions", {"config": self.config})
-        self.session_id = data["session"]
-        self.tools = [Tool.from_schema(s) for s in data["tools"]]
-        return [Message.from_dict(m) for m in data["observations"]], list(self.tools)
-
-    async def step(self, action: Message) -> tuple[list[Message], float, bool, bool]:
-        if self.session_id is None:
-            raise RuntimeError("step() before reset()")
-        data = await self._request("POST", f"/sessions/{self.session_id}/step", {"action": action.to_dict()})
-        if data["done"] or data["truncated"]:
-            self.session_id = None  # the server has closed the session
-        return ([Message.from_dict(m) for m in data["observations"]], Reward(data["reward"], data["reason"]),
-                bool(data["done"]), bool(data["truncated"]))
-
-    async def close(self) -> None:
-        try:
-            if self.session_id is not None:
-                await self._request("DELETE", f"/sessions/{self.session_id}")
-                self.session_id = None
-        finally:
-            if self._own_http and self._http is not None:
-                await self._http.close()
-                self._http = None
-
-
-async def _serve_forever(host: str, port: int) -> None:
-    server = EnvServer(api_key=os.environ.get(API_KEY_ENV) or None, host=host, port=port)
-    await server.start()
-    try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
+        logger.info("environment server stopping (%d open sessions)", len(server.sessions))
         await server.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m envs.adapters.http [--host H] [--port P]`; the key comes from $LABRL_ENV_API_KEY."""
-    parser = argparse.ArgumentParser(description="Serve registered environments over HTTP.")
+def _parser() -> argparse.ArgumentParser:
+    defaults = ServerLimits()
+    parser = argparse.ArgumentParser(prog="python -m envs.adapters.http",
+                                     description="Serve the named environments over HTTP. The API key, "
+                                                 f"if any, comes from ${API_KEY_ENV}.")
+    parser.add_argument("--envs", required=True,
+                        help="comma-separated registered names or import paths (pkg.module:SPEC)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=8765, help="0: any free port (logged)")
+    for flag, (name, kind) in _LIMIT_FLAGS.items():
+        parser.add_argument(flag, dest=name, type=kind, default=getattr(defaults, name),
+                            help=f"default {getattr(defaults, name)}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    asyncio.run(_serve_forever(args.host, args.port))
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+    try:
+        envs = resolve_envs([n.strip() for n in args.envs.split(",") if n.strip()])
+        limits = ServerLimits(**{name: getattr(args, name) for name, _ in _LIMIT_FLAGS.values()})
+        server = EnvServer(envs, api_key=os.environ.get(API_KEY_ENV) or None, host=args.host, port=args.port,
+                           limits=limits)
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        asyncio.run(_serve(server))
+    except OSError as err:  # cannot listen: the message names the address
+        sys.exit(f"error: {err.strerror or err}; is another server on that port? choose another with --port")
+
+
+def start_server_process(envs: Sequence[str], *, port: int = 0, api_key: str | None = None,
+                         args: Sequence[str] = (), log_path: Path | str, timeout_s: float = 60.0,
+                         ) -> tuple[subprocess.Popen, str]:
+    """Run `python -m envs.adapters.http --envs ...` in a child process (stderr to `log_path`) and
+    wait until it listens. Returns the process and the server's base URL; raises RuntimeError with
+    the log's tail if it exits or is not listening within `timeout_s`."""
+    env = dict(os.environ)
+    env.pop(API_KEY_ENV, None)
+    if api_key:
+        env[API_KEY_ENV] = api_key
+    root = str(Path(__file__).resolve().parents[2])  # so that `benchmarks.x:SPEC` style paths import
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    log_path = Path(log_path)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "envs.adapters.http", "--envs", ",".join(envs),
+                                 "--port", str(port), *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = log_path.read_text(errors="replace")
+        found = _LISTENING.search(text)
+        if found:
+            return proc, found.group(1)
+        if proc.poll() is not None:
+            raise RuntimeError(f"environment server exited with {proc.returncode}: {text[-2000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"environment server not listening after {timeout_s:g}s: "
+                       f"{log_path.read_text(errors='replace')[-2000:]}")
 
 
 if __name__ == "__main__":
