@@ -74,7 +74,7 @@ def start_local_ray(num_cpus: int, resources: dict[str, float] | None = None) ->
         return
     env_vars = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
                 "TOKENIZERS_PARALLELISM": "false"}
-    ray.init(num_cpus=num_cpus, resources=resources or {}, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=num_cpus, resources=resources or {}, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING, runtime_env={"env_vars": env_vars})
 
 

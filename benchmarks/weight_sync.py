@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument("--transports", default="shm", help="comma list of transports: shm, shm_inplace, gloo")
     args = parser.parse_args()
     setup_logging()
-    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
     rows = []
     for size in args.sizes.split(","):

@@ -325,8 +325,13 @@ class CheckpointConfig(Section):
 
 
 class ClusterConfig(Section):
-    address: str | None = Field(None, description="None: start a local Ray cluster; 'auto': join one.")
+    address: str | None = Field(None, description="None (and no RAY_ADDRESS): start labrl's own local Ray "
+                                                  "instance, never another one found on the machine; 'auto' "
+                                                  "or host:port: join that cluster (RAY_ADDRESS does too).")
     num_cpus: int | None = Field(None, gt=0, description="Local cluster only; may over-subscribe.")
+    connect_timeout_s: float = Field(180.0, gt=0, description="Limit on starting the local Ray instance or "
+                                                              "joining the cluster, then fail naming the address; "
+                                                              "an address where no GCS listens fails in seconds.")
 
 
 class PlacementConfig(Section):

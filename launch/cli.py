@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-from launch import evaluate, profile, report, scale, train
-
-COMMANDS = {"train": train.main, "profile": profile.main, "eval": evaluate.main, "report": report.main,
-            "scale": scale.main}
+# Imported on use: each command pulls in Ray, torch and vLLM, seconds during which a SIGTERM would
+# find no handler (`launch.train` installs its own first thing).
+COMMANDS = {"train": "launch.train", "profile": "launch.profile", "eval": "launch.evaluate",
+            "report": "launch.report", "scale": "launch.scale"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
         names = ", ".join(COMMANDS)
         sys.stderr.write(f"usage: labrl {{{names}}} [options]\n")
         return 2
-    return COMMANDS[argv[0]](argv[1:])
+    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
 
 
 if __name__ == "__main__":

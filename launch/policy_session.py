@@ -76,7 +76,8 @@ def sampling_run(cfg: LabrlConfig, command: str, checkpoint: str | None, out: st
     run_log = RunLogger.for_run(out_dir, cfg, f"{command}-{cfg.run_name}", command=command, checkpoint=model_dir)
     pool = fleet = None
     try:
-        connect(cfg.cluster.address, C.cpus_requested(cfg, with_trainer=False), cfg.cluster.num_cpus)
+        connect(cfg.cluster.address, C.cpus_requested(cfg, with_trainer=False), cfg.cluster.num_cpus,
+                timeout_s=cfg.cluster.connect_timeout_s)
         check_resources({"CPU": C.cpus_requested(cfg, with_trainer=False),
                          "GPU": C.gpus_requested(cfg, with_trainer=False)})
         pool = C.make_env_pool(cfg, model_dir)

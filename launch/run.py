@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from cluster.placement import build_placement
-from cluster.ray_cluster import check_resources, connect
+from cluster.ray_cluster import check_resources, connect, ephemeral_run_dir_warning
 from configs.schema import LabrlConfig
 from launch import components as C
 from launch.curriculum import training_stream
@@ -67,20 +67,25 @@ class TrainingRun:
     def execute(self) -> dict[str, float]:
         try:
             return self._phases()
-        except BaseException:
-            self.close()  # failed or stopped: release actors and placement for whoever is next
+        except BaseException as err:
+            # Failed or stopped: release actors and placement for whoever is next. On a stop signal
+            # engines still building are not waited for (a scheduler kills what outlives its grace).
+            self.close(engine_stop_timeout_s=10.0 if isinstance(err, KeyboardInterrupt) else 60.0)
             raise
 
     def _phases(self) -> dict[str, float]:
         cfg = self.cfg
         log_to_file(self.run_dir / "train.log")
+        if warning := ephemeral_run_dir_warning(self.run_dir, "runs_root" in cfg.logging.model_fields_set):
+            logger.warning("%s", warning)
         write_atomic(self.run_dir / CONFIG_FILE, json.dumps(cfg.model_dump(), indent=2))
         policy_dir = self.resume.policy_dir if self.resume else C.prepare_model(cfg, self.run_dir)
         self.dataset = C.make_dataset(cfg, self.spec)
         self.heldout = self.dataset.tasks("heldout")[: cfg.eval.num_tasks]
         if self.resume:  # rows a killed run wrote after its checkpoint describe steps that run again
             rewind_run_files(self.run_dir, self.version)
-        connect(cfg.cluster.address, C.cpus_requested(cfg), cfg.cluster.num_cpus)
+        connect(cfg.cluster.address, C.cpus_requested(cfg), cfg.cluster.num_cpus,
+                timeout_s=cfg.cluster.connect_timeout_s)
         check_resources({"CPU": C.cpus_requested(cfg), "GPU": C.gpus_requested(cfg)})
         self.run_log = RunLogger.for_run(self.run_dir, cfg, f"{cfg.run_name}-{self.run_dir.name}")
         self.pool = C.make_env_pool(cfg, policy_dir)
@@ -199,7 +204,7 @@ class TrainingRun:
         self.close()
         self.report()
 
-    def close(self) -> None:
+    def close(self, engine_stop_timeout_s: float = 60.0) -> None:
         """Stop actors and finish W&B; safe to call more than once."""
         if self.run_log is not None:
             self.run_log.finish()
@@ -211,7 +216,7 @@ class TrainingRun:
             self.pool.shutdown()
             self.pool = None
         if self.fleet is not None:
-            self.fleet.stop()
+            self.fleet.stop(engine_stop_timeout_s)
             self.fleet = None
         if self.placement is not None:
             self.placement.remove()

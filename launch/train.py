@@ -4,7 +4,10 @@ Also the Ray job entrypoint (`ray job submit --working-dir . -- python -m launch
 Flow: validate config (before Ray starts) -> policy (tiny or `model.path`) -> behaviour cloning on
 reference demonstrations -> held-out eval -> GRPO with async rollouts and per-step weight sync ->
 held-out eval -> final HF weights, metrics.jsonl, curves and summary.json in the run directory.
-SIGTERM (what cluster schedulers send) and Ctrl-C checkpoint the run before it exits.
+SIGTERM (what cluster schedulers send) and Ctrl-C stop it in every phase, start-up included (exit
+130); from GRPO on they checkpoint the run first. The handler is installed before anything slow
+(the run's modules, torch and Ray, are imported inside `main`, ~10 s), and `connect` keeps it in
+force across ray.init, which would otherwise replace it with its own.
 """
 
 from __future__ import annotations
@@ -13,19 +16,17 @@ import argparse
 import json
 import logging
 import signal
+import sys
 from pathlib import Path
-
-import ray
 
 from configs.loading import ConfigError, config_from_dict, load_config
 from configs.schema import LabrlConfig
-from launch.run import TrainingRun
 from launch.run_state import CONFIG_FILE, load_run_state
-from models.loading import ModelNotFoundError
 from monitor.run_logger import LOG_FORMAT
 
 logger = logging.getLogger("labrl")
 EXIT_HEALTH_STOP = 3
+EXIT_TRAINER_LOST = 4  # a trainer rank died more often than trainer.max_restarts allows
 EXIT_SIGNAL = 130
 
 
@@ -40,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def train(cfg: LabrlConfig) -> dict[str, float]:
     """A fresh run in a new run directory; returns the summary (held-out success etc.)."""
+    from launch.run import TrainingRun
+
     return TrainingRun(cfg).execute()
 
 
@@ -57,6 +60,8 @@ def resume(run_dir: Path, overrides: list[str]) -> dict[str, float]:
 
 
 def run_resumed(cfg: LabrlConfig, run_dir: Path) -> dict[str, float]:
+    from launch.run import TrainingRun
+
     return TrainingRun(cfg, run_dir, resume=load_run_state(run_dir)).execute()
 
 
@@ -66,25 +71,38 @@ def _stop_on_sigterm(signum, frame) -> None:  # noqa: ARG001 - signal handler si
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    args = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return _main(parse_args(argv))
+    except KeyboardInterrupt:
+        logger.warning("stopped by signal; a checkpointed run resumes with: labrl train --resume <run dir>")
+        return EXIT_SIGNAL
+    finally:
+        ray = sys.modules.get("ray")  # imported by the run, if it got that far
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         cfg = resumed_config(Path(args.resume), args.overrides) if args.resume else load_config(
             args.config, args.overrides)
     except (ConfigError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 2
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    from cluster.ray_cluster import ClusterConnectError, ResourceError
+    from launch.recovery import TrainerRestartsExhausted
+    from models.loading import ModelNotFoundError
+
     try:
         summary = run_resumed(cfg, Path(args.resume)) if args.resume else train(cfg)
-    except (ConfigError, ModelNotFoundError, FileNotFoundError) as err:
+    except (ConfigError, ModelNotFoundError, FileNotFoundError, ClusterConnectError, ResourceError) as err:
         logger.error("%s", err)
         return 2
-    except KeyboardInterrupt:
-        logger.warning("stopped by signal; resume with: labrl train --resume <run dir>")
-        return EXIT_SIGNAL
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
+    except TrainerRestartsExhausted as err:
+        logger.error("%s; resume from the last checkpoint with: labrl train --resume <run dir>", err)
+        return EXIT_TRAINER_LOST
     return EXIT_HEALTH_STOP if summary.get("health/stopped") else 0
 
 

@@ -8,10 +8,11 @@ trained twice.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.calls import alive, wait_all
 from actors.router import GenerationRouter
@@ -124,16 +125,23 @@ class EnvWorkerPool:
         cancelled, self.jobs = len(self.jobs), {}
         return cancelled
 
-    def set_router(self, router: GenerationRouter) -> None:
+    def set_router(self, router: GenerationRouter, timeout_s: float = 120.0) -> None:
         """Point every worker at `router`; a worker found dead is replaced (its replacement starts
-        with `router`) and its unfinished groups re-run when `collect` sees them fail."""
+        with `router`) and its unfinished groups re-run when `collect` sees them fail. A worker
+        that does not answer within `timeout_s` (a trivial call: it is wedged) is a TimeoutError
+        naming it, not a driver waiting forever."""
         self.router = router
         refs = [w.set_router.remote(router) for w in self.workers]
+        deadline = time.monotonic() + timeout_s
         for index, ref in enumerate(refs):
             try:
-                ray.get(ref)
+                ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
             except RayActorError as err:
                 self._replace(index, err)
+            except GetTimeoutError:
+                raise TimeoutError(f"env worker {index} did not answer set_router within {timeout_s:.0f} s "
+                                   "(pointing it at the new generation workers); it is wedged or its node "
+                                   "is overloaded") from None
 
     def _replace(self, index: int, err: Exception) -> None:
         logger.warning("env worker %d died (%s); replacing it", index, type(err).__name__)

@@ -16,7 +16,7 @@ def ray_local():
     """A local Ray (4 logical CPUs on 2 cores is fine: the actors here are mostly idle)."""
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING,
+        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT}})
         started = True
     yield

@@ -28,23 +28,14 @@ from pathlib import Path
 import pytest
 
 from actors.calls import free_port
+from tests.cluster.ray_procs import BIN, RAY, ROOT, PrivateHead, node_ports
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-RAY = str(BIN / "ray")
 JOB_TIMEOUT_S = 1500
 OVERRIDES = ["sft.num_demos=32", "sft.steps=5", "grpo.num_steps=2", "grpo.batch_size=8", "grpo.group_size=4",
              "eval.num_tasks=4", "env.num_train_tasks=32", "env.num_heldout_tasks=4",
              "logging.progress_bar=false", "cluster.address=auto"]
 
 pytestmark = pytest.mark.skipif(not Path(RAY).exists(), reason="ray CLI not installed beside this Python")
-
-
-def _node_ports() -> list[str]:
-    """Ports two raylets on one host must not share (defaults like 52365 are fixed numbers)."""
-    names = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-             "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
-    return [a for n in names for a in (n, str(free_port()))]
 
 
 def _env() -> dict[str, str]:
@@ -71,7 +62,7 @@ class TwoNodeCluster:
         log = open(self.tmp.with_suffix(f".{name}.log"), "w")
         self.procs.append(subprocess.Popen([RAY, "start", "--block", "--node-ip-address", "127.0.0.1",
                                             "--temp-dir", str(self.tmp), "--disable-usage-stats",
-                                            *_node_ports(), *args],
+                                            *node_ports(), *args],
                                            stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT,
                                            start_new_session=True))
 
@@ -173,3 +164,50 @@ def test_job_submit_trains_with_actors_on_both_nodes(two_nodes, tmp_path):
         sorted(f"{a['class_name']}@{a['node_id'][:8]}" for a in actors))
     env_nodes = {a["node_id"] for a in actors if a["class_name"] == "EnvWorker"}
     assert env_nodes == {node2}, "rollout.env_worker_resource=node2 must pin env workers to node2"
+
+
+# The job of the token-auth test: labrl's `connect` joins the job's cluster (RAY_ADDRESS, with the
+# token the job inherits), and the run-directory check sees Ray's temporary working directory.
+TOKEN_JOB = """
+import os, ray
+from pathlib import Path
+from cluster.ray_cluster import connect, ephemeral_run_dir_warning
+connect(None, 1)
+print("JOINED", ray.get_runtime_context().gcs_address, "nodes", len(ray.nodes()), "auth", os.environ.get("RAY_AUTH_MODE"))
+print("WARNING", ephemeral_run_dir_warning(Path("runs") / "x", runs_root_explicit=False))
+"""
+
+
+def test_readme_job_submit_line_works_against_a_ray_start_cluster_with_token_auth(tmp_path):
+    """README: `ray get-auth-token --generate` once, `ray start --head` (a token in ~/.ray turns
+    token auth on), then `RAY_AUTH_MODE=token ray job submit --working-dir . -- ...`: the client
+    does not send the token unless RAY_AUTH_MODE=token, and is refused without it. HOME is a
+    private directory, so ~/.ray/auth_token is this test's own; RAY_TMPDIR makes the private head
+    this machine's latest `ray start` for the client, as on a real head node (no --address)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    head = PrivateHead(dashboard=True, auth_mode=None, home=home)
+    try:
+        token = subprocess.run([RAY, "get-auth-token", "--generate"], capture_output=True, text=True,
+                               timeout=120, env=head.env(auth_mode=None), cwd=ROOT)
+        assert token.returncode == 0 and (home / ".ray" / "auth_token").is_file(), token.stderr
+        head.start()
+        assert "Token authentication is enabled" in head.log.read_text()
+
+        submit = [RAY, "job", "submit", "--working-dir", ".", "--"]
+        refused = subprocess.run([*submit, "python", "-c", "pass"], capture_output=True, text=True, timeout=300,
+                                 env=head.env(auth_mode=None), cwd=ROOT)
+        assert refused.returncode != 0
+        assert "RAY_AUTH_MODE is currently 'disabled'" in refused.stderr, refused.stderr[-3000:]  # Ray's hint
+
+        done = subprocess.run([*submit, "python", "-c", TOKEN_JOB], capture_output=True, text=True, timeout=600,
+                              env=head.env(auth_mode="token"), cwd=ROOT)
+        out = done.stdout + done.stderr
+        assert done.returncode == 0 and "succeeded" in out, out[-4000:]
+        joined = next(line for line in out.splitlines() if line.startswith("JOINED"))
+        assert joined.split()[1].endswith(":" + head.gcs.rsplit(":", 1)[1])  # the head's GCS, not a new one
+        assert joined.endswith("nodes 1 auth token")
+        warning = next(line for line in out.splitlines() if line.startswith("WARNING"))
+        assert "runtime_resources" in warning and "logging.runs_root" in warning, warning
+    finally:
+        head.stop()

@@ -28,7 +28,8 @@ def fake_cluster():
     left by another test module is shut down first: this module needs its own resources."""
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=96, num_gpus=16, resources={"cpu_node": 1}, include_dashboard=False,
+    # address="local": a new instance even if this machine has a `ray start` cluster on record
+    ray.init(address="local", num_cpus=96, num_gpus=16, resources={"cpu_node": 1}, include_dashboard=False,
              logging_level=logging.WARNING, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
     yield
     ray.shutdown()

@@ -32,7 +32,7 @@ def test_report_of_early_dead_run_skips_missing_figures(tmp_path):
 
 
 def test_report_cli(tmp_path):
-    assert COMMANDS["report"] is report_main and {"train", "profile", "eval", "report"} <= set(COMMANDS)
+    assert COMMANDS["report"] == report_main.__module__ and {"train", "profile", "eval", "report"} <= set(COMMANDS)
     assert report_main([str(write_run_dir(tmp_path / "r"))]) == 0
     assert (tmp_path / "r" / "report" / "report.html").is_file()
     assert report_main([str(tmp_path / "missing")]) == 2

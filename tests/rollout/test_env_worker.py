@@ -114,7 +114,7 @@ def test_without_a_router_only_scripted_solvers_play(tokenizer_dir):
 def ray_local():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
                  runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT}})
     yield
     if started:
