@@ -186,7 +186,10 @@ class GenerationWorker:
     async def accept_version(self, version: int) -> None:
         """Let the next update carry `version` although it is not newer than the served one: the
         trainer was restored from a checkpoint (older), or a sync that failed on another engine is
-        repeated (the same version again)."""
+        repeated (the same version again). An update still open has lost its sender (a dead trainer
+        rank cannot abort it): it is aborted, which marks this engine unhealthy, to be replaced."""
+        if self.update.open:
+            await self.abort_update(f"its sender is gone; version {version} comes next")
         self.update.accepted = version
 
     async def ping(self) -> bool:
