@@ -10,7 +10,7 @@ import ray
 import torch
 
 from configs.schema import GRPOConfig, TrainerConfig
-from trainers.group import PolicyTrainerGroup
+from trainers.group import PolicyTrainerGroup, TrainerRankLost
 from trainers.spec import TrainerSpec
 
 LR = 1e-3
@@ -134,9 +134,32 @@ def _sleep(seconds: float) -> float:
 
 def test_waits_name_what_hung(ray_cluster):
     g = PolicyTrainerGroup.__new__(PolicyTrainerGroup)  # only the waiting logic, no ranks
-    g.name = "policy_trainer"
+    g.name, g.ranks = "policy_trainer", []
     fast = _sleep.remote(0.0)
     ray.get(fast)  # worker start-up is slow on a busy machine; only the sleeper may be late
     with pytest.raises(TimeoutError, match=r"policy_trainer: export_hf to /x failed on 1 of 2") as err:
         g._wait([fast, _sleep.remote(30.0)], "export_hf to /x", 3.0)
     assert "rank 1: no answer within 3.0 s" in str(err.value) and "rank 0" not in str(err.value)
+
+
+@ray.remote
+class _FakeRank:
+    def ping(self) -> bool:
+        return True
+
+    def work(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+
+def test_a_dead_rank_is_reported_lost_and_a_busy_peer_is_not_blamed(ray_cluster):
+    g = PolicyTrainerGroup.__new__(PolicyTrainerGroup)  # the waiting logic over two stand-in ranks
+    g.name, g.ranks = "policy_trainer", [_FakeRank.remote(), _FakeRank.remote()]
+    ray.get([r.ping.remote() for r in g.ranks])
+    refs = [rank.work.remote(30.0) for rank in g.ranks]  # rank 0 stays busy, as if in a collective
+    ray.kill(g.ranks[1], no_restart=True)
+    with pytest.raises(TrainerRankLost) as err:
+        g._wait(refs, "train_step (8 samples)", 60.0)
+    assert err.value.rank == 1 and "train_step (8 samples)" in err.value.cause
+    assert "trainer rank 1 died" in str(err.value)
+    ray.kill(g.ranks[0], no_restart=True)
