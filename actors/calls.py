@@ -62,6 +62,23 @@ def alive(actor: Any, timeout_s: float = 10.0) -> bool:
         return False
 
 
+def dead_actors(actors: list[Any], timeout_s: float = 5.0) -> list[int]:
+    """Indices of the actors Ray reports dead. Unlike `alive`, an actor too busy to answer in time
+    (e.g. stuck in a collective with a failed peer) is not counted: only Ray's actor-died error is."""
+    import ray
+
+    refs = [actor.ping.remote() for actor in actors]
+    dead = []
+    for i, ref in enumerate(refs):
+        try:
+            ray.get(ref, timeout=timeout_s)
+        except ray.exceptions.RayActorError:
+            dead.append(i)
+        except ray.exceptions.GetTimeoutError:
+            pass
+    return dead
+
+
 def root_message(err: BaseException) -> str:
     """Ray wraps remote exceptions (RayTaskError(...)); show the innermost cause's message."""
     cause = getattr(err, "cause", None)

@@ -128,7 +128,6 @@ class GRPOPipeline:
         self.trainer, self.publisher, self.observers = trainer, publisher, list(observers)
         self.recovery = recovery
         self.buffer = RolloutBuffer(max_staleness)
-        self.start_version = start_version
         self.restarts = self.reissued_groups = 0
         self._rewind_to(start_version)
 

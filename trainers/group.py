@@ -17,7 +17,7 @@ from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import Tensor
 
-from actors.calls import wait_all
+from actors.calls import dead_actors, wait_all
 from configs.schema import GRPOConfig, SyncConfig
 from trainers.batching import TrainSample, plan_micro_batches, plan_train_step
 from trainers.metrics import merge_states
@@ -81,25 +81,11 @@ class PolicyTrainerGroup:
             results = wait_all({f"rank {r}": ref for r, ref in enumerate(refs)}, timeout_s,
                                f"{self.name}: {what}", error=RuntimeError, fail_fast=True)
         except Exception as err:
-            dead = self._dead_ranks()
+            dead = dead_actors(self.ranks)
             if dead:  # the run can restore the group from a checkpoint (launch/recovery.py)
                 raise TrainerRankLost(dead[0], f"{what}: {err}") from err
             raise
         return list(results.values())
-
-    def _dead_ranks(self, timeout_s: float = 5.0) -> list[int]:
-        """Ranks whose actor is gone. A rank still busy (stuck in a collective with a failed peer)
-        does not answer in time either, but it is not dead: only Ray's actor-died error counts."""
-        refs = [actor.ping.remote() for actor in self.ranks]
-        dead = []
-        for r, ref in enumerate(refs):
-            try:
-                ray.get(ref, timeout=timeout_s)
-            except ray.exceptions.RayActorError:
-                dead.append(r)
-            except ray.exceptions.GetTimeoutError:
-                pass
-        return dead
 
     def _all(self, method: str, what: str, timeout_s: float, *args: Any) -> list[Any]:
         """Call `method` on every rank at once (collective) and wait for all of them."""
