@@ -82,7 +82,7 @@ def start_policy(args: argparse.Namespace) -> str:
 def _train_tasks(cfg: Any) -> list[Any]:
     from envs.registry import get_env_spec
 
-    spec = get_env_spec(cfg.env.name)
+    spec = get_env_spec(cfg.env.name, cfg.env.options)
     return spec.make_dataset(cfg.env.num_train_tasks, cfg.env.num_heldout_tasks, cfg.env.difficulties,
                              cfg.seed).tasks("train")
 

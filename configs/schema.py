@@ -12,7 +12,7 @@ environments) are checked by `launch.preflight`, also before Ray starts.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,6 +35,11 @@ class ModelConfig(Section):
 
 class EnvConfig(Section):
     name: str = Field("stoichiometry", description="Registered name or dotted import path.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings of an environment built from config (nemo_gym, mcp, aviary_http, or a "
+                    "factory at an import path): passed to its factory as keywords, checked before "
+                    "Ray starts. Bundled environments take none.")
     difficulties: list[int] = Field(default_factory=lambda: [1], min_length=1)
     num_train_tasks: int = Field(4000, gt=0)
     num_heldout_tasks: int = Field(200, gt=0)

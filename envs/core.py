@@ -85,17 +85,22 @@ class Reward(float):
     """A float reward that remembers why it was given (`correct`, `wrong_value`, `tool_error`, ...).
 
     Being a float keeps `step()` a plain 4-tuple, as in Aviary, while the reason travels with it.
+    `masked=True` on an episode's final reward says the verifier could not judge the episode (NeMo
+    Gym's `mask_sample`): the trajectory is then dropped before training and counted under
+    `accounting/dropped/masked_by_env`, never trained on as a zero.
     """
 
     reason: str
+    masked: bool
 
-    def __new__(cls, value: float, reason: str) -> "Reward":
+    def __new__(cls, value: float, reason: str, masked: bool = False) -> "Reward":
         obj = super().__new__(cls, value)
         obj.reason = reason
+        obj.masked = masked
         return obj
 
     def __reduce__(self):  # keep the reason across pickling (Ray)
-        return (Reward, (float(self), self.reason))
+        return (Reward, (float(self), self.reason, self.masked))
 
 
 NO_REWARD = Reward(0.0, "in_progress")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Literal, Sequence
+from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence
 
 from envs.core import Environment, Message
 from envs.dataset import Task, TaskDataset
@@ -54,10 +54,16 @@ class EnvSpec:
 
 
 class UnknownEnvironmentError(ValueError):
-    """Raised by `get_env_spec` for a name that is neither registered nor importable."""
+    """Raised by `get_env_spec` for a name that is neither registered nor importable, or whose
+    factory rejects `env.options`."""
 
+
+# A spec built from the run's `env.options` (e.g. a server URL and a task file); it raises
+# ValueError/TypeError naming the bad option.
+SpecFactory = Callable[..., EnvSpec]
 
 _REGISTRY: dict[str, EnvSpec] = {}
+_FACTORIES: dict[str, SpecFactory] = {}
 _BUILTINS_LOADED = False
 
 
@@ -70,6 +76,15 @@ def register_env(spec: EnvSpec, *, overwrite: bool = False) -> EnvSpec:
     return spec
 
 
+def register_env_factory(name: str, factory: SpecFactory) -> SpecFactory:
+    """Register `factory(**env.options) -> EnvSpec` under `name`: an environment that needs
+    settings (the adapters to NeMo Gym, MCP and Aviary servers) before it exists."""
+    if name in _REGISTRY or (name in _FACTORIES and _FACTORIES[name] is not factory):
+        raise ValueError(f"environment {name!r} is already registered")
+    _FACTORIES[name] = factory
+    return factory
+
+
 def _load_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
@@ -80,10 +95,21 @@ def _load_builtins() -> None:
 def list_envs() -> list[str]:
     """Names of the registered environments (the bundled suite included)."""
     _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted([*_REGISTRY, *_FACTORIES])
 
 
-def _import_spec(path: str) -> EnvSpec:
+def _build(factory: SpecFactory, name: str, options: Mapping[str, Any]) -> EnvSpec:
+    try:
+        spec = factory(**options)
+    except (TypeError, ValueError) as err:
+        raise UnknownEnvironmentError(f"environment {name!r} rejects env.options {dict(options)}: "
+                                      f"{type(err).__name__}: {err}") from err
+    if not isinstance(spec, EnvSpec):
+        raise UnknownEnvironmentError(f"{name!r} returned a {type(spec).__name__}, not an EnvSpec")
+    return spec
+
+
+def _import_spec(path: str, options: Mapping[str, Any]) -> EnvSpec:
     if ":" in path:
         module_name, attr_path = path.split(":", 1)
     else:
@@ -93,27 +119,36 @@ def _import_spec(path: str) -> EnvSpec:
     obj: object = importlib.import_module(module_name)
     for part in attr_path.split("."):
         obj = getattr(obj, part)
-    if not isinstance(obj, EnvSpec) and callable(obj):
-        obj = obj()  # a zero-argument factory returning the spec
-    if not isinstance(obj, EnvSpec):
-        raise TypeError(f"{path!r} is a {type(obj).__name__}, not an EnvSpec")
-    return obj
+    if isinstance(obj, EnvSpec):
+        if options:
+            raise TypeError(f"{path!r} is an EnvSpec, which takes no env.options ({sorted(options)})")
+        return obj
+    if callable(obj):
+        return _build(obj, path, options)  # a factory: called with env.options as keywords
+    raise TypeError(f"{path!r} is a {type(obj).__name__}, not an EnvSpec")
 
 
-def get_env_spec(name: str) -> EnvSpec:
+def get_env_spec(name: str, options: Mapping[str, Any] | None = None) -> EnvSpec:
     """The spec registered as `name`, or the `EnvSpec` at an import path `pkg.module:attr`.
 
-    `pkg.module.attr` works too, and the attribute may be a zero-argument function returning a spec.
+    `pkg.module.attr` works too, and the attribute may be a function returning a spec: it is
+    called with `options` (the run's `env.options`) as keyword arguments, as are registered
+    factories (`register_env_factory`). A plain spec takes no options.
     """
     _load_builtins()
+    options = dict(options or {})
     if name in _REGISTRY:
+        if options:
+            raise UnknownEnvironmentError(f"environment {name!r} takes no env.options ({sorted(options)})")
         return _REGISTRY[name]
+    if name in _FACTORIES:
+        return _build(_FACTORIES[name], name, options)
     if "." in name or ":" in name:
         try:
-            return _import_spec(name)
+            return _import_spec(name, options)
         except (ImportError, AttributeError, TypeError) as err:
             raise UnknownEnvironmentError(
                 f"cannot load environment spec {name!r}: {type(err).__name__}: {err}") from err
-    known = ", ".join(sorted(_REGISTRY)) or "(none)"
+    known = ", ".join(list_envs()) or "(none)"
     raise UnknownEnvironmentError(
         f"unknown environment {name!r}; known: {known}; or give an import path 'pkg.module:SPEC'")

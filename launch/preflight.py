@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 def preflight(cfg: LabrlConfig) -> EnvSpec:
     """Raise `ConfigError` for anything that would fail once actors run; returns the env spec."""
     try:
-        spec = get_env_spec(cfg.env.name)
+        spec = get_env_spec(cfg.env.name, cfg.env.options)
     except UnknownEnvironmentError as err:
         raise ConfigError(f"env.name: {err}") from None
     if cfg.grpo.advantage_estimator not in ADVANTAGE_ESTIMATORS:

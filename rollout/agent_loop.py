@@ -62,6 +62,7 @@ class _EpisodeState:
     reason: str = "in_progress"
     finish: str = "budget"
     truncated: bool = False
+    masked: bool = False
 
     def extend(self, ids: list[int], generated: bool, logprobs: list[float] | None = None) -> None:
         self.tokens += ids
@@ -97,7 +98,7 @@ async def run_episode(env: Environment, task: Task, group_id: str, policy: TurnP
         loss_mask=state.mask, sampler_logprobs=state.logprobs, reward=float(state.reward),
         reward_reason=state.reason, finish_reason=state.finish, policy_versions=state.versions,
         difficulty=task.difficulty, num_turns=state.turns, num_tool_calls=state.tool_calls,
-        num_invalid_tool_calls=state.invalid_calls, truncated=state.truncated,
+        num_invalid_tool_calls=state.invalid_calls, truncated=state.truncated, masked=state.masked,
         generation_s=state.generation_s, env_s=state.env_s,
         messages=[m.to_chat() for m in state.history])
 
@@ -139,6 +140,7 @@ async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, env_cfg:
         state.history.append(action)
         if done or truncated:
             state.reward, state.reason = float(reward), reward_reason(reward)
+            state.masked = bool(getattr(reward, "masked", False))
             # A spent budget ends the episode (done) but as truncated: report it as the budget.
             state.finish = "budget" if truncated else "env_done"
             state.truncated = state.truncated or bool(truncated)

@@ -59,7 +59,7 @@ class EnvWorker:
     def __init__(self, spec: EnvWorkerSpec, router: GenerationRouter | None = None):
         logging.basicConfig(level=logging.INFO)
         self.spec = spec
-        self.env_spec = get_env_spec(spec.env.name)
+        self.env_spec = get_env_spec(spec.env.name, spec.env.options)
         self.codec = ChatCodec(load_tokenizer(spec.tokenizer_path))
         self.router = router
         self._slots = asyncio.Semaphore(spec.max_concurrent_episodes)

@@ -222,13 +222,19 @@ class GRPOPipeline:
 
         Their zero rewards say nothing about the policy; training on them would punish it for a
         crash. The whole group goes, since its baseline would be biased by the missing members.
+        Episodes the verifier masked (it could not judge them) go alone: the rest of the group
+        was judged, and its baseline is taken over those (a group left with one is flat).
         """
         kept = []
         for group in groups:
             if any(t.finish_reason == "error" for t in group):
                 self.buffer.drop(group, "episode_error")
-            else:
-                kept.append(group)
+                continue
+            masked = [t for t in group if t.masked]
+            if masked:
+                self.buffer.drop(masked, "masked_by_env")
+            if len(masked) < len(group):
+                kept.append([t for t in group if not t.masked])
         return kept
 
     def _in_flight(self) -> int:

@@ -30,6 +30,7 @@ class Trajectory:
     num_tool_calls: int = 0
     num_invalid_tool_calls: int = 0
     truncated: bool = False
+    masked: bool = False  # the verifier could not judge it (Reward.masked): dropped, never trained
     generation_s: float = 0.0  # wall time waiting for the policy, summed over turns
     env_s: float = 0.0  # wall time in reset/step (tools, simulated experiments)
     messages: list[dict[str, Any]] = field(default_factory=list)

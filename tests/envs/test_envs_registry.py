@@ -7,7 +7,8 @@ import random
 import pytest
 
 from envs.dataset import Task, TaskDataset
-from envs.registry import EnvSpec, UnknownEnvironmentError, get_env_spec, list_envs, register_env
+from envs.registry import (EnvSpec, UnknownEnvironmentError, get_env_spec, list_envs, register_env,
+                           register_env_factory)
 from envs.suite import stoichiometry
 
 
@@ -77,3 +78,21 @@ def test_dataset_seed_changes_tasks() -> None:
     a = TaskDataset.generate("toy", _gen, 10, 0, (5,), seed=1)
     b = TaskDataset.generate("toy", _gen, 10, 0, (5,), seed=2)
     assert [t.seed for t in a] != [t.seed for t in b]
+
+
+def test_factories_take_env_options_and_name_a_bad_one() -> None:
+    def make(scale: int = 1) -> EnvSpec:
+        if scale < 1:
+            raise ValueError(f"scale must be >= 1, got {scale}")
+        return stoichiometry.SPEC
+
+    register_env_factory("scaled_stoichiometry", make)
+    assert "scaled_stoichiometry" in list_envs()
+    assert get_env_spec("scaled_stoichiometry", {"scale": 2}) is stoichiometry.SPEC
+    with pytest.raises(UnknownEnvironmentError, match="scale must be >= 1"):
+        get_env_spec("scaled_stoichiometry", {"scale": 0})
+    with pytest.raises(UnknownEnvironmentError, match="rejects env.options.*unexpected keyword"):
+        get_env_spec("scaled_stoichiometry", {"url": "x"})
+    with pytest.raises(UnknownEnvironmentError, match="takes no env.options"):
+        get_env_spec("stoichiometry", {"url": "x"})
+    assert get_env_spec(f"{__name__}:spec_factory", {}) is stoichiometry.SPEC

@@ -77,3 +77,21 @@ def test_a_group_with_a_failed_episode_is_dropped_whole():
     assert acc.produced == acc.trained + 3 * GROUP and pipeline.buffer.num_buffered == 0
     assert all(len(r.trained_task_ids) == 1 and len(r.drawn) == 1 for r in reports)
     assert all(t.finish_reason != "error" for r in reports for g in r.drawn for t in g)
+
+
+def test_an_episode_the_verifier_masked_is_dropped_alone():
+    """The verifier could not judge one episode of every batch's second group (NeMo Gym's
+    `mask_sample`): that episode goes, counted as masked_by_env; its group trains on the rest."""
+    def play(job):
+        trajs = group(job.tags["batch_index"], task_id=job.task.id)
+        if second_group(job):
+            trajs[0].masked = True
+        return trajs
+
+    pipeline, trainer, reports = run_pipeline(play)
+    acc = pipeline.buffer.accounting
+    assert acc.dropped == {"masked_by_env": 3}
+    assert [len(b) for b in trainer.batches] == [2 * GROUP - 1] * 3
+    assert acc.trained == 3 * (2 * GROUP - 1) and acc.produced == acc.trained + 3
+    assert not any(t.masked for r in reports for g in r.drawn for t in g)
+    assert [r.metrics["accounting/dropped/masked_by_env"] for r in reports] == [1, 2, 3]
