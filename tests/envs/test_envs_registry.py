@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from envs import registry
 from envs.dataset import Task, TaskDataset
 from envs.registry import (EnvSpec, UnknownEnvironmentError, get_env_spec, list_envs, register_env,
                            register_env_factory)
@@ -80,7 +81,9 @@ def test_dataset_seed_changes_tasks() -> None:
     assert [t.seed for t in a] != [t.seed for t in b]
 
 
-def test_factories_take_env_options_and_name_a_bad_one() -> None:
+def test_factories_take_env_options_and_name_a_bad_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))  # the name goes with the test
+
     def make(scale: int = 1) -> EnvSpec:
         if scale < 1:
             raise ValueError(f"scale must be >= 1, got {scale}")
