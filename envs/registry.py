@@ -23,6 +23,13 @@ Solver = Literal["policy", "reference", "novice"]
 DatasetFactory = Callable[[int, int, Sequence[int], int], TaskDataset]
 
 
+async def no_reference_policy(env: Environment, history: list[Message]) -> Message:
+    """The reference solver of an environment that has none (an adapter to tasks written elsewhere).
+
+    Runs that need demonstrations (`sft.enabled`) are refused before Ray starts (launch/preflight.py)."""
+    raise NotImplementedError(f"{type(env).__name__} has no reference solver")
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """Everything a run needs to know about one kind of environment.
@@ -43,6 +50,10 @@ class EnvSpec:
     description: str = ""
     defaults: dict = field(default_factory=dict)
     novice_policy: ReferencePolicy | None = None
+
+    @property
+    def has_reference(self) -> bool:
+        return self.reference_policy is not no_reference_policy
 
     def solver(self, name: Solver) -> ReferencePolicy:
         """The scripted solver called `name` ("reference" or "novice")."""
@@ -90,6 +101,7 @@ def _load_builtins() -> None:
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
         importlib.import_module("envs.suite")  # registers the bundled environments
+        importlib.import_module("envs.adapters")  # and the adapters built from env.options
 
 
 def list_envs() -> list[str]:

@@ -34,6 +34,9 @@ def preflight(cfg: LabrlConfig) -> EnvSpec:
         raise ConfigError(str(err)) from None
     if cfg.model.path is not None:
         resolve_model_path(cfg.model.path)  # raises ModelNotFoundError naming the path
+    if cfg.sft.enabled and not spec.has_reference:
+        raise ConfigError(f"sft.enabled: environment {cfg.env.name!r} has no reference solver to play "
+                          "demonstrations; give it one (see its adapter's options) or set sft.enabled=false")
     if cfg.sft.enabled and cfg.sft.novice_fraction > 0 and spec.novice_policy is None:
         logger.warning("sft.novice_fraction=%g: environment %r has no novice solver; its demonstrations "
                        "are all played by the reference solver", cfg.sft.novice_fraction, cfg.env.name)

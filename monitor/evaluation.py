@@ -22,6 +22,9 @@ def evaluate(pool: EnvWorkerPool, tasks: list[Task], prefix: str, samples_per_ta
     trajs = run_tasks(pool, tasks, samples_per_task, desc=prefix, progress=progress)
     metrics, per_task = heldout_metrics(trajs, samples_per_task, prefix=prefix)
     metrics.update(rollout_metrics(trajs, prefix=prefix))
+    # A masked episode (the verifier could not judge it) scores 0 here; the same rows are masked in
+    # every evaluation of a run, so paired before/after comparisons stay fair. Its count is logged.
+    metrics[f"{prefix}/masked"] = float(sum(t.masked for t in trajs))
     logger.info("held-out %s: pass@1 %.3f +- %.3f, pass@%d %.3f, maj@%d %.3f (%d tasks x %d samples)", prefix,
                 metrics[f"{prefix}/pass@1"], metrics[f"{prefix}/ci95"], samples_per_task,
                 metrics[f"{prefix}/pass@{samples_per_task}"], samples_per_task,

@@ -77,7 +77,7 @@ def profile_task(trajs: Sequence[Trajectory], k: int | None = None) -> TaskProfi
     if not trajs:
         raise ValueError("profile_task needs at least one trajectory")
     n = len(trajs)
-    k = n if k is None else k
+    k = n if k is None else min(k, n)  # fewer samples than k when some were masked
     rewards = [float(t.reward) for t in trajs]
     c = sum(t.success for t in trajs)
     first = trajs[0]
@@ -96,7 +96,9 @@ def group_by_task(trajs: Iterable[Trajectory]) -> dict[str, list[Trajectory]]:
 
 
 def profile_tasks(trajs: Iterable[Trajectory], k: int | None = None) -> list[TaskProfile]:
-    return [profile_task(group, k) for group in group_by_task(trajs).values()]
+    """One profile per task over its judged samples: episodes the verifier masked (it could not
+    judge them) say nothing about the policy and are left out; a task with none judged has no row."""
+    return [profile_task(group, k) for group in group_by_task(t for t in trajs if not t.masked).values()]
 
 
 def summarize(profiles: Sequence[TaskProfile], prefix: str = "profile") -> dict[str, float]:

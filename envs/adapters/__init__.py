@@ -1,0 +1,17 @@
+"""Adapters to environments written elsewhere. Importing this package registers the ones that are
+built from `env.options` (`nemo_gym`); each imports its client library only when a run uses it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envs.registry import EnvSpec, register_env_factory
+
+
+def _nemo_gym(**options: Any) -> EnvSpec:
+    from envs.adapters.nemo_gym.spec import nemo_gym_spec
+
+    return nemo_gym_spec(**options)
+
+
+register_env_factory("nemo_gym", _nemo_gym)
