@@ -58,6 +58,7 @@ class EnvWorker:
 
     def __init__(self, spec: EnvWorkerSpec, router: GenerationRouter | None = None):
         logging.basicConfig(level=logging.INFO)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per adapter request otherwise
         self.spec = spec
         self.env_spec = get_env_spec(spec.env.name, spec.env.options)
         self.codec = ChatCodec(load_tokenizer(spec.tokenizer_path))

@@ -1,5 +1,5 @@
 """Adapters to environments written elsewhere. Importing this package registers the ones that are
-built from `env.options` (`nemo_gym`); each imports its client library only when a run uses it."""
+built from `env.options` (`nemo_gym`, `aviary_http`, `mcp`); each imports its client library only when a run uses it."""
 
 from __future__ import annotations
 
@@ -14,4 +14,11 @@ def _nemo_gym(**options: Any) -> EnvSpec:
     return nemo_gym_spec(**options)
 
 
+def _aviary_http(**options: Any) -> EnvSpec:
+    from envs.adapters.aviary import aviary_http_spec
+
+    return aviary_http_spec(**options)
+
+
 register_env_factory("nemo_gym", _nemo_gym)
+register_env_factory("aviary_http", _aviary_http)
