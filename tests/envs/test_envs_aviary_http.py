@@ -1,5 +1,5 @@
 """`aviary_http`: episodes through Aviary's real `TaskDatasetServer` (a child process, with an API
-key) and Aviary's own client, serving the dilution lab task of tests/envs/aviary_lab_env.py."""
+key) and Aviary's own client, serving the dilution lab task of examples/aviary_lab/env.py."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from envs.parsing import parse_assistant  # noqa: E402
 from envs.registry import EnvSpec, UnknownEnvironmentError, get_env_spec  # noqa: E402
 from envs.testing import play_episode  # noqa: E402
 from envs.tool_env import make_action  # noqa: E402
-from tests.envs.aviary_lab_env import API_KEY_ENV, dilution, reference_policy  # noqa: E402
+from examples.aviary_lab.env import API_KEY_ENV, dilution, reference_policy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ENV = "LABRL_TEST_AVIARY_KEY"  # where the labrl side reads the key from (env.options.api_key_env)
@@ -65,7 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     log = tmp_path_factory.mktemp("aviary") / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.envs.aviary_lab_env", "--port", str(port),
+        proc = subprocess.Popen([sys.executable, "-m", "examples.aviary_lab.env", "--port", str(port),
                                  "--size", str(SIZE)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -81,7 +81,7 @@ def spec(server: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> EnvSpec:
     url, key = server
     monkeypatch.setenv(KEY_ENV, key)
     return get_env_spec(ENV, {"url": url, "api_key_env": KEY_ENV,
-                                        "reference_policy": "tests.envs.aviary_lab_env:reference_policy"})
+                                        "reference_policy": "examples.aviary_lab.env:reference_policy"})
 
 
 def run(body: Callable[[], Awaitable[Any]]) -> Any:
@@ -268,5 +268,5 @@ def test_options_are_checked_by_name(server) -> None:
             get_env_spec(ENV, options)
     bare = get_env_spec(ENV, {"url": url + "/", "request_timeout_s": "2.5"})
     assert not bare.has_reference and bare.description == f"Aviary TaskDatasetServer at {url}"
-    solved = get_env_spec(ENV, {"url": url, "reference_policy": "tests.envs.aviary_lab_env:reference_policy"})
+    solved = get_env_spec(ENV, {"url": url, "reference_policy": "examples.aviary_lab.env:reference_policy"})
     assert solved.has_reference and solved.reference_policy is reference_policy

@@ -7,7 +7,7 @@ on an impossible dilution and a `submit` tool that ends the episode. `reference_
 (for SFT demonstrations), reading the server's task index from `env.task`.
 
 Serve it (the key is read from $AVIARY_LAB_API_KEY; without it the server takes any request):
-    AVIARY_LAB_API_KEY=secret python -m tests.envs.aviary_lab_env --port 8041 --size 64
+    AVIARY_LAB_API_KEY=secret python -m examples.aviary_lab.env --port 8041 --size 64
 """
 
 from __future__ import annotations
