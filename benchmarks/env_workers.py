@@ -18,6 +18,7 @@ replaced. On 2 cores the scale run measures robustness, not speed.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import tempfile
@@ -63,19 +64,19 @@ class RunStats:
         return ratio(self.env_steps, self.wall_s)
 
 
-def bench_config(env_name: str, num_workers: int) -> Any:
+def bench_config(env_name: str, num_workers: int, options: dict[str, Any] | None = None) -> Any:
     from configs.loading import load_config
 
     # Long enough episodes and context for the reference solver on every difficulty.
     return load_config(None, [f"env.name={env_name}", f"rollout.num_env_workers={num_workers}",
                               "env.max_turns=12", "generation.max_model_len=2048",
-                              "generation.max_new_tokens=128"])
+                              "generation.max_new_tokens=128", f"env.options={json.dumps(options or {})}"])
 
 
-def make_tasks(env_name: str, episodes: int, seed: int = 0) -> list[Any]:
+def make_tasks(env_name: str, episodes: int, seed: int = 0, options: dict[str, Any] | None = None) -> list[Any]:
     from envs.registry import get_env_spec
 
-    spec = get_env_spec(env_name)
+    spec = get_env_spec(env_name, options)
     num_groups = max(1, episodes // GROUP_SIZE)
     dataset = spec.make_dataset(num_groups, 1, spec.difficulties, seed)
     return dataset.tasks("train")[:num_groups]
@@ -138,13 +139,14 @@ def workers_that_fit(wanted: int, uss_gib: float, reserve_gib: float) -> int:
 
 
 def scaling(env_name: str, model_dir: str, counts: list[int], rounds: int, episodes: int,
-            timeout_s: float) -> tuple[list[dict[str, Any]], float]:
+            timeout_s: float, options: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], float]:
     """Episodes/s per worker count (pools for all counts live at once, rounds alternate order),
-    and the median unique memory (USS, GiB) of one worker after the runs."""
+    and the median unique memory (USS, GiB) of one worker after the runs. `options` are the
+    environment's `env.options` (the adapters' server URLs)."""
     from launch.components import make_env_pool
 
-    tasks = make_tasks(env_name, episodes)
-    pools = {n: make_env_pool(bench_config(env_name, n), model_dir, router=None) for n in counts}
+    tasks = make_tasks(env_name, episodes, options=options)
+    pools = {n: make_env_pool(bench_config(env_name, n, options), model_dir, router=None) for n in counts}
     try:
         t0 = time.perf_counter()
         for pool in pools.values():

@@ -114,7 +114,8 @@ def _build(factory: SpecFactory, name: str, options: Mapping[str, Any]) -> EnvSp
     try:
         spec = factory(**options)
     except (TypeError, ValueError) as err:
-        raise UnknownEnvironmentError(f"environment {name!r} rejects env.options {dict(options)}: "
+        # The option names, not their values: a value may be a credential (a header, a key).
+        raise UnknownEnvironmentError(f"environment {name!r} rejects env.options {sorted(options)}: "
                                       f"{type(err).__name__}: {err}") from err
     if not isinstance(spec, EnvSpec):
         raise UnknownEnvironmentError(f"{name!r} returned a {type(spec).__name__}, not an EnvSpec")

@@ -237,18 +237,92 @@ def coerce_value(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer()),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+    "null": lambda v: v is None,
+}
+
+
+def _schema_types(schema: dict[str, Any]) -> list[str]:
+    kinds = schema.get("type")
+    return [kinds] if isinstance(kinds, str) else list(kinds or [])
+
+
+def _schema_name(schema: dict[str, Any]) -> str:
+    """How an argument's JSON schema is named in an error the model reads ("integer or null")."""
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if options:
+        return " or ".join(_schema_name(o) for o in options if isinstance(o, dict))
+    if "enum" in schema:
+        return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
+    kinds = _schema_types(schema)
+    items = schema.get("items")
+    if kinds == ["array"] and isinstance(items, dict) and _schema_types(items):
+        return f"array of {_schema_name(items)}"
+    return "/".join(kinds) or "valid"
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """JSON equality: `true` is not `1`, although Python says True == 1."""
+    return isinstance(a, bool) is isinstance(b, bool) and a == b
+
+
+def check_json_value(value: Any, schema: Any, where: str) -> Any:
+    """Check `value` against a JSON schema fragment, for tools known only by their schema (MCP, remote).
+
+    Why here and not in the server: a call with bad arguments must come back as the same error
+    observation whether the tool runs here or on a server, and must never cost a round trip.
+    Checked: `type` (a name or a list), `enum`, `anyOf`/`oneOf`, array `items`. Other keywords
+    (ranges, patterns, nested object properties, `$ref`) are left to the server. An integral
+    float where an integer is expected (a model writing 10.0) is accepted and sent as an int, as
+    JSON Schema counts 10.0 as an integer.
+    """
+    if not isinstance(schema, dict):
+        return value
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if options:
+        for option in options:
+            try:
+                return check_json_value(value, option, where)
+            except ToolArgumentError:
+                continue
+        raise ToolArgumentError(f"'{where}' must be {_schema_name(schema)}")
+    kinds = _schema_types(schema)
+    fits = ("enum" not in schema or any(_same_json(value, e) for e in schema["enum"])) and (
+        not kinds or any(_JSON_TYPES.get(k, lambda v: True)(value) for k in kinds))
+    if not fits:
+        raise ToolArgumentError(f"'{where}' must be {_schema_name(schema)}")
+    if isinstance(value, float) and "integer" in kinds and "number" not in kinds:
+        return int(value)
+    if isinstance(value, list) and "items" in schema:
+        return [check_json_value(v, schema["items"], f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
 def validate_arguments(tool: Tool, arguments: Any) -> dict[str, Any]:
-    """Arguments checked against the tool's signature; raises ToolArgumentError on any mismatch."""
+    """Arguments checked against the tool's signature; raises ToolArgumentError on any mismatch.
+
+    A parameter with a Python type hint (tools built from functions) is checked against the hint;
+    one without (schema-only tools, e.g. from an MCP server) against its JSON schema. Keys the
+    schema does not list are refused unless it sets `additionalProperties`.
+    """
     if not isinstance(arguments, dict):
         raise ToolArgumentError("arguments must be an object")
     props = tool.parameters.get("properties", {})
+    extra_allowed = tool.parameters.get("additionalProperties") not in (None, False)
     for key in arguments:
-        if key not in props:
+        if key not in props and not extra_allowed:
             raise ToolArgumentError(f"unexpected argument '{key}'")
     for key in tool.parameters.get("required", []):
         if key not in arguments:
             raise ToolArgumentError(f"missing argument '{key}'")
-    return {k: coerce_value(v, tool.hints.get(k, Any), k) for k, v in arguments.items()}
+    return {k: coerce_value(v, tool.hints[k], k) if k in tool.hints else check_json_value(v, props.get(k), k)
+            for k, v in arguments.items()}
 
 
 def format_result(value: Any) -> str:

@@ -20,5 +20,12 @@ def _aviary_http(**options: Any) -> EnvSpec:
     return aviary_http_spec(**options)
 
 
+def _mcp(**options: Any) -> EnvSpec:
+    from envs.adapters.mcp import make_mcp_spec
+
+    return make_mcp_spec(**options)
+
+
 register_env_factory("nemo_gym", _nemo_gym)
 register_env_factory("aviary_http", _aviary_http)
+register_env_factory("mcp", _mcp)

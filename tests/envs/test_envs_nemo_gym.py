@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from configs.loading import ConfigError, load_config
+from envs.adapters.nemo_gym.http import close_pool
 from envs.adapters.nemo_gym.process import NemoGymServer, bundled_resources_dir
 from envs.core import Message
 from envs.registry import EnvSpec, UnknownEnvironmentError, get_env_spec
@@ -49,6 +50,16 @@ def lab_tasks(tmp_path_factory) -> Path:
     return path
 
 
+def run(coro):
+    """Run `coro` in a fresh event loop, closing that loop's connection pool after it."""
+    async def main():
+        try:
+            return await coro
+        finally:
+            await close_pool()
+    return asyncio.run(main())
+
+
 def spec_for(url: str, tasks: Path, **extra) -> EnvSpec:
     return get_env_spec("nemo_gym", {"url": url, "tasks": str(tasks), **extra})
 
@@ -77,10 +88,10 @@ def test_resources_server_rewards_right_and_wrong_answers_and_checks_arguments(s
 
     task = spec.make_dataset(10, 1, [1], 0).tasks("train")[0]
     row = task.data["row"]
-    count, reward, done, truncated = asyncio.run(episode(task, extra=0))
+    count, reward, done, truncated = run(episode(task, extra=0))
     assert count == row["expected_count"]  # the refused calls never reached the server
     assert (float(reward), reward.reason, reward.masked, done, truncated) == (1.0, "correct", False, True, False)
-    count, reward, done, _ = asyncio.run(episode(task, extra=1))
+    count, reward, done, _ = run(episode(task, extra=1))
     assert count != row["expected_count"] and (float(reward), reward.reason, done) == (0.0, "wrong_value", True)
 
 
@@ -101,7 +112,7 @@ def test_concurrent_episodes_keep_their_own_sessions(servers, bundled):
     async def main():
         return await asyncio.gather(*(episode(i) for i in range(16)))
 
-    assert asyncio.run(main()) == [task.data["row"]["initial_count"] + i for i in range(16)]
+    assert run(main()) == [task.data["row"]["initial_count"] + i for i in range(16)]
 
 
 def test_gymnasium_shaped_server_plays_follow_ups_and_scores_the_last_turn(servers, bundled):
@@ -124,10 +135,10 @@ def test_gymnasium_shaped_server_plays_follow_ups_and_scores_the_last_turn(serve
         return follow_ups, reward, done
 
     task = tasks["20"]
-    follow_ups, reward, done = asyncio.run(episode(task, "It is 20."))
+    follow_ups, reward, done = run(episode(task, "It is 20."))
     assert follow_ups == task.data["row"]["follow_ups"]
     assert (float(reward), reward.reason, done) == (1.0, "correct", True)
-    _, reward, done = asyncio.run(episode(task, "It is 21."))
+    _, reward, done = run(episode(task, "It is 21."))
     assert (float(reward), reward.reason, done) == (0.0, "wrong_value", True)
 
 
@@ -153,7 +164,7 @@ def test_lab_server_reference_solver_scores_and_faulty_rows_are_masked(servers, 
         await env.close()
         return reward
 
-    rewards = asyncio.run(_gather(solve, tasks))
+    rewards = run(_gather(solve, tasks))
     faulty = [t.data["row"]["instrument_fault"] for t in tasks]
     assert any(faulty) and not all(faulty)
     for fault, reward in zip(faulty, rewards):

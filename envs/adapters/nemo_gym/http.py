@@ -36,6 +36,13 @@ def _connector(max_connections: int) -> aiohttp.TCPConnector:
     return connector
 
 
+async def close_pool() -> None:
+    """Close this event loop's connection pool (a worker shutting down, a test's loop ending)."""
+    connector = _CONNECTORS.pop(asyncio.get_running_loop(), None)
+    if connector is not None:
+        await connector.close()
+
+
 class EpisodeClient:
     """The HTTP side of one episode: its cookie jar, the server URL, headers and time limit."""
 

@@ -1,0 +1,140 @@
+"""Episodes/s through each adapter to another framework's server, with 1 and 2 env workers.
+
+    python -m benchmarks.env_adapters                       # nemo_gym, aviary_http, mcp; 1 and 2 workers
+    python -m benchmarks.env_adapters --adapters nemo_gym --episodes 256 --rounds 3
+
+Each adapter plays its example lab through its framework's real server, started here: the
+molar-mass lab on NeMo Gym (examples/nemo_gym_lab, NeMo Gym's own Python), the dilution lab on
+Aviary's TaskDatasetServer (examples/aviary_lab) and the MCP lab (examples/mcp_lab). The policy is
+each lab's reference solver (no vLLM): the numbers are the ceiling of the environment side (HTTP
+round trips, the server's tool calls and verifier, labrl's agent loop), measured the way
+`benchmarks.env_workers` measures the bundled environments. The benchmark fails if an adapter
+played no episode or its reference solver did not succeed (a broken adapter measures nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import ray
+
+from benchmarks.common import emit, setup_logging, start_local_ray
+from benchmarks.env_workers import SCALING_COLUMNS, scaling
+from monitor.text_table import format_table
+
+logger = logging.getLogger("benchmarks.env_adapters")
+ROOT = Path(__file__).resolve().parent.parent
+AVIARY_KEY_ENV = "LABRL_BENCH_AVIARY_KEY"
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (an error status is still an answer)
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"no answer from {url} within {timeout_s:.0f}s")
+
+
+@contextlib.contextmanager
+def nemo_gym_lab(tmp: Path) -> Iterator[dict[str, Any]]:
+    from envs.adapters.nemo_gym.process import NemoGymServer
+    from examples.nemo_gym_lab.tasks import write_rows
+
+    tasks = tmp / "nemo_gym_lab.jsonl"
+    write_rows(tasks, rows=400)
+    with NemoGymServer("examples.nemo_gym_lab.app:MolarMassLab") as server:
+        yield {"url": server.url, "tasks": str(tasks),
+               "reference": "examples.nemo_gym_lab.tasks:reference_policy"}
+
+
+@contextlib.contextmanager
+def aviary_lab(tmp: Path) -> Iterator[dict[str, Any]]:
+    from envs.adapters.nemo_gym.process import free_port
+
+    key, port = secrets.token_hex(8), free_port()
+    os.environ[AVIARY_KEY_ENV] = key  # env workers (Ray) inherit it
+    env = {**os.environ, "AVIARY_LAB_API_KEY": key, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "examples.aviary_lab.env", "--port", str(port), "--size", "400"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/info", proc)
+        yield {"url": f"http://127.0.0.1:{port}", "api_key_env": AVIARY_KEY_ENV,
+               "reference_policy": "examples.aviary_lab.env:reference_policy"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def mcp_lab(tmp: Path) -> Iterator[dict[str, Any]]:
+    from envs.adapters.nemo_gym.process import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "examples.mcp_lab.server", "--http", "--port", str(port)],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/mcp", proc)
+        yield {"url": f"http://127.0.0.1:{port}/mcp", "tasks": "examples.mcp_lab.spectro:TASKS"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+ADAPTERS: dict[str, Callable[[Path], Any]] = {"nemo_gym": nemo_gym_lab, "aviary_http": aviary_lab,
+                                              "mcp": mcp_lab}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--adapters", nargs="+", choices=sorted(ADAPTERS), default=sorted(ADAPTERS))
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--episodes", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=2, help="passes over the worker counts (order alternates)")
+    p.add_argument("--timeout-s", type=float, default=900.0)
+    args = p.parse_args(argv)
+    setup_logging()
+    from models.tiny import TinyModelSpec, save_tiny_model
+
+    rows: list[dict[str, Any]] = []
+    start_local_ray(max(2, len(args.workers) + 1))
+    try:
+        with tempfile.TemporaryDirectory(prefix="labrl_bench_adapters_") as tmp:
+            model_dir = str(save_tiny_model(Path(tmp) / "tok", TinyModelSpec(
+                hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1)))
+            for name in args.adapters:
+                with ADAPTERS[name](Path(tmp)) as options:
+                    env_rows, _ = scaling(name, model_dir, args.workers, args.rounds, args.episodes,
+                                          args.timeout_s, options)
+                rows += env_rows
+    finally:
+        ray.shutdown()
+    emit("env_adapters", {"config": vars(args), "scaling": rows}, format_table(rows, SCALING_COLUMNS))
+    broken = [f"{r['env']} x{r['workers']}" for r in rows
+              if r["episodes"] == 0 or r["success_rate"] < 0.99 or r["errors"]]
+    if broken:
+        raise SystemExit(f"measured nothing useful for {broken}: no episodes, errors, or the reference "
+                         "solver failed")
+    return {"scaling": rows}
+
+
+if __name__ == "__main__":
+    main()
