@@ -36,16 +36,15 @@ from envs.adapters.mcp_session import EPISODE_META_KEY
 from envs.core import Message, Reward
 from envs.dataset import Task, TaskDataset
 from envs.registry import UnknownEnvironmentError, get_env_spec
-from envs.tool_env import make_action, successful_results
+from envs.tool_env import make_action
 from envs.tools import Tool, ToolArgumentError, validate_arguments
+from examples.mcp_lab.spectro import EPSILON, RACK, generate, prompt, reference, submit
 
 ROOT = Path(__file__).resolve().parents[2]
 FACTORY_PATH = "envs.adapters.mcp:make_mcp_spec"
 T = TypeVar("T")
 TOKEN = "lab-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-RACK = {"S1": 0.00125, "S2": 0.0004, "S3": 0.002, "S4": 0.00075}  # sample -> concentration, mol/L
-EPSILON = {450: 1200.0, 520: 800.0}  # molar absorptivity at each filter, L/(mol*cm); 1 cm cuvette
 SEEN: list[tuple[str, dict[str, Any]]] = []  # every tools/call the HTTP server received, before validation
 
 
@@ -90,7 +89,7 @@ def build_lab(*, stdio: bool = False) -> MCPServer:
         sample = cuvettes.get(_cuvette_key(ctx))
         if sample is None:
             raise LabError("no sample loaded")
-        return round(EPSILON[wavelength_nm] * RACK[sample], 6)  # KeyError (a crash) for a missing filter
+        return round(EPSILON[wavelength_nm] * RACK[sample] / 1000, 6)  # KeyError (a crash) for a missing filter
 
     @lab.tool()
     def convert(value: float, unit: Literal["M", "mM", "uM"]) -> float:
@@ -118,39 +117,7 @@ def build_lab(*, stdio: bool = False) -> MCPServer:
     return lab
 
 
-# ---- the science: tasks, prompt, checker, reference solver --------------------------------------
-
-def generate(rng: Any, difficulty: int) -> dict[str, Any]:
-    sample, nm = rng.choice(sorted(RACK)), rng.choice(sorted(EPSILON))
-    return {"sample": sample, "nm": nm, "epsilon": EPSILON[nm], "answer_mM": RACK[sample] * 1000}
-
-
-def prompt(task: Task) -> str:
-    d = task.data
-    return (f"Concentration of sample {d['sample']} in mM? Molar absorptivity {d['epsilon']:g} L/(mol*cm) "
-            f"at {d['nm']} nm, 1 cm cuvette.")
-
-
-def submit(concentration_mM: float, state: McpEnvironment) -> Reward:
-    """Submit the concentration; ends the episode.
-
-    Args:
-        concentration_mM: The sample's concentration in mM.
-    """
-    expected = state.task.data["answer_mM"]
-    ok = abs(concentration_mM - expected) <= 0.01 * expected
-    return Reward(1.0, "correct") if ok else Reward(0.0, "wrong_value")
-
-
-async def reference(env: McpEnvironment, history: list[Message]) -> Message:
-    d = env.task.data
-    if not successful_results(history, "load_sample"):
-        return make_action(("load_sample", {"sample_id": d["sample"]}))
-    readings = successful_results(history, "absorbance")
-    if not readings:
-        return make_action(("absorbance", {"wavelength_nm": d["nm"]}))
-    return make_action(("submit", {"concentration_mM": float(readings[-1][1]) / d["epsilon"] * 1000}))
-
+# ---- the science (tasks, prompt, checker, reference solver): examples/mcp_lab/spectro.py ----
 
 LAB_TASKS = McpTaskSet(name="spectro", make_dataset=functools.partial(TaskDataset.generate, "spectro", generate),
                        prompt=prompt, submit=submit, reference_policy=reference, max_tool_calls=6)
@@ -297,7 +264,7 @@ def test_tool_failures_and_timeouts_are_error_observations_and_the_episode_goes_
     assert slow[1].reason == "timeout" and not slow[2]
     assert loaded[0][0].content == "S3 loaded"  # the session survived the cut call
     assert crash[0][0].content == "Error: absorbance: ToolError: the tool failed"  # the server hides a crash
-    assert float(reading[0][0].content) == pytest.approx(EPSILON[450] * RACK["S3"])
+    assert float(reading[0][0].content) == pytest.approx(EPSILON[450] * RACK["S3"] / 1000)
     assert reading[1].reason == "in_progress"
 
 
