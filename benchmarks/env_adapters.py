@@ -19,11 +19,7 @@ import contextlib
 import logging
 import os
 import secrets
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -34,69 +30,38 @@ from benchmarks.env_workers import SCALING_COLUMNS, scaling
 from monitor.text_table import format_table
 
 logger = logging.getLogger("benchmarks.env_adapters")
-ROOT = Path(__file__).resolve().parent.parent
 AVIARY_KEY_ENV = "LABRL_BENCH_AVIARY_KEY"
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except urllib.error.HTTPError:
-            return  # it answers (an error status is still an answer)
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"no answer from {url} within {timeout_s:.0f}s")
 
 
 @contextlib.contextmanager
 def nemo_gym_lab(tmp: Path) -> Iterator[dict[str, Any]]:
-    from envs.adapters.nemo_gym.process import NemoGymServer
+    from envs.adapters.nemo_gym.process import nemo_gym_server
     from examples.nemo_gym_lab.tasks import write_rows
 
     tasks = tmp / "nemo_gym_lab.jsonl"
     write_rows(tasks, rows=400)
-    with NemoGymServer("examples.nemo_gym_lab.app:MolarMassLab") as server:
+    with nemo_gym_server("examples.nemo_gym_lab.app:MolarMassLab") as server:
         yield {"url": server.url, "tasks": str(tasks),
                "reference": "examples.nemo_gym_lab.tasks:reference_policy"}
 
 
 @contextlib.contextmanager
 def aviary_lab(tmp: Path) -> Iterator[dict[str, Any]]:
-    from envs.adapters.nemo_gym.process import free_port
+    from examples.aviary_lab.env import lab_server
 
-    key, port = secrets.token_hex(8), free_port()
-    os.environ[AVIARY_KEY_ENV] = key  # env workers (Ray) inherit it
-    env = {**os.environ, "AVIARY_LAB_API_KEY": key, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "examples.aviary_lab.env", "--port", str(port), "--size", "400"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/info", proc)
-        yield {"url": f"http://127.0.0.1:{port}", "api_key_env": AVIARY_KEY_ENV,
+    key = secrets.token_hex(8)
+    os.environ[AVIARY_KEY_ENV] = key  # the env workers (Ray) inherit it
+    with lab_server(size=400, api_key=key) as server:
+        yield {"url": server.url, "api_key_env": AVIARY_KEY_ENV,
                "reference_policy": "examples.aviary_lab.env:reference_policy"}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @contextlib.contextmanager
 def mcp_lab(tmp: Path) -> Iterator[dict[str, Any]]:
-    from envs.adapters.nemo_gym.process import free_port
+    from examples.mcp_lab.server import lab_server
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "examples.mcp_lab.server", "--http", "--port", str(port)],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/mcp", proc)
-        yield {"url": f"http://127.0.0.1:{port}/mcp", "tasks": "examples.mcp_lab.spectro:TASKS"}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with lab_server() as server:
+        yield {"url": f"{server.url}/mcp", "tasks": "examples.mcp_lab.spectro:TASKS"}
 
 
 ADAPTERS: dict[str, Callable[[Path], Any]] = {"nemo_gym": nemo_gym_lab, "aviary_http": aviary_lab,

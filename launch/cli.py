@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # Imported on use: each command pulls in Ray, torch and vLLM, seconds during which a SIGTERM would
@@ -17,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
         names = ", ".join(COMMANDS)
         sys.stderr.write(f"usage: labrl {{{names}}} [options]\n")
         return 2
+    # User code named by import path in a config (an env spec, a reference solver) lives beside the
+    # user, as with `python -m`: the console script alone would not find it.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
 
 

@@ -16,12 +16,14 @@ import argparse
 import logging
 import os
 import random
+import sys
 from dataclasses import dataclass
 
 from aviary.core import Environment, Message, TaskDataset, TaskDatasetServer, Tool
 from pydantic import BaseModel
 
 from envs.adapters.aviary import AviaryEnvironment
+from envs.adapters.server_process import ServerProcess
 from envs.core import Environment as LabrlEnvironment
 from envs.core import Message as LabrlMessage
 from envs.tool_env import make_action, successful_results
@@ -132,6 +134,12 @@ async def reference_policy(env: LabrlEnvironment, history: list[LabrlMessage]) -
     task = dilution(env.task.data["index"])
     return make_action(("dilution_volume", {"stock_m": task.stock_m, "target_m": task.target_m,
                                             "final_ml": task.final_ml}))
+
+
+def lab_server(size: int, api_key: str) -> ServerProcess:
+    """This lab served by `TaskDatasetServer` in a child process (`with lab_server(...) as server`)."""
+    return ServerProcess([sys.executable, "-m", "examples.aviary_lab.env", "--port", "{port}", "--size", str(size)],
+                         ready_path="/info", headers={"X-API-Key": api_key}, env={API_KEY_ENV: api_key})
 
 
 def main(argv: list[str] | None = None) -> None:

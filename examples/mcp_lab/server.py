@@ -4,9 +4,12 @@
     python -m examples.mcp_lab.server --http --port 8000    # streamable HTTP at /mcp
 """
 
+import sys
+
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
+from envs.adapters.server_process import ServerProcess
 from examples.mcp_lab.spectro import EPSILON, RACK
 
 lab = MCPServer("spectro-lab")
@@ -33,6 +36,12 @@ def absorbance(wavelength_nm: int, ctx: Context) -> float:
     if sample is None:
         raise ToolError("no sample loaded")
     return EPSILON[wavelength_nm] * RACK[sample] / 1000
+
+
+def lab_server() -> ServerProcess:
+    """This server over streamable HTTP in a child process; its endpoint is `server.url + "/mcp"`."""
+    return ServerProcess([sys.executable, "-m", "examples.mcp_lab.server", "--http", "--port", "{port}"],
+                         ready_path="/mcp")
 
 
 if __name__ == "__main__":

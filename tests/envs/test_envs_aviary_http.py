@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
@@ -30,50 +24,19 @@ from envs.parsing import parse_assistant  # noqa: E402
 from envs.registry import EnvSpec, UnknownEnvironmentError, get_env_spec  # noqa: E402
 from envs.testing import play_episode  # noqa: E402
 from envs.tool_env import make_action  # noqa: E402
-from examples.aviary_lab.env import API_KEY_ENV, dilution, reference_policy  # noqa: E402
+from examples.aviary_lab.env import dilution, lab_server, reference_policy  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY_ENV = "LABRL_TEST_AVIARY_KEY"  # where the labrl side reads the key from (env.options.api_key_env)
 SIZE = 12
 ENV = "aviary_http"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_listening(url: str, key: str, proc: subprocess.Popen, log: Path, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Aviary server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/info", headers={"X-API-Key": key}, timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"Aviary server not listening after {timeout_s:g}s: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def server() -> Iterator[tuple[str, str]]:
     """(url, api key) of a TaskDatasetServer serving SIZE dilution tasks."""
-    key, port = secrets.token_hex(8), _free_port()
-    env = {**os.environ, API_KEY_ENV: key,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    log = tmp_path_factory.mktemp("aviary") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "examples.aviary_lab.env", "--port", str(port),
-                                 "--size", str(SIZE)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_listening(url, key, proc, log)
-        yield url, key
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    key = secrets.token_hex(8)
+    with lab_server(SIZE, key) as served:
+        yield served.url, key
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from configs.loading import ConfigError, load_config
 from envs.adapters.nemo_gym.http import close_pool
-from envs.adapters.nemo_gym.process import NemoGymServer, bundled_resources_dir
+from envs.adapters.nemo_gym.process import bundled_resources_dir, nemo_gym_server
 from envs.core import Message
 from envs.registry import EnvSpec, UnknownEnvironmentError, get_env_spec
 from envs.tool_env import make_action
@@ -29,7 +29,7 @@ LAB = "examples.nemo_gym_lab.app:MolarMassLab"
 @pytest.fixture(scope="module")
 def servers():
     """The three servers, started together (each takes seconds to import NeMo Gym)."""
-    started = {name: NemoGymServer(target).start() for name, target in
+    started = {name: nemo_gym_server(target).start() for name, target in
                (("counter", COUNTER), ("multi_turn", MULTI_TURN), ("lab", LAB))}
     try:
         yield {name: server.wait_ready() for name, server in started.items()}

@@ -1,4 +1,4 @@
-"""Start a NeMo Gym resources server (`serve.py`) in NeMo Gym's own Python and wait until it answers.
+"""NeMo Gym's Python (`make nemo-gym`) and a NeMo Gym resources server started in it (`serve.py`).
 
 Used by the tests, the end-to-end run and the adapter benchmark; a user with a NeMo Gym deployment
 (`ng_run`) needs none of it and points `env.options.url` at the running server.
@@ -7,19 +7,16 @@ Used by the tests, the end-to-end run and the adapter benchmark; a user with a N
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
-from types import TracebackType
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from envs.adapters.server_process import REPO_ROOT, ServerProcess
+
 PYTHON_ENV_VAR = "LABRL_NEMO_GYM_PYTHON"
 
 
 class NemoGymUnavailable(RuntimeError):
-    """NeMo Gym's Python environment is missing or a server did not come up; says how to fix it."""
+    """NeMo Gym's Python environment is missing; says how to build it."""
 
 
 def nemo_gym_python() -> Path:
@@ -38,58 +35,7 @@ def bundled_resources_dir() -> Path:
     return Path(out.stdout.strip())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class NemoGymServer:
-    """`with NemoGymServer("pkg.module:Class") as server:` ... `server.url`; stopped on exit."""
-
-    def __init__(self, target: str, port: int | None = None, start_timeout_s: float = 120.0):
-        self.target = target
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.start_timeout_s = start_timeout_s
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "NemoGymServer":
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        self.process = subprocess.Popen(
-            [str(nemo_gym_python()), "-m", "envs.adapters.nemo_gym.serve", self.target,
-             "--port", str(self.port)], cwd=REPO_ROOT, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        return self
-
-    def wait_ready(self) -> "NemoGymServer":
-        """Block until `GET /` answers; a server that exits or stays silent is an error with its log."""
-        assert self.process is not None
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise NemoGymUnavailable(f"{self.target} exited ({self.process.returncode}): "
-                                         f"{self.process.stdout.read()[-2000:] if self.process.stdout else ''}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise NemoGymUnavailable(f"{self.target} did not answer on {self.url} within {self.start_timeout_s:.0f}s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self) -> "NemoGymServer":
-        return self.start().wait_ready()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+def nemo_gym_server(target: str) -> ServerProcess:
+    """The resources-server class at `target` ('pkg.module:Class'), served in NeMo Gym's Python."""
+    return ServerProcess([str(nemo_gym_python()), "-m", "envs.adapters.nemo_gym.serve", target,
+                          "--port", "{port}"])
