@@ -1,6 +1,6 @@
 """Write the lab's task JSONL and hold its reference solver (both run in labrl's Python).
 
-    python -m examples.nemo_gym_lab.tasks --out examples/nemo_gym_lab/tasks.jsonl --rows 400
+    python -m examples.nemo_gym_lab.tasks --out runs/lab_tasks.jsonl --rows 5000
 
 Rows are NeMo Gym task rows: `responses_create_params` (the question and the two tool schemas)
 plus what the verifier needs (`formula`, `answer`) and a `difficulty` (1: two elements, 2: three).
