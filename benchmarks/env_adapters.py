@@ -49,9 +49,7 @@ def nemo_gym_lab(tmp: Path) -> Iterator[dict[str, Any]]:
 def aviary_lab(tmp: Path) -> Iterator[dict[str, Any]]:
     from examples.aviary_lab.env import lab_server
 
-    key = secrets.token_hex(8)
-    os.environ[AVIARY_KEY_ENV] = key  # the env workers (Ray) inherit it
-    with lab_server(size=400, api_key=key) as server:
+    with lab_server(size=400, api_key=os.environ[AVIARY_KEY_ENV]) as server:
         yield {"url": server.url, "api_key_env": AVIARY_KEY_ENV,
                "reference_policy": "examples.aviary_lab.env:reference_policy"}
 
@@ -72,14 +70,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--adapters", nargs="+", choices=sorted(ADAPTERS), default=sorted(ADAPTERS))
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--episodes", type=int, default=128)
-    p.add_argument("--rounds", type=int, default=2, help="passes over the worker counts (order alternates)")
+    p.add_argument("--episodes", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=3, help="passes over the worker counts (order alternates)")
     p.add_argument("--timeout-s", type=float, default=900.0)
     args = p.parse_args(argv)
     setup_logging()
     from models.tiny import TinyModelSpec, save_tiny_model
 
     rows: list[dict[str, Any]] = []
+    os.environ.setdefault(AVIARY_KEY_ENV, secrets.token_hex(8))  # before Ray starts: its workers inherit it
     start_local_ray(max(2, len(args.workers) + 1))
     try:
         with tempfile.TemporaryDirectory(prefix="labrl_bench_adapters_") as tmp:

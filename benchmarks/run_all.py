@@ -47,6 +47,8 @@ SUITE = (
           description="end-to-end GRPO throughput, labrl vs TRL GRPOTrainer"),
     Bench("env_server_load", "benchmarks.env_server_load", ("--levels", "2000"), ("--levels", "2000,8000,16000"),
           description="one env HTTP server, concurrent episodes: p50/p99 latency, leaked sessions, RSS"),
+    Bench("env_adapters", "benchmarks.env_adapters", ("--episodes", "128", "--rounds", "2"), (),
+          description="episodes/s through the NeMo Gym, Aviary and MCP adapters, 1 and 2 env workers"),
 )
 EXISTING = (
     Bench("trainer", "benchmarks.trainer", ("--stages", "0", "1", "--ranks", "1", "--hidden", "256", "--layers", "4"),

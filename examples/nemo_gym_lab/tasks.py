@@ -41,6 +41,7 @@ def write_rows(path: Path, rows: int, seed: int = 0, fault_every: int = 0) -> No
     rng = random.Random(seed)
     lines = [json.dumps(make_row(rng, 1 + i % 2, fault_every > 0 and i % fault_every == fault_every - 1))
              for i in range(rows)]
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
 
