@@ -80,6 +80,9 @@ def test_resources_server_rewards_right_and_wrong_answers_and_checks_arguments(s
         bad = [await env.step(make_action(("increment_counter", args))) for args in
                ({}, {"count": "three"}, {"count": 1, "by": 2})]
         assert all(obs.is_error and reward.reason == "tool_error" and not done for [obs], reward, done, _ in bad)
+        assert [obs.content for [obs], *_ in bad] == [  # labrl's own refusals: no HTTP 422 from the server
+            "Error: increment_counter: missing argument 'count'", "Error: increment_counter: 'count' must be integer",
+            "Error: increment_counter: unexpected argument 'by'"]
         [obs], _, _, _ = await env.step(make_action(("get_counter_value", {})))
         count = json.loads(obs.content)["count"]
         _, reward, done, truncated = await env.step(Message(role="assistant", content=f"count is {count}"))
