@@ -4,7 +4,7 @@
 
 Rows are NeMo Gym task rows: `responses_create_params` (the question and the two tool schemas)
 plus what the verifier needs (`formula`, `answer`) and a `difficulty` (1: two elements, 2: three).
-`--fault-every N` marks every N-th row `instrument_fault` (masked by the verifier).
+`--fault-fraction F` marks a seeded random share F of the rows `instrument_fault` (masked by the verifier).
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ def make_row(rng: random.Random, difficulty: int, fault: bool) -> dict[str, Any]
             "instrument_fault": fault}
 
 
-def write_rows(path: Path, rows: int, seed: int = 0, fault_every: int = 0) -> None:
+def write_rows(path: Path, rows: int, seed: int = 0, fault_fraction: float = 0.0) -> None:
     rng = random.Random(seed)
-    lines = [json.dumps(make_row(rng, 1 + i % 2, fault_every > 0 and i % fault_every == fault_every - 1))
-             for i in range(rows)]
+    lines = [json.dumps(make_row(rng, 1 + i % 2, rng.random() < fault_fraction)) for i in range(rows)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
@@ -65,9 +64,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fault-every", type=int, default=0)
+    parser.add_argument("--fault-fraction", type=float, default=0.0)
     args = parser.parse_args()
-    write_rows(args.out, args.rows, args.seed, args.fault_every)
+    write_rows(args.out, args.rows, args.seed, args.fault_fraction)
 
 
 if __name__ == "__main__":

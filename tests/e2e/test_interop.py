@@ -28,7 +28,7 @@ TINY = ["sft.num_demos=32", "sft.steps=10", "grpo.num_steps=2", "grpo.batch_size
 
 def test_grpo_on_a_nemo_gym_resources_server(tmp_path):
     tasks = tmp_path / "lab.jsonl"
-    write_rows(tasks, rows=120, seed=0, fault_every=3)  # every 3rd row: an instrument fault (masked)
+    write_rows(tasks, rows=120, seed=0, fault_fraction=0.5)  # half the rows: an instrument fault (masked)
     if ray.is_initialized():
         ray.shutdown()
     with nemo_gym_server("examples.nemo_gym_lab.app:MolarMassLab") as server:

@@ -46,7 +46,7 @@ def bundled() -> Path:
 @pytest.fixture(scope="module")
 def lab_tasks(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("lab") / "tasks.jsonl"
-    write_rows(path, rows=40, seed=3, fault_every=4)
+    write_rows(path, rows=40, seed=3, fault_fraction=0.25)
     return path
 
 
