@@ -200,5 +200,5 @@ def test_runtime_env_uploads_code_but_not_venv_or_runs(tmp_path):
     create_package(str(ROOT), target, include_gitignore=False, excludes=env["excludes"])
     names = zipfile.ZipFile(target).namelist()
     assert "launch/train.py" in names and "configs/default.yaml" in names
-    assert not [n for n in names if n.startswith((".venv/", "runs/", ".git/")) or "__pycache__" in n]
+    assert not [n for n in names if n.startswith((".venv/", ".venv-nemo-gym/", "runs/", ".git/")) or "__pycache__" in n]
     assert target.stat().st_size < 20 * 2**20
