@@ -104,10 +104,11 @@ def _load_builtins() -> None:
         importlib.import_module("envs.adapters")  # and the adapters built from env.options
 
 
-def list_envs() -> list[str]:
-    """Names of the registered environments (the bundled suite included)."""
+def list_envs(configurable: bool = True) -> list[str]:
+    """Names of the registered environments (the bundled suite included); `configurable=False`
+    leaves out those built from `env.options` (the adapters), which need settings to exist."""
     _load_builtins()
-    return sorted([*_REGISTRY, *_FACTORIES])
+    return sorted([*_REGISTRY, *(_FACTORIES if configurable else ())])
 
 
 def _build(factory: SpecFactory, name: str, options: Mapping[str, Any]) -> EnvSpec:

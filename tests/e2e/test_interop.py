@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import secrets
+from pathlib import Path
 
+import pytest
 import ray
 
 from configs.loading import load_config
@@ -22,8 +24,22 @@ from launch.train import train
 TINY = ["sft.num_demos=32", "sft.steps=10", "grpo.num_steps=2", "grpo.batch_size=16", "grpo.group_size=4",
         "eval.num_tasks=4", "env.num_train_tasks=64", "env.num_heldout_tasks=8", "env.difficulties=[1]",
         "logging.progress_bar=false", "generation.max_model_len=512", "trainer.zero_stage=1",
-        "checkpoint.every_steps=0", "grpo.dynamic_sampling=false", "grpo.entropy_coef=0.01",
-        "logging.wandb_mode=disabled"]
+        "checkpoint.every_steps=0", "grpo.dynamic_sampling=false", "grpo.entropy_coef=0.01"]
+
+
+def assert_complete_run_directory(run_dir: Path, cfg, summary: dict) -> None:
+    """What `labrl train` leaves behind, whatever the environment: weights, plot, metrics, paired
+    held-out results before and after GRPO, the summary, offline W&B files."""
+    assert (run_dir / "final_model" / "config.json").is_file()
+    assert (run_dir / "reward_success.png").stat().st_size > 0
+    for key in ("eval_sft/pass@1", "eval_grpo/pass@1", "eval_sft/ci95", "grpo/improvement_ci95"):
+        assert key in summary
+    before, after = (json.loads((run_dir / f"eval_{label}_tasks.json").read_text()) for label in ("sft", "grpo"))
+    assert [r["task_id"] for r in before] == [r["task_id"] for r in after] and len(before) == cfg.eval.num_tasks
+    assert summary["grpo/improvement"] == pytest.approx(
+        sum(a["success_rate"] - b["success_rate"] for a, b in zip(after, before)) / len(before))
+    assert json.loads((run_dir / "summary.json").read_text())["eval_grpo/pass@1"] == summary["eval_grpo/pass@1"]
+    assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline files missing"
 
 
 def test_grpo_on_a_nemo_gym_resources_server(tmp_path):
@@ -37,6 +53,7 @@ def test_grpo_on_a_nemo_gym_resources_server(tmp_path):
         cfg = load_config(None, TINY + env + [f"logging.runs_root={tmp_path / 'runs'}", "run_name=nemo-gym"])
         summary = train(cfg)
         run_dir = next((tmp_path / "runs").iterdir())
+        assert_complete_run_directory(run_dir, cfg, summary)
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         steps = [r for r in rows if "rollout/reward_mean" in r]
         assert [r["policy_version"] for r in steps] == [1.0, 2.0]
@@ -73,7 +90,7 @@ def test_grpo_through_aviarys_task_dataset_server(tmp_path, monkeypatch):
         cfg = load_config(None, TINY + [
             "env.name=aviary_http", f"env.options.url={server.url}", "env.options.api_key_env=LABRL_E2E_AVIARY_KEY",
             "env.options.reference_policy=examples.aviary_lab.env:reference_policy",
-            f"logging.runs_root={tmp_path}", "run_name=aviary"])
+            f"logging.runs_root={tmp_path}", "run_name=aviary", "logging.wandb_mode=disabled"])
         summary = train(cfg)
     rows = [json.loads(line) for line in next(tmp_path.iterdir()).joinpath("metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "rollout/reward_mean" in r]

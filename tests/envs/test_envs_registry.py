@@ -90,7 +90,8 @@ def test_factories_take_env_options_and_name_a_bad_one(monkeypatch: pytest.Monke
         return stoichiometry.SPEC
 
     register_env_factory("scaled_stoichiometry", make)
-    assert "scaled_stoichiometry" in list_envs()
+    assert "scaled_stoichiometry" in list_envs() and "scaled_stoichiometry" not in list_envs(configurable=False)
+    assert {"nemo_gym", "aviary_http", "mcp"} <= set(list_envs()) - set(list_envs(configurable=False))
     assert get_env_spec("scaled_stoichiometry", {"scale": 2}) is stoichiometry.SPEC
     with pytest.raises(UnknownEnvironmentError, match="scale must be >= 1"):
         get_env_spec("scaled_stoichiometry", {"scale": 0})

@@ -4,9 +4,9 @@
         env.options.tasks=examples/nemo_gym_lab/tasks.jsonl sft.enabled=false
 
 Each JSONL row is one task, kept whole in `Task.data["row"]` and sent back to the server as NeMo
-Gym's own agents do. The train / held-out split is a seeded shuffle of the rows (same seed, same
-split); a row's `difficulty` field, where present, is its difficulty (else 1), so
-`env.difficulties` filters rows. Task ids name the row (`nemo_gym/<split>/<row index>`), so reward
+Gym's own agents do. A row's `difficulty` field, where present, is its difficulty (else 1);
+`env.difficulties` picks the rows, and the train / held-out split is a seeded shuffle of those
+(same seed and difficulties, same split). Task ids name the row (`nemo_gym/<split>/<row index>`), so reward
 profiles and curricula follow a row across seeds.
 """
 
@@ -81,17 +81,19 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 def split_rows(rows: list[dict[str, Any]], num_train: int, num_heldout: int, difficulties: Sequence[int],
                seed: int, heldout_fraction: float) -> TaskDataset:
-    """Seeded shuffle of row indices; the first `heldout_fraction` (capped) are held out."""
-    order = list(range(len(rows)))
+    """The rows of the wanted difficulties, shuffled by seed; the first `heldout_fraction` of them
+    (at most `num_heldout`) are held out, the next `num_train` train."""
+    order = [i for i in range(len(rows)) if _difficulty(rows[i]) in difficulties]
     random.Random(seed).shuffle(order)
-    num_held = min(num_heldout, max(1, round(len(rows) * heldout_fraction)))
-    splits = (("heldout", order[:num_held], num_heldout), ("train", order[num_held:], num_train))
-    tasks = []
-    for split, indices, limit in splits:
-        chosen = [i for i in indices if int(rows[i].get("difficulty", 1)) in difficulties][:limit]
-        tasks += [Task(f"{NAME}/{split}/{i:05d}", NAME, split, int(rows[i].get("difficulty", 1)), seed,
-                       {"row": rows[i], "index": i}) for i in sorted(chosen)]
-    return TaskDataset(tasks)
+    num_held = min(num_heldout, max(1, round(len(order) * heldout_fraction)))
+    splits = (("heldout", order[:num_held]), ("train", order[num_held:num_held + num_train]))
+    return TaskDataset(Task(f"{NAME}/{split}/{i:05d}", NAME, split, _difficulty(rows[i]), seed,
+                            {"row": rows[i], "index": i})
+                       for split, indices in splits for i in sorted(indices))
+
+
+def _difficulty(row: dict[str, Any]) -> int:
+    return int(row.get("difficulty", 1))
 
 
 def _import_reference(path: str) -> ReferencePolicy:
@@ -111,7 +113,7 @@ def nemo_gym_spec(**options: Any) -> EnvSpec:
     """The spec for `env.options` (see `NemoGymOptions`); reads the task file, no network."""
     opts = NemoGymOptions(**options)
     rows = read_rows(opts.tasks)
-    difficulties = tuple(sorted({int(r.get("difficulty", 1)) for r in rows}))
+    difficulties = tuple(sorted({_difficulty(r) for r in rows}))
     return EnvSpec(
         name=NAME, difficulties=difficulties,
         make_dataset=partial(split_rows, rows, heldout_fraction=opts.heldout_fraction),
