@@ -39,12 +39,17 @@ def error_reason(kind: ErrorKind) -> str:
     return "timeout" if kind == "timeout" else "tool_error"
 
 
+def outcome_reason(score: float) -> str:
+    """The reason of a final score that came without one: correct (>= 1), partial (> 0), wrong_value."""
+    return "correct" if score >= 1.0 else "partial" if score > 0.0 else "wrong_value"
+
+
 def as_reward(value: Any) -> Reward:
     """A verifier's return value as a Reward (plain numbers get a reason from their value)."""
     if isinstance(value, Reward):
         return value
     score = float(value)
-    return Reward(score, "correct" if score >= 1.0 else "wrong_value" if score <= 0.0 else "partial")
+    return Reward(score, outcome_reason(score))
 
 
 class ToolEnvironment(Environment):

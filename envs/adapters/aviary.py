@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ImportString, field_validator
 from envs.core import Environment, Message, Reward
 from envs.dataset import Task, TaskDataset
 from envs.registry import EnvSpec, ReferencePolicy, no_reference_policy
-from envs.tool_env import NO_CALL_TEXT
+from envs.tool_env import NO_CALL_TEXT, outcome_reason
 from envs.tools import Tool, error_message
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def tool_from_aviary(tool: Any) -> Tool:
 
 def _reason(reward: float, done: bool, truncated: bool, step_error: str | None) -> str:
     if done:
-        return "correct" if reward >= 1.0 else "partial" if reward > 0 else "wrong_value"
+        return outcome_reason(reward)
     return "budget_exceeded" if truncated else step_error or "in_progress"
 
 

@@ -27,6 +27,7 @@ from envs.adapters.nemo_gym.http import EpisodeClient
 from envs.adapters.nemo_gym.responses import prompt_messages, response, tool_schemas
 from envs.core import Environment, Message, Reward, ToolCall
 from envs.dataset import Task
+from envs.tool_env import outcome_reason
 from envs.tools import Tool, error_message, run_tool_call
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,7 @@ logger = logging.getLogger(__name__)
 
 def verdict(value: float, failure_kind: str | None, masked: bool) -> Reward:
     """The episode reward with its reason: the server's failure kind, else one from the value."""
-    reason = failure_kind or ("correct" if value >= 1.0 else "partial" if value > 0 else "wrong_value")
-    return Reward(value, reason, masked=masked)
+    return Reward(value, failure_kind or outcome_reason(value), masked=masked)
 
 
 class _NemoGymEpisode(Environment):

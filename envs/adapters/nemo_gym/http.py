@@ -24,7 +24,6 @@ class NemoGymHTTPError(RuntimeError):
 
     def __init__(self, path: str, status: int, body: str):
         super().__init__(f"HTTP {status} from {path}: {body[:200]}")
-        self.status = status
 
 
 def _connector(max_connections: int) -> aiohttp.TCPConnector:
