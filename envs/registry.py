@@ -10,10 +10,13 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Mapping, Sequence
 
 from envs.core import Environment, Message
 from envs.dataset import Task, TaskDataset
+
+if TYPE_CHECKING:
+    from envs.agent import AgentProgramSpec
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,9 @@ class EnvSpec:
     description: str = ""
     defaults: dict = field(default_factory=dict)
     novice_policy: ReferencePolicy | None = None
+    # An agent program (envs/agent.py): its episodes run through labrl's OpenAI-compatible endpoint
+    # instead of `make_env`; None for environments.
+    agent: AgentProgramSpec | None = None
 
     @property
     def has_reference(self) -> bool:

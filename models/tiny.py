@@ -4,7 +4,8 @@ No downloads: the tokenizer is built with `tokenizers`, the model from a transfo
 chat format is Qwen's (`<|im_start|>role ... <|im_end|>`, `<tool_call>` / `<tool_response>`), so the
 same agent loop and tool-call parser serve the tiny model and real instruct models. The template
 omits tool schemas from the prompt: the tiny model learns its tools from demonstrations, and
-character-level prompts must stay short.
+character-level prompts must stay short. An assistant message's tool calls render as the parser's
+canonical `<tool_call>{json}</tool_call>` text (envs/parsing.py), as a Qwen template renders them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ CHAT_TEMPLATE = (
     "{%- if m.role == 'tool' -%}"
     "{{ '<|im_start|>user\\n<tool_response>' }}{{ m.content }}{{ '</tool_response><|im_end|>\\n' }}"
     "{%- else -%}"
-    "{{ '<|im_start|>' + m.role + '\\n' }}{{ m.content }}{{ '<|im_end|>\\n' }}"
+    "{{ '<|im_start|>' + m.role + '\\n' }}{{ m.content }}"
+    "{%- for c in m.tool_calls or [] -%}"
+    "{{ '<tool_call>' }}{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}{{ '</tool_call>' }}"
+    "{%- endfor -%}"
+    "{{ '<|im_end|>\\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"

@@ -60,6 +60,7 @@ def rollout_metrics(trajs: list[Trajectory], current_version: int | None = None,
         f"{prefix}/env_s_mean": fmean(t.env_s for t in trajs),
         f"{prefix}/tool_calls_mean": tool_calls / len(trajs),
         f"{prefix}/invalid_tool_call_rate": invalid_tool_call_rate(trajs),
+        f"{prefix}/fork_rate": fork_rate(trajs),
     }
     for reason, count in Counter(t.reward_reason for t in trajs).items():
         out[f"{prefix}/reason/{reason}"] = float(count)
@@ -99,6 +100,13 @@ def invalid_tool_call_rate(trajs: list[Trajectory]) -> float:
     """
     attempts = sum(max(t.num_tool_calls, t.num_invalid_tool_calls) for t in trajs)
     return sum(t.num_invalid_tool_calls for t in trajs) / max(1, attempts)
+
+
+def fork_rate(trajs: list[Trajectory]) -> float:
+    """Share of an agent program's follow-up turns whose prompt did not extend what the policy had
+    produced (rollout/openai_api/assembly.py); native episodes never fork."""
+    follow_ups = sum(max(0, t.num_turns - 1) for t in trajs)
+    return sum(t.num_forks for t in trajs) / max(1, follow_ups)
 
 
 def step_timing_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -18,7 +18,7 @@ from envs.chat import ChatCodec
 from envs.core import Environment, Message, reward_reason
 from envs.dataset import Task
 from envs.parsing import parse_assistant
-from rollout.trajectory import Trajectory
+from rollout.trajectory import TokenSegment, Trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,7 @@ class TurnPolicy(Protocol):
 
 @dataclass
 class _EpisodeState:
-    tokens: list[int] = field(default_factory=list)
-    mask: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
+    seq: TokenSegment = field(default_factory=lambda: TokenSegment([], [], []))
     history: list[Message] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
     turns: int = 0
@@ -63,11 +61,6 @@ class _EpisodeState:
     finish: str = "budget"
     truncated: bool = False
     masked: bool = False
-
-    def extend(self, ids: list[int], generated: bool, logprobs: list[float] | None = None) -> None:
-        self.tokens += ids
-        self.mask += [1 if generated else 0] * len(ids)
-        self.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
 
 
 async def run_episode(env: Environment, task: Task, group_id: str, policy: TurnPolicy, codec: ChatCodec,
@@ -94,8 +87,8 @@ async def run_episode(env: Environment, task: Task, group_id: str, policy: TurnP
     finally:
         await _close_quietly(env)
     return Trajectory(
-        task_id=task.id, group_id=group_id, env_name=task.env_name, token_ids=state.tokens,
-        loss_mask=state.mask, sampler_logprobs=state.logprobs, reward=float(state.reward),
+        task_id=task.id, group_id=group_id, env_name=task.env_name, token_ids=state.seq.token_ids,
+        loss_mask=state.seq.loss_mask, sampler_logprobs=state.seq.sampler_logprobs, reward=float(state.reward),
         reward_reason=state.reason, finish_reason=state.finish, policy_versions=state.versions,
         difficulty=task.difficulty, num_turns=state.turns, num_tool_calls=state.tool_calls,
         num_invalid_tool_calls=state.invalid_calls, truncated=state.truncated, masked=state.masked,
@@ -110,21 +103,21 @@ async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, env_cfg:
     state.env_s += time.monotonic() - clock
     codec = codec.with_tools(tools)
     state.history = list(observations)
-    state.extend(codec.prompt_tokens(observations), generated=False)
+    state.seq.extend(codec.prompt_tokens(observations), generated=False)
     while state.turns < env_cfg.max_turns:
-        room = generation.max_model_len - len(state.tokens)
+        room = generation.max_model_len - len(state.seq.token_ids)
         if room <= 0:
             state.finish, state.reason, state.truncated = "length", "context_exhausted", True
             return
         clock = time.monotonic()
-        turn = await policy.act(TurnContext(state.tokens, state.history, env,
+        turn = await policy.act(TurnContext(state.seq.token_ids, state.history, env,
                                             min(generation.max_new_tokens, room)))
         state.generation_s += time.monotonic() - clock
         state.turns += 1
         state.versions.append(turn.policy_version)
         if turn.newest_policy_version not in (None, turn.policy_version):
             state.versions.append(turn.newest_policy_version)
-        state.extend(turn.token_ids, generated=True, logprobs=turn.logprobs)
+        state.seq.extend(turn.token_ids, generated=True, logprobs=turn.logprobs)
         if turn.finish_reason == "length":
             state.truncated = True
             if not env_cfg.score_truncated_turns:
@@ -146,7 +139,7 @@ async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, env_cfg:
             state.truncated = state.truncated or bool(truncated)
             state.history += observations
             return
-        state.extend(codec.continuation_tokens(state.history, observations), generated=False)
+        state.seq.extend(codec.continuation_tokens(state.history, observations), generated=False)
         state.history += observations
     state.finish, state.reason, state.truncated = "budget", "budget_exceeded", True
 

@@ -18,7 +18,9 @@ from envs.chat import ChatCodec
 from envs.dataset import Task
 from envs.registry import Solver, get_env_spec
 from models.loading import load_tokenizer
+from rollout.agent_episode import AgentHost, run_agent_episode
 from rollout.agent_loop import TurnPolicy, run_episode
+from rollout.openai_api.session import EpisodeSession
 from rollout.policies import ReferenceTurnPolicy, SamplerTurnPolicy
 from rollout.trajectory import Trajectory
 
@@ -54,7 +56,12 @@ class EnvWorkerSpec:
 
 
 class EnvWorker:
-    """Hosts environment instances; `run_group` plays one task `group_size` times concurrently."""
+    """Hosts environment instances; `run_group` plays one task `group_size` times concurrently.
+
+    For an agent program (`EnvSpec.agent`, envs/agent.py) it also serves the OpenAI-compatible
+    endpoint the programs talk to (started with the first such episode, on 127.0.0.1), and each
+    episode gets its own URL there.
+    """
 
     def __init__(self, spec: EnvWorkerSpec, router: GenerationRouter | None = None):
         logging.basicConfig(level=logging.INFO)
@@ -64,6 +71,7 @@ class EnvWorker:
         self.codec = ChatCodec(load_tokenizer(spec.tokenizer_path))
         self.router = router
         self._slots = asyncio.Semaphore(spec.max_concurrent_episodes)
+        self._agents: AgentHost | None = None
 
     def _policy(self, solver: Solver, stream: str) -> TurnPolicy:
         if solver != "policy":
@@ -74,10 +82,22 @@ class EnvWorker:
 
     async def _episode(self, task: Task, group_id: str, policy: TurnPolicy) -> Trajectory:
         async with self._slots:
+            if self.env_spec.agent is not None:
+                return await self._agent_episode(task, group_id, policy)
             env = self.env_spec.make_env(task)
             env.tool_timeout_s = self.spec.env.tool_timeout_s
             return await run_episode(env, task, group_id, policy, self.codec, self.spec.env,
                                      self.spec.generation)
+
+    async def _agent_episode(self, task: Task, group_id: str, policy: TurnPolicy) -> Trajectory:
+        if not isinstance(policy, SamplerTurnPolicy):
+            raise ValueError(f"{self.env_spec.name!r} is an agent program: only the policy can play it")
+        if self._agents is None:
+            self._agents = await AgentHost.start()
+        session = EpisodeSession(self.codec, policy.router, self.spec.sampling, self.spec.generation.max_model_len,
+                                 self.spec.env.max_turns, stream=policy.stream)
+        return await run_agent_episode(self.env_spec.agent, task, group_id, session, self._agents.endpoint,
+                                       self._agents.http, self.spec.env.episode_timeout_s)
 
     async def run_group(self, task: Task, group_size: int, group_id: str,
                         solver: Solver = "policy") -> list[Trajectory]:

@@ -108,8 +108,9 @@ def to_train_samples(groups: list[list[Trajectory]], estimator: str) -> list[Tra
     rewards = torch.tensor([t.reward for t in trajs], dtype=torch.float32)
     index = torch.tensor([i for i, g in enumerate(groups) for _ in g], dtype=torch.long)
     advantages = compute_advantages(estimator, rewards, index)
-    return [TrainSample(token_ids=t.token_ids, loss_mask=t.loss_mask, sampler_logprobs=t.sampler_logprobs,
-                        advantage=float(a)) for t, a in zip(trajs, advantages)]
+    # An agent program's episode that forked trains each of its segments with the episode's advantage.
+    return [TrainSample(token_ids=s.token_ids, loss_mask=s.loss_mask, sampler_logprobs=s.sampler_logprobs,
+                        advantage=float(a)) for t, a in zip(trajs, advantages) for s in t.segments]
 
 
 class GRPOPipeline:
