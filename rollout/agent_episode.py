@@ -2,7 +2,8 @@
 URL of the OpenAI-compatible endpoint, then its verifier; the trajectory is assembled from what the
 endpoint recorded (rollout/openai_api/assembly.py), never from the agent's text.
 
-Outcomes, as native episodes have them: the verifier's reward ends the episode (`env_done`); an
+Outcomes, as native episodes have them: the verifier's reward ends the episode (`env_done`; or
+`budget` / `length`, truncated, when its reason is `budget_exceeded` / `truncated_length`); an
 agent that outlives `env.episode_timeout_s` ends as `timeout` (reward 0, truncated); one that
 raises after the endpoint refused a request for the turn budget or the context length ends as
 `budget` / `length` (reward 0, truncated); one that raises otherwise, or whose verifier raises, or
@@ -34,6 +35,12 @@ logger = logging.getLogger(__name__)
 
 _LIMIT_OUTCOMES: dict[str, tuple[FinishReason, str]] = {
     "budget": ("budget", "budget_exceeded"), "context": ("length", "context_exhausted")}
+
+
+# A verifier's reason that says the agent ran out of room ends the episode as native ones that
+# ran out do: truncated, with the same finish reason.
+_CUT_REASONS: dict[str, tuple[FinishReason, bool]] = {
+    "budget_exceeded": ("budget", True), "truncated_length": ("length", True)}
 
 
 @dataclass
@@ -102,8 +109,10 @@ async def _play(program: AgentProgramSpec, task: Task, client: Any, session: Epi
     except Exception as err:  # noqa: BLE001
         logger.warning("verifier of %s raised %s: %s", task.id, type(err).__name__, err)
         return _Outcome("error", "verify_error")
-    return _Outcome("env_done", reward_reason(reward), float(reward),
-                    masked=bool(getattr(reward, "masked", False)), truncated=session.limit is not None)
+    reason = reward_reason(reward)
+    finish, cut = _CUT_REASONS.get(reason, ("env_done", False))
+    return _Outcome(finish, reason, float(reward), masked=bool(getattr(reward, "masked", False)),
+                    truncated=cut or session.limit is not None)
 
 
 def _trajectory(task: Task, group_id: str, session: EpisodeSession, outcome: _Outcome,

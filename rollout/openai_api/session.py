@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import zlib
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,9 @@ from rollout.openai_api.types import ChatParams, Choice, CompletionResult, Endpo
 
 if TYPE_CHECKING:
     from actors.types import GenFinishReason
+
+logger = logging.getLogger(__name__)
+_OVERRIDE_LOGGED = False
 
 
 class Generator(Protocol):
@@ -90,6 +94,7 @@ class EpisodeSession:
     tool_calls: int = 0
     unparsed_calls: int = 0
     generation_s: float = 0.0
+    sampling_overrides: int = 0  # requests whose temperature / top_p were replaced by the run's
     limit: str | None = None
     transcript: list[dict[str, Any]] = field(default_factory=list)  # the latest turn's conversation
     _prefixes: list[_Prefix] = field(default_factory=list)
@@ -138,10 +143,26 @@ class EpisodeSession:
                 raise EndpointError(400, "invalid_stop", f"stop string {text!r} is {len(ids)} tokens of the "
                                     "policy's vocabulary; the engine stops on single tokens only", param="stop")
             stop_ids += ids
+        self._note_sampling_override(params)
         asked = params.max_tokens or self.sampling.max_tokens
         return replace(self.sampling, max_tokens=min(asked, self.sampling.max_tokens, room),
-                       temperature=params.temperature or self.sampling.temperature,
-                       top_p=params.top_p or self.sampling.top_p, stop_token_ids=stop_ids)
+                       stop_token_ids=stop_ids)
+
+    def _note_sampling_override(self, params: ChatParams) -> None:
+        """Completions are sampled at the run's temperature and top_p, whatever the agent asks: the
+        trainer optimises softmax(logits / generation.temperature), and tokens drawn from another
+        distribution would enter the update with mismatched logprobs. Overrides are counted and
+        logged once per process."""
+        global _OVERRIDE_LOGGED
+        asked = {"temperature": params.temperature, "top_p": params.top_p}
+        run = {"temperature": self.sampling.temperature, "top_p": self.sampling.top_p}
+        differing = [k for k, v in asked.items() if v is not None and v != run[k]]
+        if differing:
+            self.sampling_overrides += 1
+            if not _OVERRIDE_LOGGED:
+                _OVERRIDE_LOGGED = True
+                logger.warning("agent asked for %s; completions use the run's %s (the trainer's distribution)",
+                               {k: asked[k] for k in differing}, {k: run[k] for k in differing})
 
     def _seeded(self, spec: SamplingSpec, params: ChatParams, choice: int) -> SamplingSpec:
         """The request's seed, else one derived from the run's seed, the episode and the turn (as

@@ -18,7 +18,9 @@ ChoiceFinish = Literal["stop", "length", "tool_calls"]
 class ChatParams:
     """The sampling parameters of one request, already validated by `protocol.parse_request`.
 
-    None means "the run's setting" (generation.temperature / top_p / max_new_tokens). `stop` holds
+    None means "the run's setting" (generation.max_new_tokens caps `max_tokens` in any case).
+    `temperature` and `top_p` are read but completions are sampled at the run's values, which the
+    trainer optimises (session.EpisodeSession counts requests that asked otherwise). `stop` holds
     strings that must each be one token of the policy's vocabulary (the engine stops on token ids).
     `tool_choice` "none" leaves the tools out of the prompt and returns text unparsed.
     """
