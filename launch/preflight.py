@@ -34,6 +34,9 @@ def preflight(cfg: LabrlConfig) -> EnvSpec:
         raise ConfigError(str(err)) from None
     if cfg.model.path is not None:
         resolve_model_path(cfg.model.path)  # raises ModelNotFoundError naming the path
+    if cfg.sft.enabled and spec.agent is not None:
+        raise ConfigError(f"sft.enabled: {cfg.env.name!r} is an agent program, which has no scripted solver to "
+                          "play demonstrations; set sft.enabled=false (and model.path= a warmed-up checkpoint)")
     if cfg.sft.enabled and not spec.has_reference:
         raise ConfigError(f"sft.enabled: environment {cfg.env.name!r} has no reference solver to play "
                           "demonstrations; give it one (see its adapter's options) or set sft.enabled=false")

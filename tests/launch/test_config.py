@@ -166,3 +166,11 @@ def test_unknown_environment_fails_before_ray(caplog):
     assert not ray.is_initialized()
     assert "env.name" in caplog.text
     assert "alchemy" in caplog.text
+
+
+def test_an_agent_program_with_sft_is_refused_before_ray():
+    overrides = ["env.name=examples.openai_agent_lab.agent:SPEC"]
+    with pytest.raises(ConfigError, match="is an agent program, which has no scripted solver"):
+        preflight(load_config(None, overrides))
+    assert main(overrides) == 2 and not ray.is_initialized()
+    preflight(load_config(None, [*overrides, "sft.enabled=false"]))
