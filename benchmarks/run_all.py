@@ -49,6 +49,8 @@ SUITE = (
           description="one env HTTP server, concurrent episodes: p50/p99 latency, leaked sessions, RSS"),
     Bench("env_adapters", "benchmarks.env_adapters", ("--episodes", "128", "--rounds", "2"), (),
           description="episodes/s through the NeMo Gym, Aviary and MCP adapters, 1 and 2 env workers"),
+    Bench("openai_endpoint", "benchmarks.openai_endpoint", (), ("--requests", "256", "--episodes", "64"),
+          description="OpenAI-compatible endpoint: ms per request vs the router; forks on the bundled envs"),
 )
 EXISTING = (
     Bench("trainer", "benchmarks.trainer", ("--stages", "0", "1", "--ranks", "1", "--hidden", "256", "--layers", "4"),

@@ -194,7 +194,8 @@ class EpisodeSession:
         if ids and out.finish_reason == "stop" and ids[-1] != self.codec.eos_token_id:
             ids = ids[:-1]  # a stop token the agent asked for: OpenAI leaves it out of the text
         text = self.codec.assistant_text(ids)
-        tokens = [self.codec.decode([i]) for i in out.token_ids]
+        # One decode per token: only for a request that asked for logprobs (which carry them).
+        tokens = [self.codec.decode([i]) for i in out.token_ids] if params.logprobs else []
         if params.tool_choice == "none":
             return Choice(Message("assistant", content=text), _finish(out.finish_reason, False),
                           list(out.token_ids), list(out.logprobs), tokens)

@@ -39,7 +39,8 @@ class ChatParams:
 class Choice:
     """One sampled completion. `message` is the assistant message the agent receives: tool calls
     parsed by labrl's parser; when a call does not parse (`parse_failed`), the whole text comes back
-    as content with no tool calls. `tokens` are the sampled ids' texts (for `logprobs`)."""
+    as content with no tool calls. `tokens` are the sampled ids' texts (only when the
+    request asked for `logprobs`)."""
 
     message: Message
     finish_reason: ChoiceFinish
