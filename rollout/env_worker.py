@@ -18,8 +18,9 @@ from envs.chat import ChatCodec
 from envs.dataset import Task
 from envs.registry import Solver, get_env_spec
 from models.loading import load_tokenizer
-from rollout.agent_episode import AgentHost, run_agent_episode
+from rollout.agent_episode import run_agent_episode
 from rollout.agent_loop import TurnPolicy, run_episode
+from rollout.openai_api.server import AgentEndpoint
 from rollout.openai_api.session import EpisodeSession
 from rollout.policies import ReferenceTurnPolicy, SamplerTurnPolicy
 from rollout.trajectory import Trajectory
@@ -71,7 +72,7 @@ class EnvWorker:
         self.codec = ChatCodec(load_tokenizer(spec.tokenizer_path))
         self.router = router
         self._slots = asyncio.Semaphore(spec.max_concurrent_episodes)
-        self._agents: AgentHost | None = None
+        self._endpoint: AgentEndpoint | None = None
 
     def _policy(self, solver: Solver, stream: str) -> TurnPolicy:
         if solver != "policy":
@@ -92,12 +93,13 @@ class EnvWorker:
     async def _agent_episode(self, task: Task, group_id: str, policy: TurnPolicy) -> Trajectory:
         if not isinstance(policy, SamplerTurnPolicy):
             raise ValueError(f"{self.env_spec.name!r} is an agent program: only the policy can play it")
-        if self._agents is None:
-            self._agents = await AgentHost.start()
+        if self._endpoint is None:
+            self._endpoint = AgentEndpoint()
+            await self._endpoint.start()
         session = EpisodeSession(self.codec, policy.router, self.spec.sampling, self.spec.generation.max_model_len,
                                  self.spec.env.max_turns, stream=policy.stream)
-        return await run_agent_episode(self.env_spec.agent, task, group_id, session, self._agents.endpoint,
-                                       self._agents.http, self.spec.env.episode_timeout_s)
+        return await run_agent_episode(self.env_spec.agent, task, group_id, session, self._endpoint,
+                                       self.spec.env.episode_timeout_s)
 
     async def run_group(self, task: Task, group_size: int, group_id: str,
                         solver: Solver = "policy") -> list[Trajectory]:

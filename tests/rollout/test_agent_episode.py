@@ -14,7 +14,8 @@ from envs.chat import ChatCodec
 from envs.core import Reward
 from envs.dataset import Task
 from models.tiny import build_tokenizer
-from rollout.agent_episode import AgentHost, run_agent_episode
+from rollout.agent_episode import run_agent_episode
+from rollout.openai_api.server import AgentEndpoint
 from rollout.openai_api.session import EpisodeSession
 from tests.rollout.test_openai_session import ScriptedEngine
 
@@ -37,14 +38,13 @@ def verify(task, answer):
 
 
 async def _play(run, check=verify, max_turns=4, timeout_s=30.0):
-    host = await AgentHost.start()
+    endpoint = AgentEndpoint()
+    await endpoint.start()
     session = EpisodeSession(CODEC, ScriptedEngine([REPLY] * 8), SAMPLING, 512, max_turns)
     try:
-        return await run_agent_episode(AgentProgramSpec(run, check), TASK, "g0", session, host.endpoint,
-                                       host.http, timeout_s)
+        return await run_agent_episode(AgentProgramSpec(run, check), TASK, "g0", session, endpoint, timeout_s)
     finally:
-        await host.http.aclose()
-        await host.endpoint.stop()
+        await endpoint.stop()
 
 
 def play(run, **kw):
@@ -93,12 +93,12 @@ def test_a_verifier_that_says_the_budget_ran_out_ends_the_episode_truncated():
 
 def test_concurrent_episodes_share_one_endpoint_without_mixing():
     async def main():
-        host = await AgentHost.start()
+        endpoint = AgentEndpoint()
+        await endpoint.start()
         sessions = [EpisodeSession(CODEC, ScriptedEngine([REPLY] * 4), SAMPLING, 512, 4) for _ in range(8)]
         trajs = await asyncio.gather(*(run_agent_episode(AgentProgramSpec(ask_until_done, verify), TASK, "g",
-                                                         s, host.endpoint, host.http, 30.0) for s in sessions))
-        await host.http.aclose()
-        await host.endpoint.stop()
+                                                         s, endpoint, 30.0) for s in sessions))
+        await endpoint.stop()
         return sessions, trajs
 
     sessions, trajs = asyncio.run(main())
