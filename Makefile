@@ -39,7 +39,7 @@ train: install
 test: install nemo-gym
 	# The layering contracts in pyproject.toml (import-linter): no package imports a higher one.
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest tests -q $(ARGS)
+	$(PY) -m pytest tests -q --durations=25 $(ARGS)
 
 bench: install
 	$(PY) -m benchmarks.run_all $(ARGS)

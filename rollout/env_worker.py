@@ -73,6 +73,7 @@ class EnvWorker:
         self.router = router
         self._slots = asyncio.Semaphore(spec.max_concurrent_episodes)
         self._endpoint: AgentEndpoint | None = None
+        self._endpoint_lock = asyncio.Lock()
 
     def _policy(self, solver: Solver, stream: str) -> TurnPolicy:
         if solver != "policy":
@@ -93,9 +94,11 @@ class EnvWorker:
     async def _agent_episode(self, task: Task, group_id: str, policy: TurnPolicy) -> Trajectory:
         if not isinstance(policy, SamplerTurnPolicy):
             raise ValueError(f"{self.env_spec.name!r} is an agent program: only the policy can play it")
-        if self._endpoint is None:
-            self._endpoint = AgentEndpoint()
-            await self._endpoint.start()
+        async with self._endpoint_lock:  # the group's episodes arrive together; one endpoint starts
+            if self._endpoint is None:
+                endpoint = AgentEndpoint()
+                await endpoint.start()
+                self._endpoint = endpoint
         session = EpisodeSession(self.codec, policy.router, self.spec.sampling, self.spec.generation.max_model_len,
                                  self.spec.env.max_turns, stream=policy.stream)
         return await run_agent_episode(self.env_spec.agent, task, group_id, session, self._endpoint,
