@@ -7,7 +7,9 @@ many episodes, without a central router actor on the hot path.
 
 A worker that died (Ray actor error) or refuses work because a failed reload left it unhealthy is
 reported (logged at WARNING, and named when no worker is left), skipped from then on, and the
-request is retried on another worker. Replacements come with a new router (`set_workers`).
+request is retried on another worker. Replacements, and engines added or retired during the run
+(elastic capacity), reach every env worker as a new member list (`set_workers`), adopted in place so
+that episodes already running route their next turn by it too.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class GenerationRouter:
     @staticmethod
     def _key(handle: Any) -> str:
         return handle._actor_id.hex()
+
+    @property
+    def workers(self) -> list[Any]:
+        return list(self._workers)
 
     def set_workers(self, handles: list[Any]) -> None:
         """Replace the worker set (e.g. after restarting dead workers); exclusions are cleared."""

@@ -53,7 +53,7 @@ class RunStats:
     groups_returned: int
     groups_submitted: int
     group_sizes_ok: bool
-    per_worker_groups: dict[int, int]
+    per_worker_groups: dict[str, int]
 
     @property
     def episodes_per_s(self) -> float:
@@ -89,7 +89,7 @@ def play(pool: Any, tasks: list[Any], tag: str, timeout_s: float) -> RunStats:
     for i, task in enumerate(tasks):
         pool.submit(task, GROUP_SIZE, f"{tag}-{i}", solver="reference")
     returned: Counter[str] = Counter()
-    per_worker: Counter[int] = Counter()
+    per_worker: Counter[str] = Counter()
     trajs: list[Any] = []
     sizes_ok = True
     deadline = time.monotonic() + timeout_s
@@ -98,7 +98,7 @@ def play(pool: Any, tasks: list[Any], tag: str, timeout_s: float) -> RunStats:
             raise TimeoutError(f"{tag}: {pool.num_in_flight} groups still running after {timeout_s:.0f}s")
         for job, group in pool.collect(timeout_s=1.0, num_returns=1):
             returned[job.group_id] += 1
-            per_worker[job.worker_index] += 1
+            per_worker[job.worker_id] += 1
             sizes_ok &= len(group) == job.group_size and all(t.group_id == job.group_id for t in group)
             trajs.extend(group)
     wall = time.perf_counter() - start

@@ -321,6 +321,55 @@ class Placement:
         self.groups = {}
 
 
+@dataclass
+class ExtraEngine:
+    """Where an engine added during the run goes: its own placement group (None: a plain resource
+    request) and the actor options. `ready()` is the group's reservation (pending while the Ray
+    autoscaler adds a node); `remove()` releases it when the engine is retired or given up."""
+
+    index: int
+    group: PlacementGroup | None
+    options: dict[str, Any]
+
+    def ready(self) -> ray.ObjectRef | None:
+        return None if self.group is None else self.group.ready()
+
+    def remove(self) -> None:
+        if self.group is not None:
+            remove_placement_group(self.group)
+            self.group = None
+
+
+def reserve_extra_engine(cfg: LabrlConfig, placement: Placement | None, index: int) -> ExtraEngine:
+    """Reserve engine `index` beyond the run's plan with the plan's own rules (nothing is waited on):
+    the engine's bundle shape; with a same-node transport (shm) the bundle is pinned to the trainer's
+    node (its `node:<ip>` resource), otherwise any node with room, including one that joins later."""
+    if cfg.placement.mode == "colocated":
+        raise ValueError("placement.mode=colocated binds each engine to a trainer rank's GPU bundle: engines "
+                         "cannot be added or retired during the run")
+    engine = _engine(cfg, index)
+    if placement is None or not engine.in_group:
+        return ExtraEngine(index, None, {"num_cpus": cfg.generation.cpus_per_worker, "num_gpus": engine.num_gpus})
+    bundles = [dict(b) for b in engine.bundles]
+    if cfg.sync.transport in SAME_NODE_TRANSPORTS:
+        bundles[0][f"node:{_trainer_node_ip(placement)}"] = 0.001
+    group = placement_group(bundles, strategy="STRICT_PACK" if len(bundles) > 1 else "PACK",
+                            name=f"labrl-extra-engine-{index}-{uuid.uuid4().hex[:6]}")
+    slot = _engine_slot(cfg, engine, "extra", 0)
+    options: dict[str, Any] = {"num_cpus": slot.num_cpus, "num_gpus": slot.num_gpus,
+                               "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                                   group, placement_group_bundle_index=0,
+                                   placement_group_capture_child_tasks=False)}
+    if slot.env_vars:
+        options["runtime_env"] = {"env_vars": dict(slot.env_vars)}
+    return ExtraEngine(index, group, options)
+
+
+def _trainer_node_ip(placement: Placement) -> str:
+    node_id = ray.util.placement_group_table(placement.trainer_pg)["bundles_to_node_id"][0]
+    return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)
+
+
 def build_placement(cfg: LabrlConfig, roles: Iterable[str] = ROLES) -> Placement:
     """Check the request against the live cluster, reserve every group, wait until all are placed.
 

@@ -119,6 +119,46 @@ class GenerationConfig(Section):
         return self
 
 
+class AutoscaleConfig(Section):
+    """`rollout.autoscale`: grow or shrink rollout capacity from the pipeline's own timers
+    (`launch/autoscale.py` decides, `launch/elastic.py` applies; every decision is logged with its
+    reason in `scale_events.jsonl` and charted in `capacity.png`).
+
+    After each step the policy averages the last `window_steps` steps. Trainer waiting for rollouts
+    more than `wait_high` of the step: rollouts are the bottleneck; env (tool) time above
+    `env_share_high` of the episodes' time adds env workers, otherwise engines. Trainer waiting less
+    than `wait_low` with nothing left in flight (rollouts waited for the trainer): one member of the
+    larger-than-needed kind is retired (`scale_down`). After a change, `cooldown_steps` steps pass
+    before the next decision, so its effect is measured first."""
+
+    enabled: bool = False
+    min_engines: int = Field(1, gt=0)
+    max_engines: int = Field(4, gt=0)
+    min_env_workers: int = Field(1, gt=0)
+    max_env_workers: int = Field(16, gt=0)
+    window_steps: int = Field(2, gt=0, description="Steps averaged per decision.")
+    cooldown_steps: int = Field(2, ge=0, description="Steps after a change before the next decision.")
+    wait_high: float = Field(0.25, gt=0, lt=1, description="Share of step time the trainer waits for "
+                                                          "rollouts above which capacity is added.")
+    wait_low: float = Field(0.05, ge=0, lt=1, description="Share below which (nothing in flight) capacity "
+                                                          "is retired.")
+    env_share_high: float = Field(0.5, gt=0, lt=1, description="Env (tool) share of episode time above "
+                                                               "which env workers are added instead of engines.")
+    env_workers_step: int = Field(1, gt=0, description="Env workers added or retired per decision.")
+    scale_down: bool = Field(True, description="Retire capacity when rollouts wait for the trainer.")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "AutoscaleConfig":
+        if self.min_engines > self.max_engines:
+            raise ValueError(f"rollout.autoscale.min_engines ({self.min_engines}) > max_engines ({self.max_engines})")
+        if self.min_env_workers > self.max_env_workers:
+            raise ValueError(f"rollout.autoscale.min_env_workers ({self.min_env_workers}) > max_env_workers "
+                             f"({self.max_env_workers})")
+        if self.wait_low >= self.wait_high:
+            raise ValueError(f"rollout.autoscale.wait_low ({self.wait_low}) must be below wait_high ({self.wait_high})")
+        return self
+
+
 class RolloutConfig(Section):
     num_env_workers: int = Field(2, gt=0)
     cpus_per_env_worker: float = Field(0.25, gt=0)
@@ -128,6 +168,11 @@ class RolloutConfig(Section):
         None, description="Custom Ray resource every env worker requires, e.g. 'cpu_node' to pin them to "
                           "CPU-only nodes started with `ray start --resources '{\"cpu_node\": 1}'` "
                           "(each worker takes 0.001 of it). None: any node.")
+    capacity_timeout_s: float = Field(
+        300.0, gt=0, description="How long an engine or env worker added during the run (`labrl scale-run`, "
+                                 "autoscale) waits for its resources (e.g. a node the Ray autoscaler is "
+                                 "adding); then the request is given up, logged, and the run goes on.")
+    autoscale: AutoscaleConfig = Field(default_factory=AutoscaleConfig)
 
     @model_validator(mode="after")
     def _check_resource_name(self) -> "RolloutConfig":

@@ -1,4 +1,4 @@
-"""The `labrl` command: `labrl {train,profile,eval,report,scale} [options]` (`labrl CMD --help`)."""
+"""The `labrl` command: `labrl {train,profile,eval,report,scale,scale-run} [options]` (`labrl CMD --help`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 # Imported on use: each command pulls in Ray, torch and vLLM, seconds during which a SIGTERM would
 # find no handler (`launch.train` installs its own first thing).
 COMMANDS = {"train": "launch.train", "profile": "launch.profile", "eval": "launch.evaluate",
-            "report": "launch.report", "scale": "launch.scale"}
+            "report": "launch.report", "scale": "launch.scale", "scale-run": "launch.scale_run"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ and benchmarks build the same actors the same way.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from actors.generation import GenerationWorker
 from actors.router import GenerationRouter
@@ -68,6 +69,12 @@ def make_generation_workers(cfg: LabrlConfig, model_dir: str, indices: list[int]
 
     return [GenerationWorker.as_actor(spec, name=f"gen{i}", **options(i))
             for i in (range(g.num_workers) if indices is None else indices)]
+
+
+def make_extra_generation_worker(cfg: LabrlConfig, model_dir: str, index: int, options: dict) -> Any:
+    """An engine added during the run, with the options of its own reservation
+    (`cluster.placement.reserve_extra_engine`)."""
+    return GenerationWorker.as_actor(EngineSpec.from_config(cfg, model_dir), name=f"gen{index}", **options)
 
 
 def make_env_pool(cfg: LabrlConfig, model_dir: str, router: GenerationRouter | None = None) -> EnvWorkerPool:

@@ -32,6 +32,9 @@ def preflight(cfg: LabrlConfig) -> EnvSpec:
         check_transport(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if cfg.rollout.autoscale.enabled and cfg.placement.mode == "colocated":
+        raise ConfigError("rollout.autoscale.enabled: placement.mode=colocated binds each engine to a trainer "
+                          "rank's GPU, so engines cannot be added or retired during the run")
     if cfg.model.path is not None:
         resolve_model_path(cfg.model.path)  # raises ModelNotFoundError naming the path
     if cfg.sft.enabled and spec.agent is not None:

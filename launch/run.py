@@ -18,6 +18,7 @@ from cluster.ray_cluster import check_resources, connect, ephemeral_run_dir_warn
 from configs.schema import LabrlConfig
 from launch import components as C
 from launch.curriculum import training_stream
+from launch.elastic import EVENTS_FILE, ElasticController
 from launch.fleet import EngineFleet, FleetPublisher, TrainerStep
 from launch.preflight import novice_fraction, preflight
 from launch.recovery import CheckpointRecovery
@@ -27,7 +28,7 @@ from launch.run_state import (CHECKPOINT_DIR, CONFIG_FILE, RunState, checkpoint_
 from models.loading import load_tokenizer
 from monitor.evaluation import evaluate
 from monitor.health import HealthMonitor, HealthStop
-from monitor.plots import plot_reward_success
+from monitor.plots import plot_capacity, plot_reward_success
 from monitor.rollout_metrics import mean_interval
 from monitor.run_logger import RunLogger, log_to_file
 from monitor.samples import SampleRecorder
@@ -173,9 +174,14 @@ class TrainingRun:
             pipeline = GRPOPipeline(cfg.grpo, cfg.rollout.max_staleness, self.pool,
                                     training_stream(self.dataset.tasks("train"), cfg),
                                     trainer=self.trainer_step, publisher=self.publisher,
-                                    observers=[_RunBookkeeping(self), monitor, progress, *self.observers],
+                                    observers=[_RunBookkeeping(self), self.elastic(), monitor, progress,
+                                               *self.observers],
                                     start_version=self.version, recovery=CheckpointRecovery(self))
             pipeline.run()
+
+    def elastic(self) -> ElasticController:
+        """Capacity changes between steps (`labrl scale-run`, `rollout.autoscale`)."""
+        return ElasticController(self.run_dir, self.cfg.rollout, self.fleet, self.pool)
 
     # ---- state --------------------------------------------------------------------------------
     def checkpoint(self) -> float:
@@ -200,6 +206,8 @@ class TrainingRun:
         self.trainer.export_hf(str(self.run_dir / "final_model"))
         self.run_log.log(self.summary, step=self.cfg.grpo.num_steps)
         plot_reward_success(self.run_dir, self.summary)
+        if (self.run_dir / EVENTS_FILE).is_file():  # capacity changed during the run
+            plot_capacity(self.run_dir)
         write_atomic(self.run_dir / "summary.json", json.dumps(self.summary, indent=2))
         self.close()
         self.report()

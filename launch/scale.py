@@ -13,6 +13,11 @@ that cluster. Throughput comes from the point's metrics.jsonl, over the GRPO ste
 time (so asynchronous overlap counts, idle waits too). Writes scale.csv, scale.md (table) and
 scale.png (throughput vs each axis, other axes at their first value) into `--out`.
 
+`labrl scale --predict RUN_DIR [--gpus 8] [--params 7e9 | --model-config CONFIG.json]
+[--gpus-per-engine K] [--compare RUN_DIR ...]` runs nothing: it reads one run's timers and predicts
+the best split of a GPU budget between engines and trainer ranks (launch/scale_model.py,
+docs/scaling_model.md), writing scale_prediction.md into `--out`.
+
 Why not a single long-lived Ray session: `launch.train` owns its cluster connection and shutdown,
 and measuring the real entrypoint keeps these numbers honest about start-up order and placement.
 """
@@ -34,6 +39,7 @@ from typing import Any
 
 from configs.schema import LabrlConfig
 from configs.loading import ConfigError, load_config
+from launch.scale_model import DEFAULT_DP_OVERHEAD, PredictRequest, write_prediction
 from monitor.run_logger import LOG_FORMAT
 
 logger = logging.getLogger("labrl.scale")
@@ -228,12 +234,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=1, help="GRPO steps left out of the measurement")
     p.add_argument("--timeout-s", type=float, default=3600.0, help="per point")
     p.add_argument("overrides", nargs="*", help="overrides for every point, e.g. grpo.num_steps=8")
+    add_predict_args(p.add_argument_group("prediction (--predict: no runs, a scaling model)"))
     return p.parse_args(argv)
+
+
+def add_predict_args(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--predict", metavar="RUN_DIR", default=None,
+                   help="predict the best engines/ranks split from this run's timers instead of sweeping")
+    g.add_argument("--gpus", type=int, default=8, help="GPU budget to split (default 8)")
+    g.add_argument("--params", type=float, default=None, help="target parameter count, e.g. 7e9")
+    g.add_argument("--model-config", default=None, help="target HF config.json (parameters counted from it)")
+    g.add_argument("--gpus-per-engine", type=int, default=1, help="GPUs of one engine (tensor parallel)")
+    g.add_argument("--compare", nargs="+", default=[], metavar="RUN_DIR",
+                   help="measured runs to compare the model's predictions with")
+    g.add_argument("--recompute", action="store_const", const=True, default=None,
+                   help="the target trains with activation recompute (8N FLOPs/token; default: as measured)")
+    g.add_argument("--dp-overhead", type=float, default=DEFAULT_DP_OVERHEAD,
+                   help="data-parallel overhead c in eff(R) = 1/(1+c(R-1))")
+
+
+def predict_main(args: argparse.Namespace) -> int:
+    """`--predict`: write the scaling model's report; 2 when the run cannot support a prediction."""
+    if args.params is not None and args.model_config:
+        logger.error("give --params or --model-config, not both")
+        return 2
+    if args.overrides:
+        logger.warning("overrides %s ignored: --predict runs nothing", args.overrides)
+    req = PredictRequest(args.predict, args.gpus, args.params, args.model_config, args.gpus_per_engine,
+                         tuple(args.compare), args.recompute, args.dp_overhead, args.warmup_steps)
+    try:
+        path = write_prediction(req, args.out or "results")
+    except (ValueError, OSError, KeyError) as err:
+        logger.error("cannot predict: %s", err)
+        return 2
+    logger.info("wrote %s", path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     args = parse_args(argv)
+    if args.predict:
+        return predict_main(args)
     out = Path(args.out or f"results/scale-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         points = make_points(parse_axes(args.axis), args.grid)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import matplotlib
 
+from monitor.run_logger import read_jsonl
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - backend must be chosen first
 
@@ -58,3 +60,71 @@ def plot_profile_histogram(profiles: list, out: Path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return Path(out)
+
+
+def _event_label(event: dict) -> str:
+    """E.g. "cli +1 eng", "autoscale -2 env"; a refusal is appended."""
+    parts = [str(event.get("source", "?"))]
+    for key, short in (("engines", "eng"), ("env_workers", "env")):
+        if event.get(key):
+            parts.append(f"{int(event[key]):+d} {short}")
+    if _refused(event):
+        parts.append("(refused)")
+    return " ".join(parts)
+
+
+def plot_capacity(run_dir: Path) -> Path | None:
+    """Engines and env workers per step with each scale event marked (top), and the share of the step
+    the trainer waited for rollouts, with the autoscale thresholds when configured (bottom).
+
+    None (nothing written) when the run logged no `elastic/engines`, i.e. had no elastic controller.
+    """
+    run_dir = Path(run_dir)
+    rows = [r for r in read_metrics(run_dir) if "step" in r and "elastic/engines" in r]
+    if not rows:
+        return None
+    steps = [r["step"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 2))
+    top.step(steps, [r["elastic/engines"] for r in rows], where="post", label="vLLM engines", color="tab:blue")
+    env = [(r["step"], r["elastic/env_workers"]) for r in rows if "elastic/env_workers" in r]
+    if env:
+        top.step(*zip(*env), where="post", label="env workers", color="tab:orange")
+    for event in read_jsonl(run_dir / "scale_events.jsonl"):
+        # The controller applies a change after `step`, so it shows from the next step on.
+        x = event["step"] + 0.5
+        applied = not _refused(event)
+        color = "tab:purple" if event.get("source") == "autoscale" else "tab:green"
+        top.axvline(x, color=color, linestyle="-" if applied else ":", alpha=0.6)
+        top.annotate(_event_label(event), (x, 0.97), xycoords=("data", "axes fraction"), rotation=90,
+                     va="top", ha="right", fontsize=7, color=color)
+    top.set_ylabel("count")
+    # Head room above the highest count for the event labels; counts are whole numbers.
+    highest = max([r["elastic/engines"] for r in rows] + [n for _, n in env])
+    top.set_ylim(0, highest * 1.4 + 0.5)
+    top.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title("labrl: rollout capacity")
+    timed = [r for r in rows if r.get("timing/step_s")]
+    bottom.plot([r["step"] for r in timed], [r.get("timing/wait_rollout_s", 0.0) / r["timing/step_s"] for r in timed],
+                marker=".", color="tab:red", label="trainer wait share (wait_rollout_s / step_s)")
+    autoscale = _read_json(run_dir / "config.json").get("rollout", {}).get("autoscale") or {}
+    for key, style in (("wait_high", "--"), ("wait_low", ":")):
+        if key in autoscale:
+            bottom.axhline(autoscale[key], color="tab:gray", linestyle=style, label=f"{key} {autoscale[key]:.0%}")
+    bottom.set_ylim(-0.02, 1.02)
+    bottom.set_xlabel("GRPO step")
+    bottom.set_ylabel("share of step")
+    bottom.legend(loc="upper right", fontsize=8)
+    out = run_dir / "capacity.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _refused(event: dict) -> bool:
+    return str(event.get("outcome", "")).startswith("refused")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}

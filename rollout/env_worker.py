@@ -112,8 +112,14 @@ class EnvWorker:
               for member in range(group_size))))
 
     async def set_router(self, router: GenerationRouter) -> None:
-        """Point at a new set of generation workers (after a replacement)."""
-        self.router = router
+        """Point at a new set of generation workers (a replacement, an engine added or retired).
+        Adopted in place: running episodes hold this router, and their next turn must not go to
+        an engine that is being retired."""
+        if self.router is None:
+            self.router = router
+        else:
+            self.router.timeout_s = router.timeout_s
+            self.router.set_workers(router.workers)
 
     async def ping(self) -> bool:
         return True

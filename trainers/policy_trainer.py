@@ -327,7 +327,11 @@ class PolicyTrainerRank:
         key = (sync.transport, tuple(getattr(r, "_actor_id", id(r)) for r in receivers), bucket_bytes,
                sync.timeout_s)
         if key not in self._senders:
-            self._senders[key] = make_sender(sync.transport, receivers, bucket_bytes, sync.timeout_s)
+            # The engines changed (replaced, added or retired): the old sender's shared memory or
+            # process group serves nobody now.
+            for old in self._senders.values():
+                old.close()
+            self._senders = {key: make_sender(sync.transport, receivers, bucket_bytes, sync.timeout_s)}
         try:
             return self._senders[key].send(params, version)
         finally:

@@ -119,6 +119,7 @@ class _PoolOf(EnvWorkerPool):
 
     def __init__(self, workers: list) -> None:
         self.workers, self.jobs, self.router, self.replaced_workers, self.rerun_groups = workers, {}, None, 0, 0
+        self.retiring, self.starting = [], {}
 
 
 def test_pool_set_router_names_the_env_worker_that_does_not_answer(ray_local):

@@ -98,6 +98,7 @@ class PrivateHead:
         self.dashboard = f"http://127.0.0.1:{free_port()}" if dashboard else None
         self.num_cpus, self.auth_mode, self.home = num_cpus, auth_mode, home
         self.proc: subprocess.Popen | None = None
+        self.nodes: list[subprocess.Popen] = []  # raylets added with `add_node`
         self.log = self.tmp / "head.log"
 
     def env(self, auth_mode: str | None = "disabled") -> dict[str, str]:
@@ -124,6 +125,24 @@ class PrivateHead:
                 raise TimeoutError(f"ray start not up after {timeout_s:.0f}s:\n{self.log.read_text()[-3000:]}")
             time.sleep(1)
 
+    def add_node(self, num_cpus: int, timeout_s: float = 300) -> subprocess.Popen:
+        """A second raylet joins (`ray start --address`, its own session): a node the autoscaler
+        would add. Returns once the cluster lists it alive."""
+        with open(self.tmp / f"node{len(self.nodes) + 2}.log", "w") as log:
+            self.nodes.append(subprocess.Popen(
+                [RAY, "start", "--block", "--address", self.gcs, "--node-ip-address", "127.0.0.1",
+                 "--temp-dir", str(self.temp_dir), "--num-cpus", str(num_cpus), "--disable-usage-stats",
+                 *node_ports()], stdout=log, stderr=subprocess.STDOUT, env=self.env(self.auth_mode), cwd=ROOT,
+                start_new_session=True))
+        import ray
+
+        deadline = time.monotonic() + timeout_s
+        while sum(n["Alive"] for n in ray.nodes()) < len(self.nodes) + 1:
+            if time.monotonic() > deadline or self.nodes[-1].poll() is not None:
+                raise RuntimeError(f"node {len(self.nodes) + 1} did not join:\n{log.name}")
+            time.sleep(1)
+        return self.nodes[-1]
+
     def _dashboard_up(self) -> bool:
         return self.dashboard is None or gcs_listening(self.dashboard.removeprefix("http://"))
 
@@ -138,13 +157,15 @@ class PrivateHead:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """SIGTERM to the head's session (Ray drains and stops its daemons), then clean up."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        """SIGTERM to each raylet's session (Ray drains and stops its daemons), then clean up."""
+        procs = [p for p in [*self.nodes, self.proc] if p is not None and p.poll() is None]
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
             try:
-                self.proc.wait(timeout=90)
+                proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
         kill_under(self.tmp)
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -155,3 +155,47 @@ def test_wait_ready_names_the_workers_that_never_started(ray_local, tokenizer_di
             pool.wait_ready(timeout_s=2)
     finally:
         pool.shutdown()
+
+
+def test_pool_grows_and_shrinks_while_groups_run_and_every_group_returns_once(ray_local, tokenizer_dir):
+    """Elastic capacity: 2 workers join a running pool and take groups; 2 retire while their groups
+    run, finish them, and are stopped once those are collected. Nothing is lost or re-run."""
+    task = get_env_spec("stoichiometry").make_dataset(2, 1, [1], 0).tasks("train")[0]
+    pool = EnvWorkerPool(_spec(tokenizer_dir, name="stoichiometry", max_turns=12),
+                         RolloutConfig(num_env_workers=1, cpus_per_env_worker=0.1))
+    try:
+        pool.wait_ready(timeout_s=120)
+        pool.add_workers(2)
+        assert pool.size == 3 and pool.wait_started(timeout_s=120) == 3
+        for i in range(6):
+            pool.submit(task, 2, f"g{i}", solver="reference")
+        assert len({job.worker_id for job in pool.jobs.values()}) == 3  # the newcomers took groups
+        assert pool.retire_workers(2) == 2 and len(pool.workers) == 1 and len(pool.retiring) == 2
+        retired, kept = list(pool.retiring), pool.workers[0]
+        for i in range(6, 8):
+            pool.submit(task, 2, f"g{i}", solver="reference")
+        assert {job.worker_id for job in pool.jobs.values() if job.group_id in ("g6", "g7")} == {
+            kept._actor_id.hex()}
+        done = _collect_all(pool)
+        assert sorted(job.group_id for job, _ in done) == [f"g{i}" for i in range(8)]
+        assert all(len(trajs) == 2 and all(t.success for t in trajs) for _, trajs in done)
+        assert pool.retiring == [] and pool.rerun_groups == 0 and pool.replaced_workers == 0
+        for worker in retired:  # killed once their groups were collected
+            with pytest.raises(ray.exceptions.RayActorError):
+                ray.get(worker.ping.remote(), timeout=30)
+        assert pool.retire_workers(5) == 0  # the last worker is never retired
+    finally:
+        pool.shutdown()
+
+
+def test_a_new_worker_whose_resources_never_appear_is_given_up(ray_local, tokenizer_dir, caplog):
+    pool = EnvWorkerPool(_spec(tokenizer_dir, name="stoichiometry"),
+                         RolloutConfig(num_env_workers=1, env_worker_resource="no_such_node", capacity_timeout_s=1.0))
+    try:
+        pool.add_workers(1)
+        with caplog.at_level(logging.WARNING, logger="rollout.pool"):
+            pool.wait_started(timeout_s=30)
+        assert pool.starting == {} and pool.size == 1
+        assert "no resources within rollout.capacity_timeout_s=1 s" in caplog.text
+    finally:
+        pool.shutdown()
