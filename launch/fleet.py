@@ -221,9 +221,13 @@ def _index(slot: Slot) -> int:
 
 
 def _reserved(slot: Slot) -> bool:
-    """Its resources are held (a planned bundle, or a reservation Ray has placed)."""
-    ref = slot.ready() if isinstance(slot, ExtraEngine) else None
-    return ref is None or bool(ray.wait([ref], timeout=0)[0])
+    """Its resources are held: a planned bundle, or a reservation Ray has placed. A plain resource
+    request (a CPU engine with tensor parallelism: no group) is never known to be held, so its
+    deadline covers the engine's build too."""
+    if not isinstance(slot, ExtraEngine):
+        return True
+    ref = slot.ready()
+    return ref is not None and bool(ray.wait([ref], timeout=0)[0])
 
 
 def _healthy(worker, timeout_s: float = 30.0) -> bool:
