@@ -35,7 +35,8 @@ the run goes on), not the speed-up a GPU cluster would get; an added env worker 
 
 Reported per scenario: the machine, the command, every scale event (step, source, deltas, reason,
 outcome), and per layout phase (consecutive GRPO steps served by the same engines / env workers in
-rotation: the sizes at the end of the previous step, the configured ones for the first step):
+rotation: the sizes at the end of the previous step, the configured ones for the first step; the
+first step, with the engines' warm-up and an empty pipeline, is a phase of its own):
 trajectories/s (sum rollout/num_trajectories / sum timing/step_s), the trainer's wait share (sum
 timing/wait_rollout_s / sum timing/step_s) and the env share of episode time the policy decides on.
 Exits non-zero, naming the scenario and the reason, when a run failed, trained nothing, or the
@@ -136,14 +137,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def phases(steps: list[dict[str, Any]], engines0: int, env_workers0: int) -> list[dict[str, Any]]:
+def phases(steps: list[dict[str, Any]], engines0: int, env_workers0: int,
+           warmup_steps: int = 1) -> list[dict[str, Any]]:
     """Consecutive steps served by the same layout. A step's row records the sizes in rotation at
-    its end (after that step's decision), so step k was served by row k-1's sizes."""
+    its end (after that step's decision), so step k was served by row k-1's sizes. The first
+    `warmup_steps` steps (engine warm-up, an empty pipeline) form a phase of their own."""
     out: list[dict[str, Any]] = []
     layout = (engines0, env_workers0)
-    for row in steps:
-        if not out or (out[-1]["engines"], out[-1]["env_workers"]) != layout:
-            out.append({"engines": layout[0], "env_workers": layout[1], "rows": []})
+    for i, row in enumerate(steps):
+        warmup = i < warmup_steps
+        if not out or (out[-1]["engines"], out[-1]["env_workers"], out[-1]["warmup"]) != (*layout, warmup):
+            out.append({"engines": layout[0], "env_workers": layout[1], "warmup": warmup, "rows": []})
         out[-1]["rows"].append(row)
         layout = (int(row.get("elastic/engines", layout[0])), int(row.get("elastic/env_workers", layout[1])))
     for p in out:
@@ -152,7 +156,8 @@ def phases(steps: list[dict[str, Any]], engines0: int, env_workers0: int) -> lis
         env_s = sum(r.get("rollout/env_s_mean", 0.0) for r in rows)
         gen_s = sum(r.get("rollout/generation_s_mean", 0.0) for r in rows)
         trajs = sum(r.get("rollout/num_trajectories", 0.0) for r in rows)
-        p.update(steps=f"{rows[0]['step']}-{rows[-1]['step']}" if len(rows) > 1 else str(rows[0]["step"]),
+        span = f"{rows[0]['step']}-{rows[-1]['step']}" if len(rows) > 1 else str(rows[0]["step"])
+        p.update(steps=span + (" (warm-up)" if p["warmup"] else ""),
                  num_steps=len(rows), trajectories=trajs, step_s=step_s, traj_per_s=ratio(trajs, step_s),
                  wait_share=ratio(sum(r.get("timing/wait_rollout_s", 0.0) for r in rows), step_s),
                  env_share=ratio(env_s, env_s + gen_s),
@@ -225,7 +230,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]
                     "%s [%s]", scenario.name, e.get("step"), e.get("source"), e.get("engines", 0),
                     e.get("env_workers", 0), e.get("engines_after"), e.get("env_workers_after"), e.get("reason"),
                     e.get("outcome"))
-    result["phases"] = phases(steps, engines0, env_workers0)
+    result["phases"] = phases(steps, engines0, env_workers0, args.warmup_steps)
     for p in result["phases"]:
         logger.info("%s: steps %s, %d engine(s), %d env worker(s): %.2f trajectories/s over %.1f s, trainer "
                     "waited %.0f%%, env share %.0f%%", scenario.name, p["steps"], p["engines"], p["env_workers"],
@@ -263,6 +268,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", choices=list(SCENARIOS), help="run one scenario")
     p.add_argument("--steps", type=int, default=8, help="GRPO steps per run")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "autoscale_runs", help="runs_root of the runs")
+    p.add_argument("--warmup-steps", type=int, default=1, help="first steps reported as a phase of their own")
     p.add_argument("--timeout-s", type=float, default=1800.0, help="per training run")
     return p.parse_args(argv)
 

@@ -28,6 +28,7 @@ from configs.schema import RolloutConfig
 from launch.autoscale import AutoscalePolicy, StepSignals
 from launch.fleet import EngineFleet
 from launch.run_state import write_atomic
+from monitor.plots import SCALE_EVENTS_FILE as EVENTS_FILE
 from monitor.run_logger import append_jsonl, read_jsonl
 from rollout.pipeline import StepReport
 from rollout.pool import EnvWorkerPool
@@ -35,7 +36,6 @@ from rollout.pool import EnvWorkerPool
 logger = logging.getLogger(__name__)
 
 REQUESTS_DIR = "scale_requests"
-EVENTS_FILE = "scale_events.jsonl"
 
 
 @dataclass(frozen=True)

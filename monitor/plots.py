@@ -12,6 +12,8 @@ from monitor.run_logger import read_jsonl
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - backend must be chosen first
 
+SCALE_EVENTS_FILE = "scale_events.jsonl"  # one row per capacity change (written by launch/elastic.py)
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
@@ -73,11 +75,12 @@ def _event_label(event: dict) -> str:
     return " ".join(parts)
 
 
-def plot_capacity(run_dir: Path) -> Path | None:
+def plot_capacity(run_dir: Path, out: Path | None = None) -> Path | None:
     """Engines and env workers per step with each scale event marked (top), and the share of the step
     the trainer waited for rollouts, with the autoscale thresholds when configured (bottom).
 
     None (nothing written) when the run logged no `elastic/engines`, i.e. had no elastic controller.
+    `out`: where to write (default RUN_DIR/capacity.png).
     """
     run_dir = Path(run_dir)
     rows = [r for r in read_metrics(run_dir) if "step" in r and "elastic/engines" in r]
@@ -89,7 +92,7 @@ def plot_capacity(run_dir: Path) -> Path | None:
     env = [(r["step"], r["elastic/env_workers"]) for r in rows if "elastic/env_workers" in r]
     if env:
         top.step(*zip(*env), where="post", label="env workers", color="tab:orange")
-    for event in read_jsonl(run_dir / "scale_events.jsonl"):
+    for event in read_jsonl(run_dir / SCALE_EVENTS_FILE):
         # The controller applies a change after `step`, so it shows from the next step on.
         x = event["step"] + 0.5
         applied = not _refused(event)
@@ -115,7 +118,7 @@ def plot_capacity(run_dir: Path) -> Path | None:
     bottom.set_xlabel("GRPO step")
     bottom.set_ylabel("share of step")
     bottom.legend(loc="upper right", fontsize=8)
-    out = run_dir / "capacity.png"
+    out = Path(out) if out is not None else run_dir / "capacity.png"
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -20,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - backend must be chosen first
 
+from monitor.plots import SCALE_EVENTS_FILE, plot_capacity  # noqa: E402
 from monitor.run_logger import read_jsonl  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,9 @@ def render_figures(run: RunData, out_dir: Path) -> dict[str, Path | None]:
         "timing": _line_figure(run, out_dir / "timing.png", "step time", "seconds",
                                [("timing/step_s", "step"), ("timing/wait_rollout_s", "waiting for rollouts"),
                                 ("timing/train_s", "training"), ("timing/sync_s", "weight sync")]),
+        # Only runs whose capacity changed (labrl scale-run, rollout.autoscale) have the chart.
+        "capacity": (plot_capacity(run.run_dir, out_dir / "capacity.png")
+                     if (run.run_dir / SCALE_EVENTS_FILE).is_file() else None),
     }
 
 
@@ -178,6 +182,10 @@ def render_html(run: RunData, figures: dict[str, Path | None], out: Path, max_sa
         else:
             parts.append(f"<figure><img src='{html.escape(path.name)}' alt='{html.escape(name)}'>"
                          f"<figcaption>{html.escape(name)}</figcaption></figure>")
+    events = read_jsonl(run.run_dir / SCALE_EVENTS_FILE)
+    if events:
+        parts.append(f"<h2>Capacity changes ({len(events)})</h2>"
+                     + _table(events, ["step", "source", "engines", "env_workers", "outcome", "reason"]))
     parts.append(f"<h2>Health alarms ({len(run.alarms)})</h2>")
     parts.append(_table(run.alarms, ["step", "check", "message", "stop"]) if run.alarms else "<p>none</p>")
     if run.samples:

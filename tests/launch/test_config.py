@@ -174,3 +174,16 @@ def test_an_agent_program_with_sft_is_refused_before_ray():
         preflight(load_config(None, overrides))
     assert main(overrides) == 2 and not ray.is_initialized()
     preflight(load_config(None, [*overrides, "sft.enabled=false"]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rollout.autoscale.min_engines=3", "rollout.autoscale.max_engines=2"], r"min_engines \(3\) > max_engines \(2\)"),
+    (["rollout.autoscale.wait_low=0.3"], r"wait_low \(0.3\) must be below wait_high"),
+    (["rollout.autoscale.enabled=true", "placement.mode=colocated", "trainer.num_ranks=1"],
+     "colocated binds each engine to a trainer rank's GPU"),
+])
+def test_autoscale_settings_that_cannot_work_fail_before_ray(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        preflight(load_config(None, overrides))
+    assert main(overrides) == 2
+    assert not ray.is_initialized()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from monitor.plots import plot_capacity
+from monitor.report import build_report
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -29,9 +30,9 @@ def test_capacity_plot_with_events_and_thresholds(tmp_path: Path) -> None:
         {"step": 2, "source": "cli", "engines": 1, "env_workers": 0, "reason": "manual", "engines_after": 2,
          "env_workers_after": 2, "outcome": "applied"},
         {"step": 5, "source": "autoscale", "engines": 0, "env_workers": 2, "reason": "env share 80%",
-         "engines_after": 2, "env_workers_after": 4, "outcome": "applied"},
+         "engines_after": 2, "env_workers_after": 4, "outcome": "env workers +2 starting"},
         {"step": 7, "source": "autoscale", "engines": 1, "env_workers": 0, "reason": "slow generation",
-         "engines_after": 2, "env_workers_after": 4, "outcome": "timed out"}])
+         "engines_after": 2, "env_workers_after": 4, "outcome": "refused: placement.mode=colocated ..."}])
     (tmp_path / "config.json").write_text(json.dumps({"rollout": {"autoscale": {"wait_high": 0.25,
                                                                                 "wait_low": 0.05}}}))
     out = plot_capacity(tmp_path)
@@ -50,3 +51,13 @@ def test_no_elastic_rows_writes_nothing(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "metrics.jsonl", [{"step": 0, "timing/step_s": 10.0, "timing/wait_rollout_s": 1.0}])
     assert plot_capacity(tmp_path) is None
     assert not (tmp_path / "capacity.png").exists()
+
+
+def test_the_run_report_shows_the_capacity_chart_and_the_changes(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "metrics.jsonl", elastic_rows(6))
+    write_jsonl(tmp_path / "scale_events.jsonl", [
+        {"step": 2, "source": "cli", "engines": 1, "env_workers": 0, "reason": "more engines please",
+         "engines_after": 2, "env_workers_after": 2, "outcome": "engines +1 starting"}])
+    page = build_report(tmp_path).read_text()
+    assert "capacity.png" in page and (tmp_path / "report" / "capacity.png").is_file()
+    assert "Capacity changes (1)" in page and "more engines please" in page
