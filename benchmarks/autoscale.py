@@ -1,6 +1,6 @@
 """`rollout.autoscale` on two short real runs: tool latency should add env workers, slow generation engines.
 
-    python -m benchmarks.autoscale                       # both scenarios, 8 GRPO steps each
+    python -m benchmarks.autoscale                       # both scenarios, 10 GRPO steps each
     python -m benchmarks.autoscale --only tool_latency --steps 6 --out /tmp/autoscale
 
 Each scenario is ONE training run of the real entrypoint (`python -m launch.train OVERRIDES` in a
@@ -19,13 +19,21 @@ tool_latency: every env step waits 100-500 ms (asyncio sleep, the worker stays f
   env step (reset included; a turn without a runnable call waits once, a real tool call waits as in
   latency_env). Turns are kept short (`generation.max_new_tokens=16`) and a turn cut at that length
   still goes to the environment (`env.score_truncated_turns=true`), so every episode is 6 turns of
-  a short generation and a slow env step: env time dominates. Expected: env workers are added (and
-  no engine before them).
-slow_generation: plain stoichiometry (tools answer at once), a larger tiny model (hidden 256, 6
-  layers), long untrained turns (`generation.max_new_tokens=128`), `rollout.max_staleness=0` (the
-  trainer waits for every rollout), `rollout.max_concurrent_episodes=64` (all 32 episodes of a step
-  in flight on the one env worker). Env time is ~0, generation is nearly all of the step. Expected:
-  an engine is added.
+  a short generation and a slow env step: env time dominates (62-74% of episode time in the tuning
+  run; env_share_high is 50%). Expected: env workers are added (and no engine before them). 10 steps:
+  with a 1-step window and a 1-step cool-down a decision can come every other step (after steps 0,
+  2, 4: 1 -> 4 workers), and a new worker takes a step or two to join, so 8 steps never showed the
+  4-worker layout serving a step.
+slow_generation: plain stoichiometry (tools answer at once), the default tiny model (0.5M
+  parameters), long untrained turns (`generation.max_new_tokens=128`) that go on to the next turn
+  when cut (`env.score_truncated_turns=true`: ~6 turns, ~12k generated tokens a step),
+  `rollout.max_staleness=0` (the trainer waits for every rollout), `rollout.max_concurrent_episodes=64`
+  (all 32 episodes of a step in flight on the one env worker). Env time is ~0 and generation is most
+  of the step. Expected: an engine is added. Tuning: a first run with a larger tiny model (hidden 256,
+  6 layers, 5.9M parameters) and truncated turns ending the episode (~1.5 turns) did add the engine,
+  but only just: the trainer waited 35% of the step (wait_high is 25%) because on CPU training cost
+  grows with the model (train_s ~12-21 s, 60% of the step) while vLLM's decoding of a tiny model is
+  bound by per-token-step overhead. A small model and long episodes make generation dominate.
 
 `cluster.num_cpus=8` gives the run's local Ray cluster enough *logical* CPUs for the added members.
 On a 2-core machine an added engine competes for the same 2 cores as the first engine, the trainer
@@ -49,7 +57,6 @@ import argparse
 import asyncio
 import json
 import logging
-import random
 import shlex
 import subprocess
 import sys
@@ -115,8 +122,8 @@ SCENARIOS = {
         "env_workers", "every env step waits 100-500 ms, 8 episodes per env worker: env workers should be added"),
     "slow_generation": Scenario(
         "slow_generation",
-        ("env.name=stoichiometry", "model.hidden_size=256", "model.intermediate_size=1024", "model.num_layers=6",
-         "generation.max_new_tokens=128", "rollout.max_staleness=0", "rollout.max_concurrent_episodes=64"),
+        ("env.name=stoichiometry", "generation.max_new_tokens=128", "env.score_truncated_turns=true",
+         "rollout.max_staleness=0", "rollout.max_concurrent_episodes=64"),
         "engines", "generation dominates (tools answer at once), synchronous: an engine should be added"),
 }
 KIND = {"engines": "engine", "env_workers": "env worker"}
@@ -266,7 +273,7 @@ def scenario_text(r: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=list(SCENARIOS), help="run one scenario")
-    p.add_argument("--steps", type=int, default=8, help="GRPO steps per run")
+    p.add_argument("--steps", type=int, default=10, help="GRPO steps per run")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "autoscale_runs", help="runs_root of the runs")
     p.add_argument("--warmup-steps", type=int, default=1, help="first steps reported as a phase of their own")
     p.add_argument("--timeout-s", type=float, default=1800.0, help="per training run")

@@ -51,6 +51,8 @@ SUITE = (
           description="episodes/s through the NeMo Gym, Aviary and MCP adapters, 1 and 2 env workers"),
     Bench("openai_endpoint", "benchmarks.openai_endpoint", (), ("--requests", "256", "--episodes", "64"),
           description="OpenAI-compatible endpoint: ms per request vs the router; forks on the bundled envs"),
+    Bench("autoscale", "benchmarks.autoscale", (),
+          description="rollout.autoscale decisions: tool latency adds env workers, slow generation adds engines"),
 )
 EXISTING = (
     Bench("trainer", "benchmarks.trainer", ("--stages", "0", "1", "--ranks", "1", "--hidden", "256", "--layers", "4"),

@@ -93,7 +93,11 @@ class ElasticController:
     def on_step(self, report: StepReport) -> None:
         for request in take_requests(self.run_dir):
             self._apply(request, report.step)
-        if self.policy is not None:
+        if self.policy is not None and self._settling():
+            # Members still starting or draining: this step measured neither layout. The cool-down
+            # restarts, so the next decision is measured on the layout they leave behind.
+            self.policy.applied(report.step)
+        elif self.policy is not None:
             signals = StepSignals.from_metrics(report.step, {**report.metrics, **_episode_times(report)})
             # Sizes include members still starting: a pending addition is not asked for twice.
             decision = self.policy.decide(signals, self.fleet.size, self.pool.size)
@@ -101,6 +105,10 @@ class ElasticController:
                 self._apply(ScaleRequest(decision.engines, decision.env_workers, decision.reason, "autoscale"),
                             report.step)
         report.metrics.update(self.sizes())
+
+    def _settling(self) -> bool:
+        fleet, pool = self.fleet, self.pool
+        return bool(fleet.joining or fleet.retiring or pool.starting or pool.retiring)
 
     def sizes(self) -> dict[str, float]:
         fleet, pool = self.fleet, self.pool

@@ -166,6 +166,8 @@ class EngineFleet:
                 self.workers.append(j.actor)
                 self.slots.append(j.slot)
                 admitted.append(len(self.workers) - 1)
+                logger.info("engine gen%d is built: it serves once synced (%d engines)", _index(j.slot),
+                            len(self.workers))
             elif now > j.deadline and not _reserved(j.slot):
                 self.joining.remove(j)
                 logger.warning("engine gen%d got no resources within rollout.capacity_timeout_s=%g s; going on "

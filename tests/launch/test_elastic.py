@@ -87,6 +87,13 @@ def test_autoscale_adds_env_workers_when_tools_dominate_and_says_why(run_dir: Pa
     assert (event["source"], event["engines"], event["env_workers"]) == ("autoscale", 0, 1)
     assert "trainer waited 60% of the step" in event["reason"] and "env time is 80%" in event["reason"]
     assert pool.size == 2 and fleet.size == 1
+    # While the new worker starts, steps measure no layout: no decision, and the cool-down (2
+    # steps) counts from the last such step.
+    controller.on_step(_report(1, wait_s=6.0, env_s=8.0, gen_s=2.0))
+    pool.workers.append(pool.starting.popitem()[0])  # joined
+    for step in (2, 3, 4):
+        controller.on_step(_report(step, wait_s=6.0, env_s=8.0, gen_s=2.0))
+    assert [e["step"] for e in read_events(run_dir)] == [0, 4]
 
 
 def test_bad_requests_are_refused_with_the_reason(run_dir: Path, tmp_path_factory, caplog) -> None:
