@@ -105,7 +105,7 @@ def plot_capacity(run_dir: Path, out: Path | None = None) -> Path | None:
     highest = max([r["elastic/engines"] for r in rows] + [n for _, n in env])
     top.set_ylim(0, highest * 1.4 + 0.5)
     top.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    top.legend(loc="upper left", fontsize=8)
+    top.legend(loc="lower right", fontsize=8)  # upper left would hide the first event label
     top.set_title("labrl: rollout capacity")
     timed = [r for r in rows if r.get("timing/step_s")]
     bottom.plot([r["step"] for r in timed], [r.get("timing/wait_rollout_s", 0.0) / r["timing/step_s"] for r in timed],
