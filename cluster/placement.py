@@ -45,7 +45,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -330,9 +330,13 @@ class ExtraEngine:
     index: int
     group: PlacementGroup | None
     options: dict[str, Any]
+    _ready: ray.ObjectRef | None = field(default=None, repr=False)
 
     def ready(self) -> ray.ObjectRef | None:
-        return None if self.group is None else self.group.ready()
+        # One ref for the reservation's life: polled at every weight sync while it is pending.
+        if self._ready is None and self.group is not None:
+            self._ready = self.group.ready()
+        return self._ready
 
     def remove(self) -> None:
         if self.group is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import matplotlib
 
-from monitor.run_logger import read_jsonl
+from monitor.run_logger import read_json, read_jsonl
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - backend must be chosen first
@@ -110,7 +110,7 @@ def plot_capacity(run_dir: Path, out: Path | None = None) -> Path | None:
     timed = [r for r in rows if r.get("timing/step_s")]
     bottom.plot([r["step"] for r in timed], [r.get("timing/wait_rollout_s", 0.0) / r["timing/step_s"] for r in timed],
                 marker=".", color="tab:red", label="trainer wait share (wait_rollout_s / step_s)")
-    autoscale = _read_json(run_dir / "config.json").get("rollout", {}).get("autoscale") or {}
+    autoscale = read_json(run_dir / "config.json").get("rollout", {}).get("autoscale") or {}
     for key, style in (("wait_high", "--"), ("wait_low", ":")):
         if key in autoscale:
             bottom.axhline(autoscale[key], color="tab:gray", linestyle=style, label=f"{key} {autoscale[key]:.0%}")
@@ -127,7 +127,3 @@ def plot_capacity(run_dir: Path, out: Path | None = None) -> Path | None:
 
 def _refused(event: dict) -> bool:
     return str(event.get("outcome", "")).startswith("refused")
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - backend must be chosen first
 
 from monitor.plots import SCALE_EVENTS_FILE, plot_capacity  # noqa: E402
-from monitor.run_logger import read_jsonl  # noqa: E402
+from monitor.run_logger import read_json, read_jsonl  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +49,12 @@ def _is_train_row(row: dict[str, Any]) -> bool:
     return "rollout/reward_mean" in row or any(k.startswith("train/") for k in row)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def load_run(run_dir: str | Path) -> RunData:
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise FileNotFoundError(f"{run_dir} is not a labrl run directory (no metrics.jsonl)")
     return RunData(run_dir=run_dir, rows=read_jsonl(run_dir / "metrics.jsonl"),
-                   summary=_read_json(run_dir / "summary.json"), config=_read_json(run_dir / "config.json"),
+                   summary=read_json(run_dir / "summary.json"), config=read_json(run_dir / "config.json"),
                    alarms=read_jsonl(run_dir / "alarms.jsonl"), samples=read_jsonl(run_dir / "samples.jsonl"))
 
 

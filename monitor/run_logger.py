@@ -111,6 +111,12 @@ def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file ({} when it does not exist)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSONL file ([] when it does not exist)."""
     path = Path(path)
