@@ -317,6 +317,11 @@ class EvalConfig(Section):
                                   "pass@1 averages them; intervals treat tasks as the unit.")
     temperature: float = Field(1.0, ge=0, description="`labrl eval` only; a training run's held-out evals "
                                "sample at generation.temperature, the distribution GRPO optimises.")
+    every_steps: int = Field(0, ge=0, description="Held-out curve during GRPO: evaluate the first `curve_tasks` "
+                             "held-out tasks before the first step, every N steps and after the last, logged "
+                             "under `eval/` (W&B, metrics.jsonl) and drawn beside the training reward. 0: off "
+                             "(only the full evaluations after SFT and after GRPO).")
+    curve_tasks: int = Field(64, gt=0, description="Held-out tasks of each curve point (the same ones every time).")
 
 
 class LoggingConfig(Section):

@@ -26,7 +26,7 @@ from launch.run_state import (CHECKPOINT_DIR, CONFIG_FILE, RunState, checkpoint_
                               remove_checkpoint, rewind_run_files, save_run_state, stale_checkpoints,
                               write_atomic)
 from models.loading import load_tokenizer
-from monitor.evaluation import evaluate
+from monitor.evaluation import HeldoutCurve, evaluate
 from monitor.health import HealthMonitor, HealthStop
 from monitor.plots import plot_capacity, plot_reward_success
 from monitor.rollout_metrics import mean_interval
@@ -170,14 +170,25 @@ class TrainingRun:
         cfg = self.cfg
         monitor = StepMonitor(self.run_log, HealthMonitor(cfg.monitor),
                               SampleRecorder(cfg.logging.sample_every, cfg.logging.num_samples))
+        curve = self.heldout_curve()
         with _ProgressBar(cfg, self.version) as progress:
             pipeline = GRPOPipeline(cfg.grpo, cfg.rollout.max_staleness, self.pool,
                                     training_stream(self.dataset.tasks("train"), cfg),
                                     trainer=self.trainer_step, publisher=self.publisher,
                                     observers=[_RunBookkeeping(self), self.elastic(), monitor, progress,
-                                               *self.observers],
+                                               *([curve] if curve else []), *self.observers],
                                     start_version=self.version, recovery=CheckpointRecovery(self))
             pipeline.run()
+
+    def heldout_curve(self) -> HeldoutCurve | None:
+        """`eval.every_steps`: the held-out curve, its first point now (before the next step)."""
+        ev = self.cfg.eval
+        if not ev.every_steps or self.version >= self.cfg.grpo.num_steps:
+            return None
+        curve = HeldoutCurve(self.pool, self.heldout[: ev.curve_tasks], ev.every_steps, self.cfg.grpo.num_steps,
+                             ev.samples_per_task, self.run_log, progress=self.cfg.logging.progress_bar)
+        curve.point(self.version, self.version)
+        return curve
 
     def elastic(self) -> ElasticController:
         """Capacity changes between steps (`labrl scale-run`, `rollout.autoscale`)."""

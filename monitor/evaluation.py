@@ -8,8 +8,9 @@ import logging
 
 from envs.dataset import Task
 from monitor.eval_stats import TaskEval, heldout_metrics
-from monitor.rollout_metrics import rollout_metrics
+from monitor.rollout_metrics import mean_interval, rollout_metrics
 from rollout.play import run_tasks
+from rollout.pipeline import StepReport
 from rollout.pool import EnvWorkerPool
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ def evaluate(pool: EnvWorkerPool, tasks: list[Task], prefix: str, samples_per_ta
     trajs = run_tasks(pool, tasks, samples_per_task, desc=prefix, progress=progress)
     metrics, per_task = heldout_metrics(trajs, samples_per_task, prefix=prefix)
     metrics.update(rollout_metrics(trajs, prefix=prefix))
+    metrics.update(difficulty_breakdown(per_task, prefix))
     # A masked episode (the verifier could not judge it) scores 0 here; the same rows are masked in
     # every evaluation of a run, so paired before/after comparisons stay fair. Its count is logged.
     metrics[f"{prefix}/masked"] = float(sum(t.masked for t in trajs))
@@ -30,3 +32,43 @@ def evaluate(pool: EnvWorkerPool, tasks: list[Task], prefix: str, samples_per_ta
                 metrics[f"{prefix}/pass@{samples_per_task}"], samples_per_task,
                 metrics[f"{prefix}/maj@{samples_per_task}"], len(tasks), samples_per_task)
     return metrics, per_task
+
+
+def difficulty_breakdown(per_task: list[TaskEval], prefix: str) -> dict[str, float]:
+    """pass@1 and its task-level 95% interval per difficulty (`<prefix>/difficulty/<d>/...`):
+    a curriculum's hard tasks can move while the average hides it."""
+    out: dict[str, float] = {}
+    for difficulty in sorted({t.difficulty for t in per_task}):
+        rates = [t.pass_at_1 for t in per_task if t.difficulty == difficulty]
+        mean, half = mean_interval(rates)
+        out.update({f"{prefix}/difficulty/{difficulty}/pass@1": mean, f"{prefix}/difficulty/{difficulty}/ci95": half,
+                    f"{prefix}/difficulty/{difficulty}/num_tasks": float(len(rates))})
+    return out
+
+
+CURVE_PREFIX = "eval"
+
+
+class HeldoutCurve:
+    """A `StepObserver`: held-out success during GRPO, on the same `tasks` every time, before the
+    first step, every `every_steps` steps and after the last, logged under `eval/` at the step just
+    trained with `eval/updates` (the optimizer steps behind it: the x axis of the curve).
+
+    It runs between steps while the next batch's groups are in flight (the pool collects only its
+    own episodes), so the engines serve the version the step just published."""
+
+    def __init__(self, pool: EnvWorkerPool, tasks: list[Task], every_steps: int, num_steps: int,
+                 samples_per_task: int, run_log, progress: bool = False):
+        self.pool, self.tasks, self.every, self.num_steps = pool, tasks, every_steps, num_steps
+        self.samples, self.run_log, self.progress = samples_per_task, run_log, progress
+
+    def point(self, step: int, updates: int) -> dict[str, float]:
+        metrics, _ = evaluate(self.pool, self.tasks, CURVE_PREFIX, self.samples, progress=self.progress)
+        metrics[f"{CURVE_PREFIX}/updates"] = float(updates)
+        self.run_log.log(metrics, step)
+        return metrics
+
+    def on_step(self, report: StepReport) -> None:
+        done = report.step + 1
+        if done % self.every == 0 or done == self.num_steps:
+            self.point(report.step, report.trained_version + 1)

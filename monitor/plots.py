@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -16,27 +16,56 @@ SCALE_EVENTS_FILE = "scale_events.jsonl"  # one row per capacity change (written
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
-def plot_reward_success(run_dir: Path, summary: dict[str, float] | None = None) -> Path:
-    """Training reward and success per step, with held-out success after SFT and after GRPO."""
-    rows = [r for r in read_metrics(run_dir) if "rollout/reward_mean" in r]
-    steps = [r["step"] for r in rows]
+def heldout_curve(rows: Iterable[dict]) -> tuple[list[float], list[float], list[float]]:
+    """The held-out curve (`eval.every_steps`): optimizer updates behind each point, pass@1, ci95."""
+    points = sorted((r["eval/updates"], r["eval/pass@1"], r.get("eval/ci95", 0.0)) for r in rows
+                    if "eval/pass@1" in r and "eval/updates" in r)
+    return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+
+
+def draw_heldout_curve(ax, rows: list[dict]) -> bool:
+    """The held-out curve with its 95% band on `ax`; False when the run has none."""
+    updates, rate, ci = heldout_curve(rows)
+    if not updates:
+        return False
+    ax.plot(updates, rate, "o-", color="tab:green", label="held-out success (eval/pass@1)")
+    ax.fill_between(updates, [r - c for r, c in zip(rate, ci)], [r + c for r, c in zip(rate, ci)],
+                    color="tab:green", alpha=0.15, label="95% interval (tasks)")
+    return True
+
+
+def smoothed(values: list[float], window: int = 5) -> list[float]:
+    """Trailing mean over up to `window` points: the trend of a noisy per-step series."""
+    return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+            for i in range(len(values))]
+
+
+def plot_reward_success(run_dir: Path, summary: dict[str, float] | None = None, out: Path | None = None) -> Path:
+    """Training reward and success per step (raw points and their trailing mean), the held-out
+    curve when the run had one (`eval.every_steps`), and held-out success after SFT and after GRPO.
+    The x axis is the policy version: step k trains on version k; a held-out point after u updates
+    measured version u."""
+    all_rows = read_metrics(run_dir)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [r["rollout/reward_mean"] for r in rows], label="train reward (mean)")
-    ax.plot(steps, [r["rollout/success_rate"] for r in rows], label="train success rate")
+    for key, label, color in (("rollout/reward_mean", "train reward", "tab:blue"),
+                              ("rollout/success_rate", "train success", "tab:orange")):
+        steps, values = [r["step"] for r in all_rows if key in r], [r[key] for r in all_rows if key in r]
+        ax.plot(steps, values, ".", color=color, alpha=0.35)
+        ax.plot(steps, smoothed(values), color=color, label=f"{label} (mean of last 5 steps; dots: each step)")
+    has_curve = draw_heldout_curve(ax, all_rows)
     for label, color in (("sft", "tab:gray"), ("grpo", "tab:green")):
-        if summary and f"eval_{label}/pass@1" in summary:
+        if summary and f"eval_{label}/pass@1" in summary and not has_curve:
             rate, ci = summary[f"eval_{label}/pass@1"], summary[f"eval_{label}/ci95"]
             ax.axhline(rate, color=color, linestyle="--", label=f"held-out after {label}: {rate:.2f}±{ci:.2f}")
             ax.axhspan(rate - ci, rate + ci, color=color, alpha=0.12)
-    ax.set_xlabel("GRPO step")
+    ax.set_xlabel("policy version (GRPO updates)")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
     ax.set_title("labrl: reward and success")
-    out = Path(run_dir) / "reward_success.png"
+    out = Path(out) if out is not None else Path(run_dir) / "reward_success.png"
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)

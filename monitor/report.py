@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - backend must be chosen first
 
-from monitor.plots import SCALE_EVENTS_FILE, plot_capacity  # noqa: E402
+from monitor.plots import SCALE_EVENTS_FILE, draw_heldout_curve, plot_capacity, plot_reward_success  # noqa: E402
 from monitor.run_logger import read_json, read_jsonl  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _line_figure(run: RunData, out: Path, title: str, ylabel: str, series: Seque
         (lo_steps, lo), (hi_steps, hi) = run.series(band[0]), run.series(band[1])
         if lo_steps and lo_steps == hi_steps:
             ax.fill_between(lo_steps, lo, hi, alpha=0.15, label="min..max")
-    if eval_lines:
+    if eval_lines and not draw_heldout_curve(ax, run.rows):
         _eval_lines(ax, run.summary)
     if right is not None and run.series(right[0])[0]:
         ax2 = ax.twinx()
@@ -129,6 +129,9 @@ def render_figures(run: RunData, out_dir: Path) -> dict[str, Path | None]:
     """Every figure of the report; a value of None means its metrics were not in the run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     return {
+        # Training reward (raw and smoothed) beside the held-out curve: where learning shows.
+        "learning": (plot_reward_success(run.run_dir, run.summary, out_dir / "reward_success.png")
+                     if run.series("rollout/reward_mean")[0] else None),
         "reward": _line_figure(run, out_dir / "reward.png", "training reward", "reward",
                                [("rollout/reward_mean", "mean"), ("rollout/reward_std", "std")],
                                band=("rollout/reward_min", "rollout/reward_max")),

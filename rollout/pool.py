@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
@@ -110,12 +110,14 @@ class EnvWorkerPool:
     def num_in_flight(self) -> int:
         return len(self.jobs)
 
-    def collect(self, timeout_s: float, num_returns: int = 1) -> list[tuple[GroupJob, list[Trajectory]]]:
-        """Finished groups (waits up to `timeout_s` for at least `num_returns`)."""
-        if not self.jobs:
+    def collect(self, timeout_s: float, num_returns: int = 1,
+                where: Callable[[GroupJob], bool] | None = None) -> list[tuple[GroupJob, list[Trajectory]]]:
+        """Finished groups (waits up to `timeout_s` for at least `num_returns`); `where`: only the
+        jobs it accepts (a held-out evaluation between steps leaves the training groups in flight)."""
+        refs = [ref for ref, job in self.jobs.items() if where is None or where(job)]
+        if not refs:
             return []
-        ready, _ = ray.wait(list(self.jobs), num_returns=min(num_returns, len(self.jobs)),
-                            timeout=timeout_s)
+        ready, _ = ray.wait(refs, num_returns=min(num_returns, len(refs)), timeout=timeout_s)
         done = []
         for ref in ready:
             job = self.jobs.pop(ref)

@@ -33,7 +33,7 @@ from tests.cluster.ray_procs import BIN, RAY, ROOT, PrivateHead, kill_under, nod
 JOB_TIMEOUT_S = 1500
 OVERRIDES = ["sft.num_demos=32", "sft.steps=5", "grpo.num_steps=2", "grpo.batch_size=8", "grpo.group_size=4",
              "eval.num_tasks=4", "env.num_train_tasks=32", "env.num_heldout_tasks=4",
-             "logging.progress_bar=false", "cluster.address=auto"]
+             "logging.progress_bar=false", "cluster.address=auto", "eval.every_steps=1"]
 
 pytestmark = pytest.mark.skipif(not Path(RAY).exists(), reason="ray CLI not installed beside this Python")
 
@@ -154,6 +154,9 @@ def test_job_submit_trains_with_actors_on_both_nodes(two_nodes, tmp_path):
     assert metrics, f"no metrics.jsonl under {runs_root}"
     records = [json.loads(line) for line in metrics[0].read_text().splitlines() if line.strip()]
     assert sum("timing/step_s" in r for r in records) == 2  # two GRPO steps
+    # The held-out curve: before the first step and after each (eval.every_steps=1), 4 tasks each.
+    assert [(r["step"], r["eval/updates"], r["eval/num_tasks"]) for r in records if "eval/updates" in r] == [
+        (0, 0, 4), (0, 1, 4), (1, 2, 4)]
 
     out = _run([RAY, "list", "actors", "--address", two_nodes.dashboard, "--detail", "--format", "json",
                 "--limit", "1000"], 120).stdout

@@ -37,8 +37,9 @@ class ScriptedPool:
         self.jobs.clear()
         return cancelled
 
-    def collect(self, timeout_s, num_returns=1):
-        job = self.jobs.pop(next(iter(self.jobs)))
+    def collect(self, timeout_s, num_returns=1, where=None):
+        key = next(k for k, j in self.jobs.items() if where is None or where(j))
+        job = self.jobs.pop(key)
         trajs = self.play(job)
         for t in trajs:
             t.group_id = job.group_id
