@@ -55,21 +55,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, emit, machine_info, ratio, setup_logging
+from benchmarks.common import RESULTS_DIR, emit, machine_info, ratio, run_training, setup_logging
 from benchmarks.latency_env import LATENCY_S, LatencyStoichiometryEnv
 from envs.core import Message
 from envs.registry import EnvSpec, register_env
 from envs.suite import stoichiometry
+from monitor.run_logger import read_jsonl
 from monitor.text_table import format_table
 
 logger = logging.getLogger("benchmarks.autoscale")
@@ -138,12 +137,6 @@ def _override(cmd: list[str], key: str) -> int:
     return int(next(a.split("=", 1)[1] for a in reversed(cmd) if a.startswith(key + "=")))
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def phases(steps: list[dict[str, Any]], engines0: int, env_workers0: int,
            warmup_steps: int = 1) -> list[dict[str, Any]]:
     """Consecutive steps served by the same layout. A step's row records the sizes in rotation at
@@ -210,16 +203,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict[str, Any]
     logger.info("%s: %s", scenario.name, scenario.question)
     logger.info("%s: command: %s", scenario.name, shown)
     logger.info("%s: output -> %s", scenario.name, log_path)
-    t0 = time.monotonic()
-    with open(log_path, "w") as log:
-        try:
-            rc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                timeout=args.timeout_s).returncode
-        except subprocess.TimeoutExpired:
-            rc = 124
-    wall = time.monotonic() - t0
-    run_dirs = sorted(p.parent for p in runs_root.glob("*/metrics.jsonl"))
-    run_dir = run_dirs[-1] if run_dirs else None
+    rc, run_dir, wall = run_training(cmd, runs_root, log_path, args.timeout_s)
     rows = read_jsonl(run_dir / "metrics.jsonl") if run_dir else []
     steps = [r for r in rows if "timing/step_s" in r]
     events = read_jsonl(run_dir / "scale_events.jsonl") if run_dir else []

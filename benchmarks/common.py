@@ -11,6 +11,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,3 +90,16 @@ def emit(name: str, result: dict[str, Any], table: str) -> Path:
     sys.stdout.write(table.rstrip("\n") + "\n" + json.dumps(result, default=str) + "\n")
     sys.stdout.flush()
     return path
+
+
+def run_training(cmd: list[str], runs_root: Path, log_path: Path, timeout_s: float) -> tuple[int, Path | None, float]:
+    """Run a `python -m launch.train` command (its output to `log_path`); returns the exit code
+    (124: timed out), the run directory it made under `runs_root` (None if none) and the wall time."""
+    t0 = time.monotonic()
+    with open(log_path, "w") as log:
+        try:
+            rc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+    run_dirs = sorted(p.parent for p in runs_root.glob("*/config.json"))
+    return rc, (run_dirs[-1] if run_dirs else None), time.monotonic() - t0

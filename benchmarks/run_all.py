@@ -53,6 +53,8 @@ SUITE = (
           description="OpenAI-compatible endpoint: ms per request vs the router; forks on the bundled envs"),
     Bench("autoscale", "benchmarks.autoscale", (),
           description="rollout.autoscale decisions: tool latency adds env workers, slow generation adds engines"),
+    Bench("learning_regression", "benchmarks.learning_regression", (), (),
+          description="the default run's held-out gain against the last recorded one (benchmarks/results/)"),
 )
 EXISTING = (
     Bench("trainer", "benchmarks.trainer", ("--stages", "0", "1", "--ranks", "1", "--hidden", "256", "--layers", "4"),

@@ -77,6 +77,13 @@ class SFTConfig(Section):
     steps: int = Field(150, ge=0)
     batch_size: int = Field(32, gt=0)
     lr: float = Field(3e-3, gt=0)
+    portable_numerics: bool = Field(
+        True, description="Train in a process whose arithmetic does not depend on the machine: torch's "
+        "and MKL's kernels pinned to their AVX2 code paths, `num_threads` threads, deterministic "
+        "algorithms. Same seed, same checkpoint on any x86-64 CPU with AVX2 (as far as the libraries "
+        "guarantee it); the kernels' instruction set and the thread count decide how sums are rounded.")
+    num_threads: int = Field(2, gt=0, description="torch threads of the SFT process when portable_numerics: "
+                             "fixed, not the machine's core count, because the split of sums follows it.")
 
 
 class GenerationConfig(Section):

@@ -24,6 +24,7 @@ from rollout.pool import EnvWorkerPool
 from rollout.trajectory import Trajectory
 from trainers.batching import TrainSample
 from trainers.group import PolicyTrainerGroup
+from trainers.sft import sft_process_env, train_sft
 from trainers.spec import TrainerSpec
 
 
@@ -87,6 +88,16 @@ def make_trainer(cfg: LabrlConfig, model_dir: str, placement: Placement | None =
         return PolicyTrainerGroup(spec)
     return PolicyTrainerGroup(spec, placement_group=placement.trainer_pg,
                               bundle_offset=placement.trainer_bundle_offset)
+
+
+def run_sft(cfg: LabrlConfig, policy_dir: str, out_dir: Path, samples: list[TrainSample], pad_token_id: int) -> dict[str, float]:
+    """`train_sft` in a Ray task of its own: its process starts with `sft_process_env` (numerics pinned
+    before torch loads). No CPU is reserved: it runs while the env workers that made the demos idle."""
+    import ray
+
+    task = ray.remote(num_cpus=0, max_retries=0, runtime_env={"env_vars": sft_process_env(cfg.sft)})(train_sft)
+    return ray.get(task.remote(policy_dir, str(out_dir), samples, cfg.sft, seed=cfg.seed, pad_token_id=pad_token_id,
+                               progress_bar=cfg.logging.progress_bar))
 
 
 def demonstration_samples(demos: list[Trajectory]) -> list[TrainSample]:

@@ -26,7 +26,7 @@ from launch.run_state import (CHECKPOINT_DIR, CONFIG_FILE, RunState, checkpoint_
                               remove_checkpoint, rewind_run_files, save_run_state, stale_checkpoints,
                               write_atomic)
 from models.loading import load_tokenizer
-from monitor.evaluation import HeldoutCurve, evaluate
+from monitor.evaluation import HeldoutCurve, summarize
 from monitor.health import HealthMonitor, HealthStop
 from monitor.plots import plot_capacity, plot_reward_success
 from monitor.rollout_metrics import mean_interval
@@ -35,7 +35,6 @@ from monitor.samples import SampleRecorder
 from monitor.step_monitor import StepMonitor
 from rollout.pipeline import GRPOPipeline, StepObserver, StepReport
 from rollout.play import run_tasks
-from trainers.sft import train_sft
 
 logger = logging.getLogger("labrl")
 BATCHES_FILE = "batches.jsonl"
@@ -60,7 +59,7 @@ class TrainingRun:
         self.run_dir = run_dir or make_run_dir(cfg)
         self.summary: dict[str, float] = dict(resume.summary) if resume else {}
         self.pool = self.trainer = self.run_log = self.placement = self.fleet = None
-        self.trainer_step = self.publisher = None
+        self.trainer_step = self.publisher = self.curve = None
         self.version = resume.policy_version if resume else 0
         self.observers: list[StepObserver] = []
 
@@ -95,6 +94,7 @@ class TrainingRun:
             policy_dir = self.behaviour_cloning(policy_dir)
         self.policy_dir = policy_dir
         self.start_policy(policy_dir)
+        self.curve = self.heldout_curve()
         if not self.resume:
             self.evaluate_heldout("sft")
             self.run_log.log(dict(self.summary), step=0)
@@ -114,13 +114,16 @@ class TrainingRun:
         return self.summary
 
     def evaluate_heldout(self, label: str) -> None:
-        """Held-out evaluation; per-task rates go to eval_<label>_tasks.json (for the paired test)."""
-        cfg = self.cfg
-        metrics, per_task = evaluate(self.pool, self.heldout, f"eval_{label}", cfg.eval.samples_per_task,
-                                     progress=cfg.logging.progress_bar)
+        """Held-out evaluation; per-task rates go to eval_<label>_tasks.json (for the paired test).
+        Its episodes of the curve's tasks are also the held-out curve's point for this version."""
+        cfg, k = self.cfg, self.cfg.eval.samples_per_task
+        trajs = run_tasks(self.pool, self.heldout, k, desc=f"eval_{label}", progress=cfg.logging.progress_bar)
+        metrics, per_task = summarize(trajs, f"eval_{label}", k)
         self.summary.update(metrics)
         rows = [{"task_id": t.id, "success_rate": r.pass_at_1} for t, r in zip(self.heldout, per_task)]
         write_atomic(self.run_dir / f"eval_{label}_tasks.json", json.dumps(rows))
+        if self.curve:
+            self.curve.log_point(trajs, max(0, self.version - 1), self.version)
 
     def improvement(self) -> dict[str, float]:
         """GRPO minus SFT held-out success, with the 95% interval of the paired per-task differences."""
@@ -147,9 +150,8 @@ class TrainingRun:
         self.summary.update({"sft/novice_demos": float(len(kept_novice)),
                              "sft/novice_demo_success": sum(t.success for t in novice) / max(1, len(novice))})
         out_dir = self.run_dir / "sft_model"
-        self.summary.update(train_sft(policy_dir, out_dir, C.demonstration_samples(usable), cfg.sft, seed=cfg.seed,
-                                      pad_token_id=load_tokenizer(policy_dir).pad_token_id,
-                                      progress_bar=progress))
+        self.summary.update(C.run_sft(cfg, policy_dir, out_dir, C.demonstration_samples(usable),
+                                      pad_token_id=load_tokenizer(policy_dir).pad_token_id))
         return str(out_dir)
 
     def start_policy(self, policy_dir: str) -> None:
@@ -170,25 +172,22 @@ class TrainingRun:
         cfg = self.cfg
         monitor = StepMonitor(self.run_log, HealthMonitor(cfg.monitor),
                               SampleRecorder(cfg.logging.sample_every, cfg.logging.num_samples))
-        curve = self.heldout_curve()
         with _ProgressBar(cfg, self.version) as progress:
             pipeline = GRPOPipeline(cfg.grpo, cfg.rollout.max_staleness, self.pool,
                                     training_stream(self.dataset.tasks("train"), cfg),
                                     trainer=self.trainer_step, publisher=self.publisher,
                                     observers=[_RunBookkeeping(self), self.elastic(), monitor, progress,
-                                               *([curve] if curve else []), *self.observers],
+                                               *([self.curve] if self.curve else []), *self.observers],
                                     start_version=self.version, recovery=CheckpointRecovery(self))
             pipeline.run()
 
     def heldout_curve(self) -> HeldoutCurve | None:
-        """`eval.every_steps`: the held-out curve, its first point now (before the next step)."""
+        """`eval.every_steps`: the held-out curve (its end points are the evaluations after SFT and GRPO)."""
         ev = self.cfg.eval
         if not ev.every_steps or self.version >= self.cfg.grpo.num_steps:
             return None
-        curve = HeldoutCurve(self.pool, self.heldout[: ev.curve_tasks], ev.every_steps, self.cfg.grpo.num_steps,
+        return HeldoutCurve(self.pool, self.heldout[: ev.curve_tasks], ev.every_steps, self.cfg.grpo.num_steps,
                              ev.samples_per_task, self.run_log, progress=self.cfg.logging.progress_bar)
-        curve.point(self.version, self.version)
-        return curve
 
     def elastic(self) -> ElasticController:
         """Capacity changes between steps (`labrl scale-run`, `rollout.autoscale`)."""

@@ -12,6 +12,7 @@ from monitor.rollout_metrics import mean_interval, rollout_metrics
 from rollout.play import run_tasks
 from rollout.pipeline import StepReport
 from rollout.pool import EnvWorkerPool
+from rollout.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,11 @@ def evaluate(pool: EnvWorkerPool, tasks: list[Task], prefix: str, samples_per_ta
     """Metrics under `<prefix>/` and the per-task results in task order (for paired comparisons
     of the same tasks before and after training)."""
     trajs = run_tasks(pool, tasks, samples_per_task, desc=prefix, progress=progress)
+    return summarize(trajs, prefix, samples_per_task)
+
+
+def summarize(trajs: list[Trajectory], prefix: str, samples_per_task: int) -> tuple[dict[str, float], list[TaskEval]]:
+    """The metrics of `evaluate` from episodes already played (in task order)."""
     metrics, per_task = heldout_metrics(trajs, samples_per_task, prefix=prefix)
     metrics.update(rollout_metrics(trajs, prefix=prefix))
     metrics.update(difficulty_breakdown(per_task, prefix))
@@ -30,7 +36,7 @@ def evaluate(pool: EnvWorkerPool, tasks: list[Task], prefix: str, samples_per_ta
     logger.info("held-out %s: pass@1 %.3f +- %.3f, pass@%d %.3f, maj@%d %.3f (%d tasks x %d samples)", prefix,
                 metrics[f"{prefix}/pass@1"], metrics[f"{prefix}/ci95"], samples_per_task,
                 metrics[f"{prefix}/pass@{samples_per_task}"], samples_per_task,
-                metrics[f"{prefix}/maj@{samples_per_task}"], len(tasks), samples_per_task)
+                metrics[f"{prefix}/maj@{samples_per_task}"], len(per_task), samples_per_task)
     return metrics, per_task
 
 
@@ -50,9 +56,11 @@ CURVE_PREFIX = "eval"
 
 
 class HeldoutCurve:
-    """A `StepObserver`: held-out success during GRPO, on the same `tasks` every time, before the
-    first step, every `every_steps` steps and after the last, logged under `eval/` at the step just
-    trained with `eval/updates` (the optimizer steps behind it: the x axis of the curve).
+    """A `StepObserver`: held-out success during GRPO, on the same `tasks` every time, every
+    `every_steps` steps, logged under `eval/` at the step just trained with `eval/updates` (the
+    optimizer steps behind it: the x axis of the curve). Its first and last points come from the
+    run's own evaluations after SFT and after GRPO (`log_point` on their episodes of these tasks,
+    a subset of theirs): the same policy is not sampled twice.
 
     It runs between steps while the next batch's groups are in flight (the pool collects only its
     own episodes), so the engines serve the version the step just published."""
@@ -61,14 +69,21 @@ class HeldoutCurve:
                  samples_per_task: int, run_log, progress: bool = False):
         self.pool, self.tasks, self.every, self.num_steps = pool, tasks, every_steps, num_steps
         self.samples, self.run_log, self.progress = samples_per_task, run_log, progress
+        self.task_ids = {t.id for t in tasks}
 
     def point(self, step: int, updates: int) -> dict[str, float]:
-        metrics, _ = evaluate(self.pool, self.tasks, CURVE_PREFIX, self.samples, progress=self.progress)
+        """Play the curve's tasks on the served policy and log the point."""
+        trajs = run_tasks(self.pool, self.tasks, self.samples, desc=CURVE_PREFIX, progress=self.progress)
+        return self.log_point(trajs, step, updates)
+
+    def log_point(self, trajs: list[Trajectory], step: int, updates: int) -> dict[str, float]:
+        """Log the point of `updates` from episodes played on it (those of other tasks are ignored)."""
+        metrics, _ = summarize([t for t in trajs if t.task_id in self.task_ids], CURVE_PREFIX, self.samples)
         metrics[f"{CURVE_PREFIX}/updates"] = float(updates)
         self.run_log.log(metrics, step)
         return metrics
 
     def on_step(self, report: StepReport) -> None:
         done = report.step + 1
-        if done % self.every == 0 or done == self.num_steps:
+        if done % self.every == 0 and done < self.num_steps:  # the last point is the final evaluation's
             self.point(report.step, report.trained_version + 1)

@@ -24,6 +24,18 @@ from trainers.batching import TrainSample
 logger = logging.getLogger(__name__)
 
 WARMUP_STEPS = 10  # linear warmup of the SFT learning rate, then a linear decay to 5%
+# Read when torch / MKL / oneDNN load, so they are set on the process that trains (`sft_process_env`):
+# every x86-64 CPU with AVX2 then runs the same code paths (an AVX-512 CPU would otherwise round
+# its sums differently, and SFT amplifies such differences into a different checkpoint).
+PORTABLE_NUMERICS_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def sft_process_env(sft: SFTConfig) -> dict[str, str]:
+    """Environment variables of the process that runs `train_sft`."""
+    if not sft.portable_numerics:
+        return {}
+    threads = str(sft.num_threads)
+    return {**PORTABLE_NUMERICS_ENV, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
 def pad_batch(seqs: list[list[int]], masks: list[list[int]], pad_id: int) -> tuple[torch.Tensor, ...]:
@@ -56,6 +68,9 @@ def train_sft(policy_dir: str, out_dir: str | Path, samples: Sequence[TrainSampl
     pool = list(samples)
     if not pool:
         raise ValueError("SFT needs at least one demonstration")
+    if sft.portable_numerics:
+        torch.set_num_threads(sft.num_threads)
+        torch.use_deterministic_algorithms(True)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)

@@ -67,8 +67,9 @@ class _Log:
 
 def test_curve_points_between_steps_leave_the_in_flight_training_groups_alone():
     """The real pipeline (max_staleness 1: the next batch is in flight while a step ends) with the
-    curve every 2 of 5 steps: points after 2, 4 and 5 updates, each on its own 3 tasks only, and
-    every training batch still trained whole."""
+    curve every 2 of 5 steps: points after 2 and 4 updates, each on its own 3 tasks only, and every
+    training batch still trained whole. The end points come from the run's own evaluations, whose
+    episodes of other tasks the curve leaves out."""
     heldout = [Task(id=f"h{i}", env_name="stoich", split="heldout", difficulty=1 + i % 2, seed=i) for i in range(3)]
 
     def play(job):
@@ -82,6 +83,9 @@ def test_curve_points_between_steps_leave_the_in_flight_training_groups_alone():
     grpo = GRPOConfig(num_steps=5, batch_size=8, group_size=4)
     curve.point(0, 0)
     GRPOPipeline(grpo, 1, pool, TaskStream(tasks(12), 0), trainer, NullPublisher(), [curve]).run()
+    final_eval = [traj(1.0, task_id=t.id, difficulty=t.difficulty) for t in heldout for _ in range(2)]
+    final_eval += [traj(0.0, task_id=f"other{i}") for i in range(4)]
+    curve.log_point(final_eval, 4, 5)
     assert [(step, m["eval/updates"]) for step, m in log.rows] == [(0, 0.0), (1, 2.0), (3, 4.0), (4, 5.0)]
     assert all(m["eval/pass@1"] == 1.0 and m["eval/num_tasks"] == 3 for _, m in log.rows)
     assert log.rows[0][1]["eval/difficulty/2/num_tasks"] == 1.0

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from configs.schema import SFTConfig
 from trainers.batching import TrainSample
-from trainers.sft import masked_nll, pad_batch, train_sft
+from trainers.sft import masked_nll, pad_batch, sft_process_env, train_sft
 
 
 def demo(token_ids: list[int], loss_mask: list[int]) -> TrainSample:
@@ -36,3 +42,43 @@ def test_sft_learns_the_demonstrations_and_saves_a_policy(tiny_model_dir, tmp_pa
 def test_sft_needs_a_demonstration(tmp_path):
     with pytest.raises(ValueError, match="at least one"):
         train_sft("unused", tmp_path, [], SFTConfig(), seed=0, pad_token_id=0, progress_bar=False)
+
+
+_SFT_IN_A_FRESH_PROCESS = """
+import hashlib, sys
+from pathlib import Path
+from configs.schema import SFTConfig
+from tests.trainers.conftest import make_samples
+from trainers.sft import train_sft
+portable = sys.argv[3] == "1"
+sft = SFTConfig(steps=15, batch_size=8, lr=3e-3, portable_numerics=portable, num_threads=2)
+train_sft(sys.argv[1], sys.argv[2], make_samples(0, 32, vocab=100, min_len=20, max_len=120), sft, seed=0,
+          pad_token_id=0, progress_bar=False)
+print(hashlib.sha256((Path(sys.argv[2]) / "model.safetensors").read_bytes()).hexdigest())
+"""
+
+
+def _sft_checkpoint_hash(model_dir: str, out: Path, portable: bool, cores: str, machine: dict[str, str]) -> str:
+    """SFT in a fresh process that sees only `cores` and whose environment has `machine` (a stand-in
+    for another CPU), then `sft_process_env` on top, as `launch.components.run_sft` starts it."""
+    env = {**os.environ, **machine, **sft_process_env(SFTConfig(portable_numerics=portable, num_threads=2))}
+    cmd = ["taskset", "-c", cores, sys.executable, "-c", _SFT_IN_A_FRESH_PROCESS, model_dir, str(out), str(int(portable))]
+    done = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split()[-1]
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2
+                    or torch.backends.cpu.get_cpu_capability() != "AVX2",
+                    reason="needs taskset, 2 CPUs and an AVX2 CPU (pinned kernels) to stand in for two machines")
+def test_portable_sft_gives_the_same_checkpoint_on_another_machine(tiny_model_dir, tmp_path):
+    """Machine A: this CPU's kernels, 2 cores. Machine B: 1 core and torch's scalar kernels
+    (ATEN_CPU_CAPABILITY=default, as a CPU with other vector units would run other code paths).
+    Unpinned they train different checkpoints; with portable numerics the same, bit for bit."""
+    other_cpu = {"ATEN_CPU_CAPABILITY": "default"}
+    runs = {(portable, machine): _sft_checkpoint_hash(tiny_model_dir, tmp_path / f"{portable}{machine}", portable,
+                                                      *(("0,1", {}) if machine == "A" else ("0", other_cpu)))
+            for portable in (False, True) for machine in "AB"}
+    assert runs[False, "A"] != runs[False, "B"]
+    assert runs[True, "A"] == runs[True, "B"]

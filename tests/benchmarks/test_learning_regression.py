@@ -1,0 +1,27 @@
+"""The learning-regression benchmark's verdict: a run that trained nothing, learnt nothing
+significant, or learnt significantly less than the record fails; noise within the intervals passes."""
+
+from __future__ import annotations
+
+from benchmarks.learning_regression import verdict
+
+
+def _run(gain: float, ci: float, trained: float = 512.0, exit_code: int = 0) -> dict:
+    return {"exit_code": exit_code, "gain": gain, "gain_ci95": ci, "trained": trained, "run_dir": "r",
+            "commit": "abc1234"}
+
+
+def test_a_run_within_the_noise_of_the_record_passes():
+    assert verdict(_run(0.20, 0.06), _run(0.25, 0.06)) == []
+    assert verdict(_run(0.20, 0.06), None) == []
+
+
+def test_a_gain_significantly_below_the_record_fails_with_both_numbers():
+    [problem] = verdict(_run(0.10, 0.03), _run(0.28, 0.05))
+    assert "+0.100" in problem and "+0.280" in problem and "abc1234" in problem
+
+
+def test_no_training_no_significant_gain_or_a_failed_run_fail():
+    assert any("measured nothing" in p for p in verdict(_run(0.2, 0.05, trained=0.0), None))
+    assert any("not significant" in p for p in verdict(_run(0.03, 0.05), None))
+    assert "failed" in verdict({**_run(0.0, 0.0, exit_code=1), "gain": None}, None)[0]
