@@ -325,10 +325,12 @@ class EvalConfig(Section):
     temperature: float = Field(1.0, ge=0, description="`labrl eval` only; a training run's held-out evals "
                                "sample at generation.temperature, the distribution GRPO optimises.")
     every_steps: int = Field(0, ge=0, description="Held-out curve during GRPO: evaluate the first `curve_tasks` "
-                             "held-out tasks before the first step, every N steps and after the last, logged "
-                             "under `eval/` (W&B, metrics.jsonl) and drawn beside the training reward. 0: off "
+                             "held-out tasks every N steps, logged under `eval/` (W&B, metrics.jsonl) with "
+                             "`eval/updates` and drawn beside the training reward; its points before the first "
+                             "and after the last step are the full evaluations' episodes of those tasks. 0: off "
                              "(only the full evaluations after SFT and after GRPO).")
-    curve_tasks: int = Field(64, gt=0, description="Held-out tasks of each curve point (the same ones every time).")
+    curve_tasks: int = Field(64, gt=0, description="Held-out tasks of each curve point (the same ones every time, "
+                             "the first of the `num_tasks` evaluated after SFT and GRPO).")
 
 
 class LoggingConfig(Section):

@@ -92,10 +92,14 @@ def make_trainer(cfg: LabrlConfig, model_dir: str, placement: Placement | None =
 
 def run_sft(cfg: LabrlConfig, policy_dir: str, out_dir: Path, samples: list[TrainSample], pad_token_id: int) -> dict[str, float]:
     """`train_sft` in a Ray task of its own: its process starts with `sft_process_env` (numerics pinned
-    before torch loads). No CPU is reserved: it runs while the env workers that made the demos idle."""
+    before torch loads). It runs on the driver's node, where `policy_dir` is and `out_dir` is read
+    back; no CPU is reserved: it runs while the env workers that made the demos idle."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    task = ray.remote(num_cpus=0, max_retries=0, runtime_env={"env_vars": sft_process_env(cfg.sft)})(train_sft)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    task = ray.remote(num_cpus=0, max_retries=0, scheduling_strategy=here,
+                      runtime_env={"env_vars": sft_process_env(cfg.sft)})(train_sft)
     return ray.get(task.remote(policy_dir, str(out_dir), samples, cfg.sft, seed=cfg.seed, pad_token_id=pad_token_id,
                                progress_bar=cfg.logging.progress_bar))
 
