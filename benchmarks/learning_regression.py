@@ -5,8 +5,8 @@
 
 One fixed-seed training run of the real entrypoint (`python -m launch.train`, the default config
 plus `--overrides`), then its held-out gain (success after GRPO minus after SFT, paired over the
-same tasks) against the last entry of `benchmarks/results/learning_regression.jsonl`, which is kept
-in the repository with the commit, CPU and command of each recorded run.
+same tasks) against the last entry of `benchmarks/results/learning_regression.jsonl` with the same
+seed and overrides, kept in the repository with the commit, CPU and command of each recorded run.
 
 Exit status 1 when the run trained nothing, when its own gain is not significant (its 95% interval
 reaches 0), or when it is significantly below the record (the difference's interval, from the two
@@ -56,11 +56,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     curve = [(r["eval/updates"], r["eval/pass@1"]) for r in read_jsonl(run_dir / "metrics.jsonl")
              if "eval/updates" in r] if run_dir else []
     return {"command": shlex.join(["python", "-m", "launch.train", *cmd[3:-2]]), "exit_code": rc,
-            "wall_s": round(wall, 1), "run_dir": str(run_dir), "seed": args.seed,
+            "wall_s": round(wall, 1), "run_dir": str(run_dir), "seed": args.seed, "overrides": args.overrides,
             "sft": summary.get("eval_sft/pass@1"), "grpo": summary.get("eval_grpo/pass@1"),
             "gain": summary.get("grpo/improvement"), "gain_ci95": summary.get("grpo/improvement_ci95"),
             "trained": steps[-1].get("accounting/trained", 0.0) if steps else 0.0, "steps": len(steps),
             "curve": sorted(curve)}
+
+
+def last_record(history: list[dict[str, Any]], seed: int, overrides: list[str]) -> dict[str, Any] | None:
+    """The newest recorded run with this seed and these overrides: seeds differ by more than a regression."""
+    same = [r for r in history if r.get("seed") == seed and r.get("overrides", []) == overrides]
+    return same[-1] if same else None
 
 
 def verdict(run: dict[str, Any], record: dict[str, Any] | None) -> list[str]:
@@ -110,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     machine = machine_info()
-    history = read_jsonl(RECORD)
-    record = history[-1] if history else None
+    record = last_record(read_jsonl(RECORD), args.seed, args.overrides)
     run = measure(args)
     run.update(commit=git_commit(), cpu_model=machine["cpu_model"], date=machine["date"])
     problems = verdict(run, record)

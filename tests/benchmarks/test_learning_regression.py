@@ -3,7 +3,7 @@ significant, or learnt significantly less than the record fails; noise within th
 
 from __future__ import annotations
 
-from benchmarks.learning_regression import verdict
+from benchmarks.learning_regression import last_record, verdict
 
 
 def _run(gain: float, ci: float, trained: float = 512.0, exit_code: int = 0) -> dict:
@@ -25,3 +25,11 @@ def test_no_training_no_significant_gain_or_a_failed_run_fail():
     assert any("measured nothing" in p for p in verdict(_run(0.2, 0.05, trained=0.0), None))
     assert any("not significant" in p for p in verdict(_run(0.03, 0.05), None))
     assert "failed" in verdict({**_run(0.0, 0.0, exit_code=1), "gain": None}, None)[0]
+
+
+def test_the_record_compared_is_the_newest_of_the_same_seed_and_overrides():
+    history = [{"seed": 0, "overrides": [], "gain": 0.1}, {"seed": 1, "overrides": [], "gain": 0.2},
+               {"seed": 0, "overrides": [], "gain": 0.3}, {"seed": 0, "overrides": ["grpo.num_steps=4"], "gain": 0.4}]
+    assert last_record(history, 0, [])["gain"] == 0.3
+    assert last_record(history, 0, ["grpo.num_steps=4"])["gain"] == 0.4
+    assert last_record(history, 2, []) is None
