@@ -55,7 +55,6 @@ def start_policy(args: argparse.Namespace) -> str:
     from configs.loading import load_config
     from models.loading import load_tokenizer
     from rollout.play import run_tasks
-    from trainers.sft import train_sft
 
     cfg = load_config(None, base_overrides(args) + [f"sft.num_demos={args.sft_demos}", f"sft.steps={args.sft_steps}"])
     key = json.dumps({"model": cfg.model.model_dump(), "sft": cfg.sft.model_dump(), "env": ENVS["plain"],
@@ -73,8 +72,8 @@ def start_policy(args: argparse.Namespace) -> str:
         demos = [t for t in run_tasks(pool, spec_tasks, solver="reference", desc="demos", progress=False) if t.success]
     finally:
         pool.shutdown()
-    train_sft(init_dir, out / "sft", C.demonstration_samples(demos), cfg.sft, seed=cfg.seed,
-              pad_token_id=load_tokenizer(init_dir).pad_token_id, progress_bar=False)
+    C.run_sft(cfg, init_dir, out / "sft", C.demonstration_samples(demos),
+              pad_token_id=load_tokenizer(init_dir).pad_token_id)
     logger.info("start policy built in %.0f s (%d demos): %s", time.perf_counter() - t0, len(demos), out / "sft")
     return str(out / "sft")
 

@@ -92,6 +92,18 @@ def emit(name: str, result: dict[str, Any], table: str) -> Path:
     return path
 
 
+def git_commit(with_changes: bool = False) -> str:
+    """The checkout's short commit ("unknown" outside git); `with_changes`: "+changes" when tracked
+    files differ from it (a figure measured on a working tree)."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if with_changes and git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def run_training(cmd: list[str], runs_root: Path, log_path: Path, timeout_s: float) -> tuple[int, Path | None, float]:
     """Run a `python -m launch.train` command (its output to `log_path`); returns the exit code
     (124: timed out), the run directory it made under `runs_root` (None if none) and the wall time."""

@@ -30,7 +30,6 @@ import logging
 import os
 import resource
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.common import REPO_ROOT, emit, setup_logging
+from benchmarks.common import emit, git_commit, setup_logging
 from envs.adapters.http import RemoteEnvironment, start_server_process
 from envs.registry import get_env_spec
 from envs.suite.stoichiometry import parse_formula
@@ -209,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     fd_limit = raise_fd_limit(2 * args.connections + 256)
     tasks = [t for t in get_env_spec(ENV).make_dataset(args.tasks, 0, (1, 2), 0)]
     key = secrets.token_hex(16)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_commit()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="labrl_env_server_") as tmp:
         proc, url = start_server_process([ENV], api_key=key, log_path=Path(tmp) / "server.log",

@@ -21,26 +21,18 @@ import json
 import logging
 import math
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, emit, machine_info, run_training, setup_logging
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, emit, git_commit, machine_info, run_training, setup_logging
 from monitor.run_logger import read_json, read_jsonl
 
 logger = logging.getLogger("benchmarks.learning_regression")
 RECORD = REPO_ROOT / "benchmarks" / "results" / "learning_regression.jsonl"
 QUIET = ["logging.wandb_mode=disabled", "logging.progress_bar=false", "checkpoint.every_steps=0",
          "checkpoint.every_minutes=0"]
-
-
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return (out.stdout.strip() or "unknown") + ("+changes" if dirty else "")
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -52,9 +44,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     logger.info("command: %s", shlex.join(["python", *cmd[1:]]))
     rc, run_dir, wall = run_training(cmd, runs_root, runs_root / "train.log", args.timeout_s)
     summary = read_json(run_dir / "summary.json") if run_dir else {}
-    steps = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "timing/step_s" in r] if run_dir else []
-    curve = [(r["eval/updates"], r["eval/pass@1"]) for r in read_jsonl(run_dir / "metrics.jsonl")
-             if "eval/updates" in r] if run_dir else []
+    rows = read_jsonl(run_dir / "metrics.jsonl") if run_dir else []
+    steps = [r for r in rows if "timing/step_s" in r]
+    curve = [(r["eval/updates"], r["eval/pass@1"]) for r in rows if "eval/updates" in r]
     return {"command": shlex.join(["python", "-m", "launch.train", *cmd[3:-2]]), "exit_code": rc,
             "wall_s": round(wall, 1), "run_dir": str(run_dir), "seed": args.seed, "overrides": args.overrides,
             "sft": summary.get("eval_sft/pass@1"), "grpo": summary.get("eval_grpo/pass@1"),
@@ -118,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     record = last_record(read_jsonl(RECORD), args.seed, args.overrides)
     run = measure(args)
-    run.update(commit=git_commit(), cpu_model=machine["cpu_model"], date=machine["date"])
+    run.update(commit=git_commit(with_changes=True), cpu_model=machine["cpu_model"], date=machine["date"])
     problems = verdict(run, record)
     text = table(run, record, machine["cpu_model"])
     emit("learning_regression", {"run": run, "record": record, "problems": problems}, text)

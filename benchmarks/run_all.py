@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from benchmarks.common import REPO_ROOT, RESULTS_DIR, machine_info, setup_logging
+from benchmarks.common import REPO_ROOT, RESULTS_DIR, git_commit, machine_info, setup_logging
 
 logger = logging.getLogger("benchmarks.run_all")
 LOG_DIR = RESULTS_DIR / "logs"
@@ -132,20 +132,12 @@ def run_one(bench: Bench, full: bool, timeout_s: float) -> Outcome:
     return Outcome(bench, True, seconds, table, result=result)
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-
-
 def summary_markdown(outcomes: list[Outcome], before: dict, after: dict, full: bool) -> str:
     lines = ["# labrl benchmark summary", "",
              f"- date: {before['date']} (finished {after['date']})",
              f"- machine: {before['nproc']} CPUs ({before['cpu_model']}), {before['mem_total_gib']} GiB memory",
              f"- load average (1/5/15 min) at start: {before['loadavg_1_5_15']}, at end: {after['loadavg_1_5_15']}",
-             f"- commit: {_git_commit()}; mode: {'full' if full else 'small (default)'}; python {before['python']}",
+             f"- commit: {git_commit()}; mode: {'full' if full else 'small (default)'}; python {before['python']}",
              "",
              "The machine is shared and its load drifts: compare numbers only within one benchmark's table "
              "(each measures its alternatives side by side, alternating order), never across runs.", ""]
