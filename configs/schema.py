@@ -54,14 +54,23 @@ class EnvConfig(Section):
     task_filter_profile: str | None = Field(
         None, description="Reward profile JSONL (`labrl profile`): training drops tasks whose profiled "
                           "reward has zero variance (no GRPO signal); see launch/curriculum.py.")
+    profile_train_tasks: int = Field(
+        0, ge=0, description="Profile the start policy (after SFT) on this many training tasks, spread over "
+                             "the difficulties, `profile_samples` samples each, before GRPO: the in-run "
+                             "reward profile filters and orders training like task_filter_profile. 0: off.")
+    profile_samples: int = Field(4, ge=2, description="Samples per task of the in-run profile (variance needs 2+).")
     curriculum: Literal["shuffle", "easy_first", "hard_first"] = Field(
         "shuffle", description="Training task order: seeded shuffle, or by profiled pass rate "
-                               "(needs task_filter_profile).")
+                               "(needs task_filter_profile or profile_train_tasks).")
 
     @model_validator(mode="after")
     def _curriculum_needs_profile(self) -> "EnvConfig":
-        if self.curriculum != "shuffle" and self.task_filter_profile is None:
-            raise ValueError(f"env.curriculum={self.curriculum!r} needs env.task_filter_profile")
+        if self.task_filter_profile is not None and self.profile_train_tasks:
+            raise ValueError("env.task_filter_profile and env.profile_train_tasks are two sources of one "
+                             "profile; set one")
+        if self.curriculum != "shuffle" and self.task_filter_profile is None and not self.profile_train_tasks:
+            raise ValueError(f"env.curriculum={self.curriculum!r} needs a reward profile: "
+                             "env.task_filter_profile or env.profile_train_tasks")
         return self
 
 
@@ -69,7 +78,11 @@ class SFTConfig(Section):
     """Behaviour cloning on the environment's scripted-solver demonstrations."""
 
     enabled: bool = True
-    num_demos: int = Field(1000, gt=0)
+    num_demos: int = Field(1000, gt=0, description="Demonstration tasks: the first training tasks, taken "
+                           "round-robin over `difficulties`.")
+    difficulties: list[int] | None = Field(
+        None, min_length=1, description="Difficulties demonstrated (a subset of env.difficulties); None: all. "
+        "E.g. [1]: GRPO has to carry what SFT showed on the easiest level to the harder ones.")
     novice_fraction: float = Field(
         0.0, ge=0, lt=1, description="Share of demonstrations played by the environment's novice "
         "solver (a typical human mistake; needs an env that has one). They are kept whether or not "
@@ -319,7 +332,8 @@ class SyncConfig(Section):
 
 
 class EvalConfig(Section):
-    num_tasks: int = Field(200, gt=0, description="Held-out tasks evaluated after SFT and after GRPO.")
+    num_tasks: int = Field(200, gt=0, description="Held-out tasks evaluated after SFT and after GRPO (taken "
+                           "round-robin over the difficulties, so every level is in any prefix).")
     samples_per_task: int = Field(1, gt=0, description="Samples per held-out task in those evaluations: "
                                   "pass@1 averages them; intervals treat tasks as the unit.")
     temperature: float = Field(1.0, ge=0, description="`labrl eval` only; a training run's held-out evals "
@@ -330,7 +344,7 @@ class EvalConfig(Section):
                              "and after the last step are the full evaluations' episodes of those tasks. 0: off "
                              "(only the full evaluations after SFT and after GRPO).")
     curve_tasks: int = Field(64, gt=0, description="Held-out tasks of each curve point (the same ones every time, "
-                             "the first of the `num_tasks` evaluated after SFT and GRPO).")
+                             "the first of the `num_tasks` evaluated after SFT and GRPO, every level among them).")
 
 
 class LoggingConfig(Section):
@@ -445,6 +459,9 @@ class LabrlConfig(Section):
             raise ValueError("model.hidden_size must be divisible by model.num_heads")
         if self.model.path is None and self.model.num_heads % self.model.num_kv_heads:
             raise ValueError("model.num_heads must be divisible by model.num_kv_heads")
+        if unknown := set(self.sft.difficulties or ()) - set(self.env.difficulties):
+            raise ValueError(f"sft.difficulties {sorted(unknown)} are not in env.difficulties "
+                             f"{self.env.difficulties}: demonstrations come from the training tasks")
         return self
 
     @model_validator(mode="after")

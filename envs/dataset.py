@@ -143,3 +143,14 @@ def _spread(total: int, parts: int) -> list[int]:
     """`total` split into `parts` near-equal counts, the remainder going to the first parts."""
     base, extra = divmod(max(total, 0), parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def round_robin_by_difficulty(tasks: Sequence[Task]) -> list[Task]:
+    """`tasks` reordered so that every prefix spreads evenly over their difficulties (one of each
+    level in turn, each level in its own order). Datasets list tasks level by level, so a plain
+    prefix (`tasks[:n]`) would hold only the easiest level."""
+    levels: dict[int, list[Task]] = {}
+    for t in tasks:
+        levels.setdefault(t.difficulty, []).append(t)
+    queues = [levels[d] for d in sorted(levels)]
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]

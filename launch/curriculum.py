@@ -13,10 +13,16 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+from pathlib import Path
+
 from envs.dataset import Task
 from configs.schema import LabrlConfig
-from monitor.profiling import TaskProfile, read_profiles
+from monitor.profiling import TaskProfile, profile_tasks, read_profiles, summarize, summary_table, write_profiles
+from monitor.run_logger import RunLogger
+from monitor.text_table import format_table
 from rollout.pipeline import TaskStream
+from rollout.play import run_tasks
+from rollout.pool import EnvWorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +59,29 @@ class CurriculumStream(TaskStream):
         return task
 
 
-def training_stream(tasks: list[Task], cfg: LabrlConfig) -> TaskStream:
-    """The training task stream the config asks for (plain seeded shuffle without a profile)."""
-    if cfg.env.task_filter_profile is None:
+def training_stream(tasks: list[Task], cfg: LabrlConfig, profiles: list[TaskProfile] | None = None) -> TaskStream:
+    """The training task stream the config asks for (plain seeded shuffle without a profile).
+    `profiles`: the run's own profile of its start policy (env.profile_train_tasks); without it,
+    env.task_filter_profile's file, if any."""
+    if profiles is None and cfg.env.task_filter_profile is not None:
+        profiles = read_profiles(cfg.env.task_filter_profile)
+    if profiles is None:
         return TaskStream(tasks, cfg.seed)
-    selected = select_tasks(tasks, read_profiles(cfg.env.task_filter_profile), cfg.env.curriculum)
+    selected = select_tasks(tasks, profiles, cfg.env.curriculum)
     if cfg.env.curriculum == "shuffle":
         return TaskStream(selected, cfg.seed)
     return CurriculumStream(selected, cfg.seed)
+
+
+def profile_start_policy(pool: EnvWorkerPool, tasks: list[Task], samples: int, path: Path,
+                         run_log: RunLogger, progress: bool = True) -> list[TaskProfile]:
+    """Reward profile of the policy the pool's engines serve now, on `tasks` (`samples` each):
+    written to `path` (a resumed run reads it back instead of profiling a trained policy), logged
+    under `profile/` and as a per-difficulty table."""
+    trajs = run_tasks(pool, tasks, samples_per_task=samples, desc="profile", progress=progress)
+    profiles = profile_tasks(trajs, samples)
+    write_profiles(path, profiles)
+    run_log.log(summarize(profiles), step=0)
+    logger.info("start-policy reward profile (%d training tasks x %d samples), written to %s:\n%s",
+                len(tasks), samples, path, format_table(summary_table(profiles)))
+    return profiles

@@ -21,7 +21,7 @@ import ray
 from cluster.ray_cluster import check_resources, connect
 from configs.loading import ConfigError, load_config
 from configs.schema import LabrlConfig
-from envs.dataset import Task, TaskDataset
+from envs.dataset import Task, TaskDataset, round_robin_by_difficulty
 from launch import components as C
 from launch.fleet import EngineFleet
 from launch.preflight import preflight
@@ -55,7 +55,8 @@ class SamplingRun:
 
 
 def pick_tasks(dataset: TaskDataset, split: str, num_tasks: int | None) -> list[Task]:
-    tasks = dataset.tasks(split)  # type: ignore[arg-type]
+    """The first `num_tasks` of a split (all: None), spread over its difficulties like a run's."""
+    tasks = round_robin_by_difficulty(dataset.tasks(split))  # type: ignore[arg-type]
     return tasks[:num_tasks] if num_tasks is not None else tasks
 
 

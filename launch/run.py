@@ -17,7 +17,7 @@ from cluster.placement import build_placement
 from cluster.ray_cluster import check_resources, connect, ephemeral_run_dir_warning
 from configs.schema import LabrlConfig
 from launch import components as C
-from launch.curriculum import training_stream
+from launch.curriculum import profile_start_policy, training_stream
 from launch.elastic import EVENTS_FILE, ElasticController
 from launch.fleet import EngineFleet, FleetPublisher, TrainerStep
 from launch.preflight import novice_fraction, preflight
@@ -25,10 +25,12 @@ from launch.recovery import CheckpointRecovery
 from launch.run_state import (CHECKPOINT_DIR, CONFIG_FILE, RunState, checkpoint_tag, committed_run_state,
                               remove_checkpoint, rewind_run_files, save_run_state, stale_checkpoints,
                               write_atomic)
+from envs.dataset import Task, round_robin_by_difficulty
 from models.loading import load_tokenizer
 from monitor.evaluation import HeldoutCurve, summarize
 from monitor.health import HealthMonitor, HealthStop
 from monitor.plots import plot_capacity, plot_reward_success
+from monitor.profiling import TaskProfile, read_profiles
 from monitor.rollout_metrics import mean_interval
 from monitor.run_logger import RunLogger, log_to_file
 from monitor.samples import SampleRecorder
@@ -38,6 +40,7 @@ from rollout.play import run_tasks
 
 logger = logging.getLogger("labrl")
 BATCHES_FILE = "batches.jsonl"
+PROFILE_FILE = "start_profile.jsonl"
 
 
 def make_run_dir(cfg: LabrlConfig) -> Path:
@@ -59,7 +62,7 @@ class TrainingRun:
         self.run_dir = run_dir or make_run_dir(cfg)
         self.summary: dict[str, float] = dict(resume.summary) if resume else {}
         self.pool = self.trainer = self.run_log = self.placement = self.fleet = None
-        self.trainer_step = self.publisher = self.curve = None
+        self.trainer_step = self.publisher = self.curve = self.profiles = None
         self.version = resume.policy_version if resume else 0
         self.observers: list[StepObserver] = []
 
@@ -81,7 +84,7 @@ class TrainingRun:
         write_atomic(self.run_dir / CONFIG_FILE, json.dumps(cfg.model_dump(), indent=2))
         policy_dir = self.resume.policy_dir if self.resume else C.prepare_model(cfg, self.run_dir)
         self.dataset = C.make_dataset(cfg, self.spec)
-        self.heldout = self.dataset.tasks("heldout")[: cfg.eval.num_tasks]
+        self.heldout = round_robin_by_difficulty(self.dataset.tasks("heldout"))[: cfg.eval.num_tasks]
         if self.resume:  # rows a killed run wrote after its checkpoint describe steps that run again
             rewind_run_files(self.run_dir, self.version)
         connect(cfg.cluster.address, C.cpus_requested(cfg), cfg.cluster.num_cpus,
@@ -94,6 +97,7 @@ class TrainingRun:
             policy_dir = self.behaviour_cloning(policy_dir)
         self.policy_dir = policy_dir
         self.start_policy(policy_dir)
+        self.profiles = self.start_profile()
         self.curve = self.heldout_curve()
         if not self.resume:
             self.evaluate_heldout("sft")
@@ -135,7 +139,8 @@ class TrainingRun:
     def behaviour_cloning(self, policy_dir: str) -> str:
         """Scripted-solver demonstrations through the env workers, then SFT; returns the new policy."""
         cfg = self.cfg
-        tasks = self.dataset.tasks("train")[: cfg.sft.num_demos]
+        levels = set(cfg.sft.difficulties or cfg.env.difficulties)
+        tasks = [t for t in self.training_tasks() if t.difficulty in levels][: cfg.sft.num_demos]
         num_novice = round(novice_fraction(cfg, self.spec) * len(tasks))
         progress = cfg.logging.progress_bar
         expert = run_tasks(self.pool, tasks[num_novice:], solver="reference", desc="demos", progress=progress)
@@ -170,13 +175,29 @@ class TrainingRun:
             self.publisher.sync(self.version)
         self.pool.set_router(self.fleet.router())
 
+    def training_tasks(self) -> list[Task]:
+        """Training tasks with the difficulties interleaved: demonstrations and the start-policy
+        profile take prefixes of this list, and a curriculum keeps unprofiled tasks in its order."""
+        return round_robin_by_difficulty(self.dataset.tasks("train"))
+
+    def start_profile(self) -> list[TaskProfile] | None:
+        """`env.profile_train_tasks`: the start policy's reward profile, for the task filter and the
+        curriculum (a resumed run reads the one its first attempt wrote)."""
+        env, path = self.cfg.env, self.run_dir / PROFILE_FILE
+        if not env.profile_train_tasks:
+            return None
+        if self.resume and path.exists():
+            return read_profiles(path)
+        return profile_start_policy(self.pool, self.training_tasks()[: env.profile_train_tasks],
+                                    env.profile_samples, path, self.run_log, self.cfg.logging.progress_bar)
+
     def grpo(self) -> None:
         cfg = self.cfg
         monitor = StepMonitor(self.run_log, HealthMonitor(cfg.monitor),
                               SampleRecorder(cfg.logging.sample_every, cfg.logging.num_samples))
         with _ProgressBar(cfg, self.version) as progress:
             pipeline = GRPOPipeline(cfg.grpo, cfg.rollout.max_staleness, self.pool,
-                                    training_stream(self.dataset.tasks("train"), cfg),
+                                    training_stream(self.training_tasks(), cfg, self.profiles),
                                     trainer=self.trainer_step, publisher=self.publisher,
                                     observers=[_RunBookkeeping(self), self.elastic(), monitor, progress,
                                                *([self.curve] if self.curve else []), *self.observers],
@@ -188,8 +209,8 @@ class TrainingRun:
         ev = self.cfg.eval
         if not ev.every_steps or self.version >= self.cfg.grpo.num_steps:
             return None
-        return HeldoutCurve(self.pool, self.heldout[: ev.curve_tasks], ev.every_steps, self.cfg.grpo.num_steps,
-                             ev.samples_per_task, self.run_log, progress=self.cfg.logging.progress_bar)
+        return HeldoutCurve(self.pool, self.heldout[: ev.curve_tasks], ev.every_steps, self.cfg.grpo.num_steps, ev.samples_per_task,
+                            self.run_log, progress=self.cfg.logging.progress_bar)
 
     def elastic(self) -> ElasticController:
         """Capacity changes between steps (`labrl scale-run`, `rollout.autoscale`)."""

@@ -18,7 +18,7 @@ import ray
 from cluster.ray_cluster import connect
 from launch import components as C
 from configs.loading import load_config
-from launch.run import BATCHES_FILE, TrainingRun
+from launch.run import BATCHES_FILE, PROFILE_FILE, TrainingRun
 from launch.run_state import load_run_state
 from launch.train import resume
 
@@ -49,8 +49,10 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 # Synchronous, seeded sampling: a resumed step sees the same weights and draws the same tokens.
 # The entropy bonus makes every step a real update even when the untrained policy earns 0.
+# The start policy is profiled on 8 training tasks (curriculum order); a resume reads that profile back.
 RESUMABLE = TINY + ["grpo.num_steps=4", "rollout.max_staleness=0", "generation.seeded_sampling=true",
-                    "grpo.entropy_coef=0.01"]
+                    "grpo.entropy_coef=0.01", "env.profile_train_tasks=8", "env.profile_samples=2",
+                    "env.curriculum=easy_first"]
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,16 @@ def _assert_same_run_as(resumed_dir: Path, straight_dir: Path, resumed_from: int
     dropped = sum(v for k, v in last.items() if k.startswith("accounting/dropped/"))
     assert last["accounting/produced"] == last["accounting/trained"] + dropped + last["accounting/buffered"]
     assert last["accounting/in_flight"] == 0
+
+
+def test_start_policy_profile_keeps_no_signal_tasks_out_of_training(straight):
+    profiled = [json.loads(line) for line in (straight / PROFILE_FILE).read_text().splitlines()]
+    assert len(profiled) == 8 and {p["n"] for p in profiled} == {2}
+    no_signal = {p["task_id"] for p in profiled if p["zero_variance"]}
+    trained = {t for b in _batches(straight) for t in b["task_ids"]}
+    assert no_signal and trained and not no_signal & trained
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["profile/num_tasks"] for r in rows if "profile/num_tasks" in r] == [8.0]
 
 
 def test_resume_after_stop_continues_step_counter_and_task_order(cluster, straight, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import ray
@@ -19,6 +20,14 @@ def test_default_config_loads_and_is_consistent():
     assert isinstance(cfg, LabrlConfig)
     assert cfg.grpo.batch_size % cfg.grpo.group_size == 0
     assert cfg.model.path is None and cfg.env.num_heldout_tasks >= 200
+
+
+@pytest.mark.parametrize("name", ["default", "long-cpu"])
+def test_bundled_cpu_recipes_pass_preflight(name):
+    """A bundled CPU recipe loads and its environment, difficulties and solvers check out before Ray."""
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
+    preflight(cfg)
+    assert cfg.model.path is None and cfg.eval.curve_tasks <= cfg.eval.num_tasks <= cfg.env.num_heldout_tasks
 
 
 def test_dotted_overrides_are_typed():
