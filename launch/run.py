@@ -29,7 +29,7 @@ from envs.dataset import Task, round_robin_by_difficulty
 from models.loading import load_tokenizer
 from monitor.evaluation import HeldoutCurve, summarize
 from monitor.health import HealthMonitor, HealthStop
-from monitor.plots import plot_capacity, plot_reward_success
+from monitor.plots import plot_capacity, plot_reward_success, plot_run_overview
 from monitor.profiling import TaskProfile, read_profiles
 from monitor.rollout_metrics import mean_interval
 from monitor.run_logger import RunLogger, log_to_file
@@ -239,6 +239,8 @@ class TrainingRun:
         self.trainer.export_hf(str(self.run_dir / "final_model"))
         self.run_log.log(self.summary, step=self.cfg.grpo.num_steps)
         plot_reward_success(self.run_dir, self.summary)
+        if self.curve:  # per-difficulty held-out curves, entropy, truncation, mismatch
+            plot_run_overview(self.run_dir)
         if (self.run_dir / EVENTS_FILE).is_file():  # capacity changed during the run
             plot_capacity(self.run_dir)
         write_atomic(self.run_dir / "summary.json", json.dumps(self.summary, indent=2))

@@ -72,6 +72,64 @@ def plot_reward_success(run_dir: Path, summary: dict[str, float] | None = None, 
     return out
 
 
+def difficulty_curves(rows: Iterable[dict]) -> dict[int, tuple[list[float], list[float], list[float]]]:
+    """Per difficulty: the held-out curve's updates, pass@1 and ci95 (`eval/difficulty/<d>/...`)."""
+    curves: dict[int, list[tuple[float, float, float]]] = {}
+    for r in rows:
+        for key in r:
+            if key.startswith("eval/difficulty/") and key.endswith("/pass@1") and "eval/updates" in r:
+                d = int(key.split("/")[2])
+                curves.setdefault(d, []).append((r["eval/updates"], r[key], r.get(f"eval/difficulty/{d}/ci95", 0.0)))
+    return {d: tuple(map(list, zip(*sorted(points)))) for d, points in sorted(curves.items())}
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    pairs = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def plot_run_overview(run_dir: Path, out: Path | None = None) -> Path:
+    """Four panels for a long run: the held-out curve per difficulty (with bands), training reward
+    and success, entropy with the truncation rate, and the sampler/trainer mismatch."""
+    rows = read_metrics(run_dir)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    ax = axes[0][0]
+    for d, (updates, rate, ci) in difficulty_curves(rows).items():
+        line, = ax.plot(updates, rate, "o-", ms=3, label=f"difficulty {d}")
+        ax.fill_between(updates, [r - c for r, c in zip(rate, ci)], [r + c for r, c in zip(rate, ci)],
+                        color=line.get_color(), alpha=0.12)
+    updates, rate, _ = heldout_curve(rows)
+    ax.plot(updates, rate, "k--", lw=1, label="all curve tasks")
+    ax.set(title="held-out success by difficulty (95% bands)", xlabel="GRPO updates", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=7)
+    ax = axes[0][1]
+    for key, label in (("rollout/reward_mean", "train reward"), ("rollout/success_rate", "train success")):
+        steps, values = _series(rows, key)
+        line, = ax.plot(steps, smoothed(values, 10), label=f"{label} (mean of last 10)")
+        ax.plot(steps, values, ".", color=line.get_color(), alpha=0.25)
+    ax.set(title="training batches", xlabel="GRPO step", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=7)
+    ax = axes[1][0]
+    ax.plot(*_series(rows, "train/entropy"), color="tab:purple", label="entropy (nats/token)")
+    ax.set(title="entropy and truncation", xlabel="GRPO step", ylabel="nats/token")
+    twin = ax.twinx()
+    twin.plot(*_series(rows, "rollout/truncation_rate"), color="tab:red", alpha=0.7, label="truncation rate")
+    twin.set(ylabel="truncation rate", ylim=(-0.02, 1.02))
+    ax.legend(loc="upper left", fontsize=7)
+    twin.legend(loc="upper right", fontsize=7)
+    ax = axes[1][1]
+    ax.plot(*_series(rows, "train/token_mult_prob_error"), label="token_mult_prob_error (healthy < 1.05)")
+    ax.plot(*_series(rows, "train/is_ratio_max"), alpha=0.6, label="max importance ratio")
+    ax.set(title="sampler vs trainer mismatch", xlabel="GRPO step")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"labrl run {Path(run_dir).name}")
+    out = Path(out) if out is not None else Path(run_dir) / "overview.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_profile_histogram(profiles: list, out: Path) -> Path:
     """Per-task reward mean, reward std and pass@1 histograms of a reward profile (`TaskProfile`s).
 

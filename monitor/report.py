@@ -20,7 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - backend must be chosen first
 
-from monitor.plots import SCALE_EVENTS_FILE, draw_heldout_curve, plot_capacity, plot_reward_success  # noqa: E402
+from monitor.plots import (SCALE_EVENTS_FILE, draw_heldout_curve, plot_capacity, plot_reward_success,  # noqa: E402
+                           plot_run_overview)
 from monitor.run_logger import read_json, read_jsonl  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,9 @@ def render_figures(run: RunData, out_dir: Path) -> dict[str, Path | None]:
         # Training reward (raw and smoothed) beside the held-out curve: where learning shows.
         "learning": (plot_reward_success(run.run_dir, run.summary, out_dir / "reward_success.png")
                      if run.series("rollout/reward_mean")[0] else None),
+        # Per-difficulty held-out curves, entropy, truncation and mismatch on one page.
+        "overview": (plot_run_overview(run.run_dir, out_dir / "overview.png")
+                     if any("eval/updates" in r for r in run.rows) else None),
         "reward": _line_figure(run, out_dir / "reward.png", "training reward", "reward",
                                [("rollout/reward_mean", "mean"), ("rollout/reward_std", "std")],
                                band=("rollout/reward_min", "rollout/reward_max")),

@@ -12,7 +12,7 @@ from configs.schema import GRPOConfig
 from envs.dataset import Task
 from monitor.eval_stats import TaskEval
 from monitor.evaluation import HeldoutCurve, difficulty_breakdown
-from monitor.plots import heldout_curve, plot_reward_success, smoothed
+from monitor.plots import difficulty_curves, heldout_curve, plot_reward_success, plot_run_overview, smoothed
 from monitor.report import build_report
 from rollout.pipeline import GRPOPipeline, TaskStream
 from tests.monitor.synthetic import traj
@@ -51,6 +51,22 @@ def test_the_curve_is_read_in_update_order_and_drawn_in_the_plot_and_the_report(
     assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 20_000
     page = build_report(tmp_path).read_text()
     assert "reward_success.png" in page and (tmp_path / "report" / "reward_success.png").is_file()
+
+
+def test_per_difficulty_curves_and_the_overview_page(tmp_path: Path):
+    rows = [{"step": s, "eval/updates": float(u), "eval/pass@1": 0.3,
+             "eval/difficulty/1/pass@1": 0.5 + u / 100, "eval/difficulty/1/ci95": 0.1,
+             "eval/difficulty/2/pass@1": u / 100, "eval/difficulty/2/ci95": 0.05} for s, u in ((9, 10), (0, 0))]
+    rows += [{"step": s, "rollout/reward_mean": 0.3, "rollout/success_rate": 0.3, "train/entropy": 0.01,
+              "rollout/truncation_rate": 0.0, "train/token_mult_prob_error": 1.0, "train/is_ratio_max": 1.2}
+             for s in range(10)]
+    curves = difficulty_curves(rows)
+    assert sorted(curves) == [1, 2]
+    assert curves[2] == ([0.0, 10.0], [0.0, 0.1], [0.05, 0.05])
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = plot_run_overview(tmp_path)
+    assert out.read_bytes()[:4] == b"\x89PNG" and out.stat().st_size > 40_000
+    assert "overview.png" in build_report(tmp_path).read_text()
 
 
 def test_smoothing_is_a_trailing_mean():
