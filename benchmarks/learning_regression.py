@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     machine = machine_info()
     record = last_record(read_jsonl(RECORD), args.seed, args.overrides)
+    commit = git_commit(with_changes=True)  # the code the run starts from, not what HEAD is by its end
     run = measure(args)
-    run.update(commit=git_commit(with_changes=True), cpu_model=machine["cpu_model"], date=machine["date"])
+    run.update(commit=commit, cpu_model=machine["cpu_model"], date=machine["date"])
     problems = verdict(run, record)
     text = table(run, record, machine["cpu_model"])
     emit("learning_regression", {"run": run, "record": record, "problems": problems}, text)
