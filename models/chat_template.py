@@ -29,8 +29,8 @@ TOOLS_OPEN, TOOLS_CLOSE = "<tools>", "</tools>"
 
 # What the tools block says around the schemas. Plain words: small models learn the format from
 # demonstrations, larger ones may read it.
-TOOLS_INTRO = ("You can call the functions below. Each line between " + TOOLS_OPEN + " and "
-               + TOOLS_CLOSE + " is the JSON schema of one function.")
+# The intro does not spell the delimiters out, so each appears exactly once in a prompt.
+TOOLS_INTRO = "You can call the functions below. Each line of the block is the JSON schema of one function."
 TOOLS_HOWTO = ("To call a function, write <tool_call>{\"name\": FUNCTION_NAME, \"arguments\": "
                "ARGUMENTS_AS_JSON_OBJECT}</tool_call>. You may write several calls in one reply. "
                "Each result comes back as <tool_response>RESULT</tool_response>.")

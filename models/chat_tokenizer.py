@@ -61,7 +61,8 @@ def train_tokenizer(docs: Iterable[str], vocab_size: int, min_frequency: int = 2
     """Train a byte-level BPE of at most `vocab_size` tokens (markup and the 256 bytes included)
     on `docs`, wrapped with the kit's chat template; eos `<|im_end|>`, pad `<|endoftext|>`.
 
-    The vocabulary comes out smaller than asked when the corpus has too few pairs worth merging.
+    The vocabulary comes out smaller than asked when the corpus has too few pairs worth merging
+    (the kit's generated corpus alone stops near 1.5k tokens; see `build_corpus(extra=...)`).
     """
     if vocab_size < len(ALL_MARKUP) + 256 + 1:
         raise ValueError(f"vocab_size={vocab_size} leaves no room for merges (need > 263)")
@@ -76,5 +77,10 @@ def train_tokenizer(docs: Iterable[str], vocab_size: int, min_frequency: int = 2
     tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=IM_END, pad_token=ENDOFTEXT,
                                   bos_token=None, unk_token=None)
     tok.chat_template = CHAT_TEMPLATE
-    logger.info("trained byte-level BPE: %d tokens (asked for %d)", len(tok), vocab_size)
+    if len(tok) < 0.9 * vocab_size:
+        # The generated corpus has few distinct words: merges run out long before 8k-32k tokens.
+        logger.warning("trained byte-level BPE: %d tokens, asked for %d (the corpus has no more pairs "
+                       "seen %d+ times; pass more varied text to grow it)", len(tok), vocab_size, min_frequency)
+    else:
+        logger.info("trained byte-level BPE: %d tokens (asked for %d)", len(tok), vocab_size)
     return tok

@@ -143,14 +143,20 @@ def synthetic_call_documents(rng: random.Random, count: int) -> list[str]:
     return docs
 
 
-def build_corpus(episodes: Sequence[ChatEpisode] = (), spec: CorpusSpec = CorpusSpec()) -> list[str]:
-    """The documents the tokenizer is trained on, in a fixed order for given `episodes` and `spec`."""
+def build_corpus(episodes: Sequence[ChatEpisode] = (), spec: CorpusSpec = CorpusSpec(),
+                 extra: Sequence[str] = ()) -> list[str]:
+    """The documents the tokenizer is trained on, in a fixed order for given arguments.
+
+    `extra` is any further text the caller has (project docs, say). The generated text has a small
+    lexicon, so it alone supports about 1.5k tokens; larger vocabularies need varied `extra` text.
+    """
     rng = random.Random(f"labrl-corpus:{spec.seed}")
     docs = episode_documents(episodes)
     n_episode_docs = len(docs)
     docs += english_documents(rng, spec.english_sentences)
     docs += number_documents(rng, spec.number_lines)
     docs += synthetic_call_documents(rng, spec.synthetic_calls)
+    docs += list(extra)
     logger.info("corpus: %d documents (%d from environments), %d characters", len(docs),
                 n_episode_docs, sum(len(d) for d in docs))
     return docs

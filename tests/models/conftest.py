@@ -49,6 +49,11 @@ def episodes() -> list[ChatEpisode]:
 
 
 @pytest.fixture(scope="session")
+def corpus_spec() -> CorpusSpec:
+    return SMALL_CORPUS
+
+
+@pytest.fixture(scope="session")
 def corpus(episodes: list[ChatEpisode]) -> list[str]:
     return build_corpus(episodes, SMALL_CORPUS)
 

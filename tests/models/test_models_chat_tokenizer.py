@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import random
+import string
+
 import pytest
 from transformers import AutoTokenizer
 
 from models.chat_template import CHAT_TEMPLATE
-from models.chat_tokenizer import ALL_MARKUP, ENDOFTEXT, IM_END, MARKUP_TOKENS, train_tokenizer
+from models.chat_tokenizer import (
+    ALL_MARKUP,
+    ENDOFTEXT,
+    IM_END,
+    MARKUP_TOKENS,
+    train_tokenizer,
+)
+from models.corpus import build_corpus
 
 SAMPLES = [
     "Molar mass of Na2S in g/mol? 78.04",
@@ -78,3 +88,12 @@ def test_auto_tokenizer_reloads_identical_ids_and_template(kit_dir, kit_tokenize
     assert saved_vocab == len(kit_tokenizer)
     for text in SAMPLES + corpus[::7]:
         assert reloaded.encode(text, add_special_tokens=False) == kit_tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_extra_text_grows_the_vocabulary(episodes, corpus_spec, kit_tokenizer):
+    rng = random.Random(0)
+    words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(4, 9))) for _ in range(600)]
+    extra = [" ".join(rng.choices(words, k=50)) for _ in range(200)]
+    docs = build_corpus(episodes, corpus_spec, extra=extra)
+    assert docs[-len(extra):] == extra
+    assert len(train_tokenizer(docs, 4000)) > len(kit_tokenizer) + 500
