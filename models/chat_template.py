@@ -22,6 +22,7 @@ any Jinja whitespace settings (Hugging Face uses trim_blocks/lstrip_blocks; `ren
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -108,15 +109,19 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
                       sort_keys=sort_keys)
 
 
+@functools.lru_cache(maxsize=1)
+def _compiled() -> Any:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment()
+    env.filters["tojson"] = _tojson
+    return env.from_string(CHAT_TEMPLATE)
+
+
 def render_chat(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                 add_generation_prompt: bool = False) -> str:
     """Render `CHAT_TEMPLATE` without a tokenizer (the corpus is rendered before one exists).
 
     Gives the same text as `tokenizer.apply_chat_template(..., tokenize=False)` of a kit tokenizer.
     """
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    env = ImmutableSandboxedEnvironment()
-    env.filters["tojson"] = _tojson
-    return env.from_string(CHAT_TEMPLATE).render(
-        messages=messages, tools=tools, add_generation_prompt=add_generation_prompt)
+    return _compiled().render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt)
