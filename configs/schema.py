@@ -25,6 +25,13 @@ class ModelConfig(Section):
     """The policy. `path: null` builds the tiny local model (no downloads)."""
 
     path: str | None = Field(None, description="Local HF directory or cached hub id of the policy.")
+    build: Literal["tiny", "chat"] = Field(
+        "tiny", description="What `path: null` builds into the run directory: `tiny`, the character-level "
+        "policy of the shape fields below; `chat`, the model kit's `chat_preset` (byte-level BPE tokenizer, "
+        "chat template declaring the tools, random Qwen2 weights; `labrl build-model` makes one to keep).")
+    chat_preset: str = Field("chat-cpu", description="Model-kit preset (models/chat_kit.py PRESETS), build=chat.")
+    vocab_size: int = Field(16384, gt=263, description="Requested BPE vocabulary, build=chat (the generated "
+                            "corpus saturates near 1.5k tokens).")
     hidden_size: int = Field(128, gt=0, description="Tiny model only.")
     intermediate_size: int = Field(512, gt=0)
     num_layers: int = Field(4, gt=0)

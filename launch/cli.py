@@ -1,4 +1,4 @@
-"""The `labrl` command: `labrl {train,profile,eval,report,scale,scale-run} [options]` (`labrl CMD --help`)."""
+"""The `labrl` command: `labrl {train,profile,eval,report,scale,scale-run,build-model} [options]` (`labrl CMD --help`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 # Imported on use: each command pulls in Ray, torch and vLLM, seconds during which a SIGTERM would
 # find no handler (`launch.train` installs its own first thing).
 COMMANDS = {"train": "launch.train", "profile": "launch.profile", "eval": "launch.evaluate",
-            "report": "launch.report", "scale": "launch.scale", "scale-run": "launch.scale_run"}
+            "report": "launch.report", "scale": "launch.scale", "scale-run": "launch.scale_run",
+            "build-model": "launch.model_kit"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,10 @@ def prepare_model(cfg: LabrlConfig, run_dir: Path) -> str:
     if cfg.model.path is not None:
         return resolve_model_path(cfg.model.path)
     m = cfg.model
+    if m.build == "chat":
+        from launch.model_kit import build_chat_policy  # tokenizer training: only for this build
+
+        return build_chat_policy(run_dir / "init_model", m.chat_preset, m.vocab_size, cfg.seed)
     spec = TinyModelSpec(hidden_size=m.hidden_size, intermediate_size=m.intermediate_size,
                          num_layers=m.num_layers, num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
                          max_position_embeddings=max(1024, cfg.generation.max_model_len), seed=cfg.seed)

@@ -13,6 +13,7 @@ from actors.weight_sync import check_transport
 from configs.loading import ConfigError
 from configs.schema import LabrlConfig
 from envs.registry import EnvSpec, UnknownEnvironmentError, get_env_spec
+from models.chat_kit import PRESETS as CHAT_PRESETS
 from models.loading import resolve_model_path
 from trainers.grpo.advantages import ADVANTAGE_ESTIMATORS
 
@@ -37,6 +38,9 @@ def preflight(cfg: LabrlConfig) -> EnvSpec:
                           "rank's GPU, so engines cannot be added or retired during the run")
     if cfg.model.path is not None:
         resolve_model_path(cfg.model.path)  # raises ModelNotFoundError naming the path
+    elif cfg.model.build == "chat" and cfg.model.chat_preset not in CHAT_PRESETS:
+        raise ConfigError(f"model.chat_preset={cfg.model.chat_preset!r} is not a model-kit preset; "
+                          f"known: {sorted(CHAT_PRESETS)}")
     if cfg.sft.enabled and spec.agent is not None:
         raise ConfigError(f"sft.enabled: {cfg.env.name!r} is an agent program, which has no scripted solver to "
                           "play demonstrations; set sft.enabled=false (and model.path= a warmed-up checkpoint)")

@@ -101,3 +101,22 @@ def test_saved_directory_records_the_build(kit_dir):
     # Not the tiny model: the project loader takes the ordinary AutoTokenizer path.
     assert not (kit_dir / TINY_MARKER).exists() and not is_tiny_model(str(kit_dir))
     assert type(load_tokenizer(str(kit_dir))).__name__ == type(AutoTokenizer.from_pretrained(kit_dir)).__name__
+
+
+def test_a_run_config_builds_the_kit_preset_and_refuses_an_unknown_one(tmp_path):
+    """`model.build=chat` (no model.path): prepare_model writes a kit directory that loads like any
+    HF checkpoint; a preset name that does not exist fails in preflight, before Ray."""
+    from configs.loading import ConfigError, load_config
+    from launch.components import prepare_model
+    from launch.preflight import preflight
+    from models.chat_kit import CHAT_KIT_MARKER
+    from models.loading import is_tiny_model, load_tokenizer
+
+    cfg = load_config(None, ["model.build=chat", "model.chat_preset=test", "model.vocab_size=600"])
+    preflight(cfg)
+    model_dir = prepare_model(cfg, tmp_path)
+    assert (tmp_path / "init_model" / CHAT_KIT_MARKER).is_file() and not is_tiny_model(model_dir)
+    tok = load_tokenizer(model_dir)
+    assert tok.convert_tokens_to_ids("<tool_call>") == 3 and len(tok) <= 600
+    with pytest.raises(ConfigError, match="model.chat_preset='nope' is not a model-kit preset"):
+        preflight(load_config(None, ["model.build=chat", "model.chat_preset=nope"]))
