@@ -53,6 +53,11 @@ class ChatModelSpec:
             raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.head_dim < 32:
+            # vLLM's CPU attention kernels stop the engine on smaller heads ("Unsupported CPU
+            # attention configuration: head_dim=16"), measured with vLLM 0.32 on this CPU.
+            raise ValueError(f"head_dim {self.head_dim} (hidden_size / num_heads) is below 32, which vLLM's "
+                             "CPU attention does not run")
 
     @property
     def head_dim(self) -> int:
@@ -61,8 +66,8 @@ class ChatModelSpec:
 
 PRESETS: dict[str, ChatModelSpec] = {
     # For tests: loads and runs a forward pass in well under a second.
-    "test": ChatModelSpec(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=4,
-                          num_kv_heads=2, max_position_embeddings=1024),
+    "test": ChatModelSpec(hidden_size=64, intermediate_size=256, num_layers=2, num_heads=2,
+                          num_kv_heads=1, max_position_embeddings=1024),
     # About 19M parameters with a 16k vocabulary (13M with the ~1.5k tokens of the generated corpus).
     "chat-cpu": ChatModelSpec(hidden_size=384, intermediate_size=1024, num_layers=8, num_heads=6,
                               num_kv_heads=2, max_position_embeddings=4096),

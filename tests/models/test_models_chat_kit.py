@@ -62,7 +62,9 @@ def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="num_heads"):
         ChatModelSpec(hidden_size=100, intermediate_size=64, num_layers=1, num_heads=3, num_kv_heads=1)
     with pytest.raises(ValueError, match="num_kv_heads"):
-        ChatModelSpec(hidden_size=64, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=3)
+        ChatModelSpec(hidden_size=128, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=3)
+    with pytest.raises(ValueError, match="head_dim 16 .* vLLM's CPU attention"):
+        ChatModelSpec(hidden_size=64, intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=2)
 
 
 def test_weights_follow_the_seed(kit_tokenizer):
