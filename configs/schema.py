@@ -25,13 +25,10 @@ class ModelConfig(Section):
     """The policy. `path: null` builds the tiny local model (no downloads)."""
 
     path: str | None = Field(None, description="Local HF directory or cached hub id of the policy.")
-    build: Literal["tiny", "chat"] = Field(
-        "tiny", description="What `path: null` builds into the run directory: `tiny`, the character-level "
-        "policy of the shape fields below; `chat`, the model kit's `chat_preset` (byte-level BPE tokenizer, "
-        "chat template declaring the tools, random Qwen2 weights; `labrl build-model` makes one to keep).")
-    chat_preset: str = Field("chat-cpu", description="Model-kit preset (models/chat_kit.py PRESETS), build=chat.")
-    vocab_size: int = Field(16384, gt=263, description="Requested BPE vocabulary, build=chat (the generated "
-                            "corpus saturates near 1.5k tokens).")
+    build: Literal["tiny", "chat"] = Field("tiny", description="What `path: null` builds: `tiny`, the character "
+        "model of the shape fields below; `chat`, model kit preset `chat_preset` (models/chat_kit.py).")
+    chat_preset: str = Field("chat-cpu", description="build=chat: BPE tokenizer, tool template, random Qwen2.")
+    vocab_size: int = Field(16384, gt=263, description="build=chat; the generated corpus stops near 1.5k tokens.")
     hidden_size: int = Field(128, gt=0, description="Tiny model only.")
     intermediate_size: int = Field(512, gt=0)
     num_layers: int = Field(4, gt=0)
@@ -466,6 +463,9 @@ class LabrlConfig(Section):
             raise ValueError("model.hidden_size must be divisible by model.num_heads")
         if self.model.path is None and self.model.num_heads % self.model.num_kv_heads:
             raise ValueError("model.num_heads must be divisible by model.num_kv_heads")
+        if self.model.path is None and self.model.build == "tiny" and self.model.hidden_size < 32 * self.model.num_heads:
+            raise ValueError("model.hidden_size / model.num_heads < 32: heads under 32 dimensions do not run in "
+                             "vLLM's CPU attention (vLLM 0.32 kills the engine at the first request)")
         if unknown := set(self.sft.difficulties or ()) - set(self.env.difficulties):
             raise ValueError(f"sft.difficulties {sorted(unknown)} are not in env.difficulties "
                              f"{self.env.difficulties}: demonstrations come from the training tasks")

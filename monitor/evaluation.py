@@ -25,8 +25,19 @@ def evaluate(pool: EnvWorkerPool, tasks: list[Task], prefix: str, samples_per_ta
     return summarize(trajs, prefix, samples_per_task)
 
 
+class NothingMeasured(RuntimeError):
+    """Every episode of an evaluation failed before the policy could be judged."""
+
+
 def summarize(trajs: list[Trajectory], prefix: str, samples_per_task: int) -> tuple[dict[str, float], list[TaskEval]]:
-    """The metrics of `evaluate` from episodes already played (in task order)."""
+    """The metrics of `evaluate` from episodes already played (in task order).
+
+    Raises `NothingMeasured` when every episode failed (finish_reason "error": a dead engine, an
+    environment that cannot start): a pass rate of 0 would read as a measurement of the policy."""
+    if trajs and all(t.finish_reason == "error" for t in trajs):
+        raise NothingMeasured(f"held-out {prefix}: all {len(trajs)} episodes failed before the policy could be "
+                              "judged (finish_reason=error; the env workers' 'episode ... failed' warnings name "
+                              "the cause, e.g. a generation engine that died): nothing was measured")
     metrics, per_task = heldout_metrics(trajs, samples_per_task, prefix=prefix)
     metrics.update(rollout_metrics(trajs, prefix=prefix))
     metrics.update(difficulty_breakdown(per_task, prefix))

@@ -30,6 +30,11 @@ def test_bundled_cpu_recipes_pass_preflight(name):
     assert cfg.model.path is None and cfg.eval.curve_tasks <= cfg.eval.num_tasks <= cfg.env.num_heldout_tasks
 
 
+def test_heads_vllm_cannot_run_fail_before_ray():
+    with pytest.raises(ConfigError, match="heads under 32 dimensions"):
+        load_config(None, ["model.hidden_size=64", "model.num_heads=4", "model.num_kv_heads=2"])
+
+
 def test_dotted_overrides_are_typed():
     cfg = load_config(None, ["trainer.lr=1e-4", "rollout.max_staleness=0", "env.difficulties=[1,2]"])
     assert cfg.trainer.lr == pytest.approx(1e-4)

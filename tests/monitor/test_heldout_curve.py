@@ -11,7 +11,7 @@ import pytest
 from configs.schema import GRPOConfig
 from envs.dataset import Task
 from monitor.eval_stats import TaskEval
-from monitor.evaluation import HeldoutCurve, difficulty_breakdown
+from monitor.evaluation import HeldoutCurve, NothingMeasured, difficulty_breakdown, summarize
 from monitor.plots import difficulty_curves, heldout_curve, plot_reward_success, plot_run_overview, smoothed
 from monitor.report import build_report
 from rollout.pipeline import GRPOPipeline, TaskStream
@@ -30,6 +30,17 @@ def test_difficulty_breakdown_has_each_difficultys_rate_and_interval():
     assert out["eval/difficulty/1/pass@1"] == 0.75 and out["eval/difficulty/1/num_tasks"] == 2
     assert out["eval/difficulty/2/pass@1"] == 0.0 and out["eval/difficulty/2/ci95"] == 0.0
     assert out["eval/difficulty/1/ci95"] > 0
+
+
+def test_an_evaluation_whose_every_episode_failed_is_not_a_zero_success_rate():
+    failed = [traj(0.0, task_id=f"t{i}") for i in range(4)]
+    for t in failed:
+        t.finish_reason, t.reward_reason = "error", "env_error"
+    with pytest.raises(NothingMeasured, match="held-out eval_sft: all 4 episodes failed"):
+        summarize(failed, "eval_sft", 1)
+    played = failed[:3] + [traj(1.0, task_id="t3")]
+    metrics, _ = summarize(played, "eval_sft", 1)  # some failures: counted as failures, reported
+    assert metrics["eval_sft/pass@1"] == 0.25 and metrics["eval_sft/finish/error"] == 3
 
 
 def _write_run(run_dir: Path) -> None:
