@@ -24,14 +24,11 @@ from tokenizers.pre_tokenizers import ByteLevel
 from transformers import PreTrainedTokenizerFast
 
 from models.chat_template import CHAT_TEMPLATE
+from models.markup import ENDOFTEXT, IM_END, IM_START, MARKUP_TOKENS
 
 logger = logging.getLogger(__name__)
 
-ENDOFTEXT = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
 SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END]
-MARKUP_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 ALL_MARKUP = SPECIAL_TOKENS + MARKUP_TOKENS  # ids 0..6 in this order
 
 _MARKUP_RE = re.compile("|".join(re.escape(t) for t in ALL_MARKUP))

@@ -21,14 +21,11 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from models.loading import TINY_MARKER
+from models.markup import ENDOFTEXT, IM_END, IM_START, MARKUP_TOKENS
 
 logger = logging.getLogger(__name__)
 
-EOS = "<|endoftext|>"
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-# Markers that real Qwen tokenizers also keep as single tokens; one id each keeps sequences short.
-MARKUP_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+EOS = ENDOFTEXT
 
 CHAT_TEMPLATE = (
     "{%- for m in messages -%}"
