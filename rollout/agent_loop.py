@@ -124,7 +124,7 @@ async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, env_cfg:
                 # The turn never closed: what it would have said is unknown, so the episode ends here.
                 state.finish, state.reason = "length", "truncated_length"
                 return
-        action = parse_assistant(codec.assistant_text(turn.token_ids))
+        action = parse_assistant(codec.assistant_text(_text_ids(turn, codec.eos_token_id)))
         state.tool_calls += len(action.tool_calls) + (1 if action.parse_error else 0)
         clock = time.monotonic()
         observations, reward, done, truncated = await env.step(action)
@@ -139,9 +139,34 @@ async def _play(env: Environment, policy: TurnPolicy, codec: ChatCodec, env_cfg:
             state.truncated = state.truncated or bool(truncated)
             state.history += observations
             return
-        state.seq.extend(codec.continuation_tokens(state.history, observations), generated=False)
+        if state.turns >= env_cfg.max_turns:
+            # No turn follows: tokens appended now would reach the trainer but never the policy.
+            state.history += observations
+            break
+        continuation = _closing(turn, codec.eos_token_id) + codec.continuation_tokens(state.history, observations)
         state.history += observations
+        if len(state.seq.token_ids) + len(continuation) >= generation.max_model_len:
+            # Kept out for the same reason, and the trajectory stays within max_model_len.
+            state.finish, state.reason, state.truncated = "length", "context_exhausted", True
+            return
+        state.seq.extend(continuation, generated=False)
     state.finish, state.reason, state.truncated = "budget", "budget_exceeded", True
+
+
+def _closing(turn: PolicyTurn, eos_token_id: int) -> list[int]:
+    """The EOS that closes a turn the policy did not close with it: one cut by length (and scored), or
+    one stopped by another end token of the model (vLLM stops on every eos id of its generation
+    config, e.g. `<|endoftext|>` beside `<|im_end|>`). The template closes every turn so, and the next
+    prompt must read as the chat it renders; the policy did not sample this EOS, so it carries no loss."""
+    return [] if turn.token_ids[-1:] == [eos_token_id] else [eos_token_id]
+
+
+def _text_ids(turn: PolicyTurn, eos_token_id: int) -> list[int]:
+    """The ids whose text the parser reads: without the end token that stopped the turn."""
+    ids = turn.token_ids
+    if turn.finish_reason == "stop" and ids and ids[-1] != eos_token_id:
+        return ids[:-1]  # another of the model's end tokens (see `_closing`); EOS is dropped by the codec
+    return ids
 
 
 async def _close_quietly(env: Environment) -> None:

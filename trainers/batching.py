@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -232,18 +234,31 @@ class Collated:
                         move(self.logit_index))
 
 
-def _prefix_length(s: TrainSample) -> int:
+def prompt_length(s: TrainSample) -> int:
     """Tokens before the first loss token (the prompt all samples of a group share)."""
     return next((t for t, m in enumerate(s.loss_mask) if m), len(s.token_ids))
 
 
-def pack_shared_prefixes(samples: list[TrainSample], pad_id: int,
-                         max_row_tokens: int) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+def common_prompt_length(samples: Sequence[TrainSample]) -> int:
+    """Tokens that every sample's prompt starts with: in SFT batches of different tasks of one
+    environment, the system prompt (with a chat model's tool schemas, most of each prompt)."""
+    shortest = min(prompt_length(s) for s in samples)
+    first = samples[0].token_ids
+    for t in range(shortest):
+        if any(s.token_ids[t] != first[t] for s in samples):
+            return t
+    return shortest
+
+
+def pack_shared_prefixes(samples: list[TrainSample], pad_id: int, max_row_tokens: int,
+                         prefix_length: Callable[[TrainSample], int] = prompt_length,
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
     """(input_ids, attention_mask, position_ids, logit_index) of the packed layout (module doc), or
-    None when no two samples share a prefix, or packing would not run fewer tokens than padding."""
+    None when no two samples share a prefix, or packing would not run fewer tokens than padding.
+    Samples whose first `prefix_length(s)` tokens agree share that prefix (default: their prompt)."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, s in enumerate(samples):
-        groups.setdefault(tuple(s.token_ids[:_prefix_length(s)]), []).append(i)
+        groups.setdefault(tuple(s.token_ids[:prefix_length(s)]), []).append(i)
     if all(len(g) < 2 or not prefix for prefix, g in groups.items()):
         return None
     rows: list[tuple[tuple[int, ...], list[int]]] = []  # (prefix, members) per packed row
@@ -282,16 +297,32 @@ def pack_shared_prefixes(samples: list[TrainSample], pad_id: int,
     return ids, attn.unsqueeze(1), pos, index
 
 
+def shifted_logits(model: Any, b: Collated, attn_implementation: str, dtype: torch.dtype) -> Tensor:
+    """Logits [B, L-1, V] in the per-sample layout (position t predicts token t+1), from the padded
+    rows or from the packed shared-prefix rows (module doc)."""
+    if b.logit_index is None:
+        return model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                     use_cache=False).logits[:, :-1]
+    mask = b.attention_mask
+    if attn_implementation != "sdpa":  # eager adds the mask to the scores
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(dtype).min)
+    logits = model(input_ids=b.input_ids, attention_mask=mask, position_ids=b.position_ids,
+                   use_cache=False).logits
+    return logits.reshape(-1, logits.shape[-1])[b.logit_index]
+
+
 def _row_width(samples: list[TrainSample], row: tuple[tuple[int, ...], list[int]]) -> int:
     prefix, members = row
     return len(prefix) + sum(len(samples[i].token_ids) - len(prefix) for i in members)
 
 
-def collate(mb: MicroBatch, pad_id: int, share_prefix_tokens: int = 0) -> Collated:
+def collate(mb: MicroBatch, pad_id: int, share_prefix_tokens: int = 0,
+            prefix_length: Callable[[TrainSample], int] = prompt_length) -> Collated:
     """Right-pad a micro-batch into tensors; an empty micro-batch becomes one fully masked row.
 
-    `share_prefix_tokens > 0` packs samples with a common prompt into rows of at most that many
-    tokens (module doc) when that runs fewer tokens than the padded layout."""
+    `share_prefix_tokens > 0` packs samples with a common prompt (or `prefix_length`) into rows of
+    at most that many tokens (module doc) when that runs fewer tokens than the padded layout."""
     samples = mb.samples or [TrainSample([pad_id, pad_id], [0, 0], [0.0, 0.0], 0.0)]
     width = max(2, max(len(s.token_ids) for s in samples))
     b = len(samples)
@@ -313,7 +344,7 @@ def collate(mb: MicroBatch, pad_id: int, share_prefix_tokens: int = 0) -> Collat
     out = Collated(ids, attn, ids[:, 1:].contiguous(), mask[:, 1:].contiguous(),
                    slp[:, 1:].contiguous(), adv,
                    None if ref is None else ref[:, 1:].contiguous(), not mb.samples)
-    packed = pack_shared_prefixes(mb.samples, pad_id, share_prefix_tokens) if (
+    packed = pack_shared_prefixes(mb.samples, pad_id, share_prefix_tokens, prefix_length) if (
         share_prefix_tokens > 0 and mb.samples) else None
     if packed is not None:
         out.input_ids, out.attention_mask, out.position_ids, out.logit_index = packed

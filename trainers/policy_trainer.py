@@ -27,7 +27,7 @@ from torch import Tensor
 
 from actors.calls import free_port
 from configs.schema import GRPOConfig, SyncConfig
-from trainers.batching import Collated, MicroBatch, MiniBatchShard, collate
+from trainers.batching import Collated, MicroBatch, MiniBatchShard, collate, shifted_logits
 from trainers.checkpoint import (copy_model_files, iter_full_parameters, load_training_state,
                                  save_training_state, write_safetensors_shards)
 from trainers.grpo.losses import gather_logprobs, policy_loss, token_entropy
@@ -36,7 +36,7 @@ from trainers.spec import TrainerSpec, deepspeed_config, make_optimizer, make_sc
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PolicyTrainerRank", "shifted_logits"]
+__all__ = ["PolicyTrainerRank"]
 
 # Counts policy_loss reports per micro-batch; the trainer reports its own batch-level counts.
 _SKIPPED_LOSS_METRICS = frozenset({"num_tokens", "num_seqs"})
@@ -46,21 +46,6 @@ def _peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-def shifted_logits(model: Any, b: Collated, attn_implementation: str, dtype: torch.dtype) -> Tensor:
-    """Logits [B, L-1, V] in the per-sample layout (position t predicts token t+1), from the padded
-    rows or from the packed shared-prefix rows (`trainers.batching`)."""
-    if b.logit_index is None:
-        return model(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                     use_cache=False).logits[:, :-1]
-    mask = b.attention_mask
-    if attn_implementation != "sdpa":  # eager adds the mask to the scores
-        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-            ~mask, torch.finfo(dtype).min)
-    logits = model(input_ids=b.input_ids, attention_mask=mask, position_ids=b.position_ids,
-                   use_cache=False).logits
-    return logits.reshape(-1, logits.shape[-1])[b.logit_index]
 
 
 class PolicyTrainerRank:

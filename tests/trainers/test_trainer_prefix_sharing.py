@@ -8,9 +8,8 @@ import random
 import pytest
 import torch
 
-from trainers.batching import MicroBatch, TrainSample, collate
+from trainers.batching import MicroBatch, TrainSample, collate, shifted_logits
 from trainers.grpo.losses import gather_logprobs
-from trainers.policy_trainer import shifted_logits
 
 
 def group_samples(seed: int, groups: int, size: int) -> list[TrainSample]:

@@ -13,7 +13,7 @@ import torch
 
 from configs.schema import SFTConfig
 from trainers.batching import TrainSample
-from trainers.sft import masked_nll, pad_batch, sft_process_env, train_sft
+from trainers.sft import batch_nll, sft_process_env, train_sft
 
 
 def demo(token_ids: list[int], loss_mask: list[int]) -> TrainSample:
@@ -24,12 +24,11 @@ def test_sft_learns_the_demonstrations_and_saves_a_policy(tiny_model_dir, tmp_pa
     from transformers import AutoModelForCausalLM
 
     demos = [demo([11, 12, 13, 14, 15, 16], [0, 0, 1, 1, 1, 1]), demo([21, 22, 23, 24], [0, 1, 1, 1])]
-    ids, mask, attention = pad_batch([d.token_ids for d in demos], [d.loss_mask for d in demos], 0)
 
     def nll(model_dir: str) -> float:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         with torch.no_grad():
-            return masked_nll(model, ids, mask, attention).item()
+            return batch_nll(model, demos, pad_token_id=0).item()
 
     out = tmp_path / "sft"
     metrics = train_sft(tiny_model_dir, out, demos, SFTConfig(steps=20, batch_size=2, lr=3e-3), seed=0,
@@ -37,6 +36,33 @@ def test_sft_learns_the_demonstrations_and_saves_a_policy(tiny_model_dir, tmp_pa
     assert metrics["sft/num_demos"] == 2.0 and metrics["sft/final_loss"] < nll(tiny_model_dir)
     assert nll(str(out)) < nll(tiny_model_dir)
     assert (out / "config.json").is_file() and any(out.glob("tokenizer*"))
+
+
+def test_a_long_shared_system_prompt_runs_once_with_the_padded_loss(tiny_model_dir, monkeypatch):
+    """Chat demonstrations share a long system prompt (tool schemas): the batch runs it once, packed,
+    on cached keys and values, and the loss is the padded batch's loss, gradients included."""
+    from transformers import AutoModelForCausalLM
+
+    import trainers.sft as sft
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    system = [(7 * i) % 90 + 5 for i in range(60)]
+    demos = [demo(system + [40 + k, 41, 42 + k] + [50 + k] * (3 + k), [0] * 63 + [1] * (3 + k)) for k in range(6)]
+    ran: list[int] = []
+    model.register_forward_pre_hook(lambda _, args, kwargs: ran.append(kwargs["input_ids"].numel()), with_kwargs=True)
+
+    def loss_and_grad() -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        loss = batch_nll(model, demos, pad_token_id=0)
+        loss.backward()
+        return loss.item(), model.get_input_embeddings().weight.grad.clone()
+
+    shared, shared_grad = loss_and_grad()
+    monkeypatch.setattr(sft, "MIN_PREFIX_GAIN", 1e9)
+    padded, padded_grad = loss_and_grad()
+    assert ran == [60, 6 * 11, 6 * len(demos[-1].token_ids)]  # prompt, suffixes; then the padded batch
+    assert shared == pytest.approx(padded, rel=1e-5)
+    assert torch.allclose(shared_grad, padded_grad, atol=1e-6) and padded_grad[system].abs().sum() > 0
 
 
 def test_sft_needs_a_demonstration(tmp_path):
