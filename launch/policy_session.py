@@ -99,11 +99,13 @@ def sampling_run(cfg: LabrlConfig, command: str, checkpoint: str | None, out: st
 
 def run_command(argv: list[str] | None, parser: argparse.ArgumentParser,
                 body: Callable[[argparse.Namespace, LabrlConfig], None]) -> int:
-    """Common `main`: logging, config errors and missing models as exit code 2, Ray shut down."""
+    """Common `main`: logging, config errors and missing models as exit code 2, Ray shut down (the
+    Ray it started: a caller's own, which `connect` joins, e.g. a notebook's or a test's, stays up)."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     args = parser.parse_args(argv)
     if args.samples_per_task < 1:
         parser.error("--samples-per-task must be >= 1")
+    callers_ray = ray.is_initialized()
     try:
         cfg = load_config(args.config, args.overrides)
         body(args, cfg)
@@ -111,6 +113,6 @@ def run_command(argv: list[str] | None, parser: argparse.ArgumentParser,
         logger.error("%s", err)
         return 2
     finally:
-        if ray.is_initialized():
+        if ray.is_initialized() and not callers_ray:
             ray.shutdown()
     return 0

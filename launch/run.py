@@ -68,6 +68,7 @@ class TrainingRun:
 
     # ---- phases -------------------------------------------------------------------------------
     def execute(self) -> dict[str, float]:
+        handler = log_to_file(self.run_dir / "train.log")
         try:
             return self._phases()
         except BaseException as err:
@@ -75,10 +76,12 @@ class TrainingRun:
             # engines still building are not waited for (a scheduler kills what outlives its grace).
             self.close(engine_stop_timeout_s=10.0 if isinstance(err, KeyboardInterrupt) else 60.0)
             raise
+        finally:  # a process that goes on (a notebook, a test) must not keep writing this run's log
+            logging.getLogger().removeHandler(handler)
+            handler.close()
 
     def _phases(self) -> dict[str, float]:
         cfg = self.cfg
-        log_to_file(self.run_dir / "train.log")
         if warning := ephemeral_run_dir_warning(self.run_dir, "runs_root" in cfg.logging.model_fields_set):
             logger.warning("%s", warning)
         write_atomic(self.run_dir / CONFIG_FILE, json.dumps(cfg.model_dump(), indent=2))
