@@ -200,7 +200,7 @@ class GenerationWorker:
         return {"name": self.name, "healthy": self.update.healthy, "reason": self.update.reason,
                 "version": self.version, "in_flight": self.gate.in_flight, "resubmitted": self.resubmitted,
                 "pause_mode": self.gate.mode, "asleep": sorted(self.asleep),
-                "spanned_updates": self.spanned_updates}
+                "spanned_updates": self.spanned_updates, "peak_rss_gb": process_tree_peak_bytes() / 1e9}
 
     async def set_pause_mode(self, mode: PauseMode) -> None:
         """How a weight update treats requests already running:
@@ -458,6 +458,22 @@ class GenerationWorker:
                                                "weights were discarded")
                 paused_s = await self.gate.resume(self.engine)
         return {"wake_s": time.perf_counter() - t0, "paused_s": paused_s}
+
+
+def process_tree_peak_bytes(pid: int | None = None) -> int:
+    """Peak resident memory of a process and its live children (vLLM's engine core runs in one),
+    summed: each one's VmHWM, the kernel's high-water mark, so a peak between two reads counts."""
+    import psutil
+
+    total = 0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                total += next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), 0)
+        except OSError:  # exited since it was listed
+            continue
+    return total
 
 
 def _engine_payload(payload: dict[str, Any]) -> dict[str, Any]:

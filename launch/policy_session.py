@@ -63,7 +63,7 @@ def pick_tasks(dataset: TaskDataset, split: str, num_tasks: int | None) -> list[
 @contextmanager
 def sampling_run(cfg: LabrlConfig, command: str, checkpoint: str | None, out: str | None) -> Iterator[SamplingRun]:
     """Ray, env workers and generation workers for `cfg`'s policy (or `checkpoint`), then cleanup."""
-    spec = preflight(cfg)
+    spec = preflight(cfg, training=False)  # sampling only: no trainer to fit
     model_path = checkpoint or cfg.model.path
     model_dir = resolve_model_path(model_path) if model_path else None
     out_dir = Path(out) if out else Path(cfg.logging.runs_root) / (
