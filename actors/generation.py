@@ -465,15 +465,17 @@ def process_tree_peak_bytes(pid: int | None = None) -> int:
     summed: each one's VmHWM, the kernel's high-water mark, so a peak between two reads counts."""
     import psutil
 
-    total = 0
     root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            with open(f"/proc/{proc.pid}/status") as f:
-                total += next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), 0)
-        except OSError:  # exited since it was listed
-            continue
-    return total
+    return sum(process_peak_bytes(proc.pid) for proc in [root, *root.children(recursive=True)])
+
+
+def process_peak_bytes(pid: int) -> int:
+    """One process's VmHWM in bytes; 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), 0)
+    except OSError:  # exited since it was listed
+        return 0
 
 
 def _engine_payload(payload: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from actors.generation import process_peak_bytes
 from benchmarks.common import REPO_ROOT, emit, setup_logging
 
 logger = logging.getLogger("benchmarks.qwen05b_cpu")
@@ -80,15 +81,6 @@ def process_title(pid: int) -> str:
         return ""
 
 
-def vm_hwm_bytes(pid: int) -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
-    return int(match.group(1)) * 1024 if match else 0
-
-
 class PeakSampler(threading.Thread):
     """Every `period_s`: the VmHWM of every process under `root` whose title names a role, and of
     the children of engines (vLLM's engine core), kept per process."""
@@ -114,7 +106,7 @@ class PeakSampler(threading.Thread):
                     continue
                 if owner:
                     old = self.peaks.get(proc.pid, (*owner, 0))[2]
-                    self.peaks[proc.pid] = (*owner, max(old, vm_hwm_bytes(proc.pid)))
+                    self.peaks[proc.pid] = (*owner, max(old, process_peak_bytes(proc.pid)))
             self.stop.wait(self.period_s)
 
     @staticmethod
