@@ -109,6 +109,9 @@ class PolicyTrainerRank:
         self.attn_implementation = model.config._attn_implementation
         self.share_prefix_tokens = (t.share_prefix_tokens if self.attn_implementation in ("sdpa", "eager")
                                     else 0)
+        # A prompt common to a micro-batch runs once on cached keys and values (trainers/batching);
+        # gradient checkpointing turns the model's cache off.
+        self.cache_prompt = t.share_prefix_tokens > 0 and not t.gradient_checkpointing
         self.engine, *_ = deepspeed.initialize(
             model=model, optimizer=make_optimizer(model, t),
             lr_scheduler=lambda opt: make_scheduler(opt, s), config=ds_config)
@@ -133,8 +136,10 @@ class PolicyTrainerRank:
         engine.clip_fp32_gradients = clip_and_record
 
     # --------------------------------------------------------------- forward
-    def _collate(self, mb: MicroBatch) -> Collated:
-        return collate(mb, self.pad_id, self.share_prefix_tokens).to(self.device)
+    def _collate(self, mb: MicroBatch, every_position: bool = False) -> Collated:
+        """`every_position`: logprobs wanted at prompt positions too (no cached prompt)."""
+        return collate(mb, self.pad_id, self.share_prefix_tokens,
+                       cache_prompt=self.cache_prompt and not every_position).to(self.device)
 
     def _logits(self, model: Any, b: Collated) -> Tensor:
         return shifted_logits(model, b, self.attn_implementation, self.spec.torch_dtype)
@@ -143,13 +148,13 @@ class PolicyTrainerRank:
         """Per-token logprobs [B, L-1] (and entropy: "none", "no_grad" or "grad")."""
         logits = self._logits(self.engine, b)
         temperature = self.spec.temperature
-        logprobs = gather_logprobs(logits, b.target_ids, temperature=temperature)
+        logprobs = b.full_width(gather_logprobs(logits, b.target_ids[:, b.first_logit:], temperature=temperature))
         ent = None
         if entropy == "grad":
-            ent = token_entropy(logits, temperature=temperature)
+            ent = b.full_width(token_entropy(logits, temperature=temperature))
         elif entropy == "no_grad":
             with torch.no_grad():
-                ent = token_entropy(logits.detach(), temperature=temperature)
+                ent = b.full_width(token_entropy(logits.detach(), temperature=temperature))
         return logprobs, ent
 
     @torch.no_grad()
@@ -173,7 +178,8 @@ class PolicyTrainerRank:
         with torch.no_grad():
             for b in batches:
                 logits = self._logits(self.ref_model, b)
-                out.append(gather_logprobs(logits, b.target_ids, temperature=self.spec.temperature))
+                out.append(b.full_width(gather_logprobs(logits, b.target_ids[:, b.first_logit:],
+                                                        temperature=self.spec.temperature)))
         return out
 
     # ------------------------------------------------------------ train step
@@ -241,7 +247,7 @@ class PolicyTrainerRank:
         state.add("train/num_tokens", sum(mb.num_tokens for mb in mbs), "sum")
         state.add("train/num_padded_tokens", sum(mb.padded_tokens for mb in mbs), "sum")
         # Positions the model ran (padding included; fewer than padded_tokens with shared prompts).
-        state.add("train/num_model_tokens", sum(b.input_ids.numel() for bs in batches for b in bs
+        state.add("train/num_model_tokens", sum(b.model_tokens for bs in batches for b in bs
                                                 if not b.is_placeholder), "sum")
         state.add("train/num_sequences", sum(len(mb.samples) for mb in mbs), "sum")
         state.add("train/num_micro_batches", len(mbs), "max")
@@ -280,7 +286,7 @@ class PolicyTrainerRank:
         self.engine.eval()
         out: list[tuple[int, list[float]]] = []
         for mb in micro_batches:
-            b = self._collate(mb)
+            b = self._collate(mb, every_position=True)
             lp = self._forward(b)[0].float().cpu()
             for row, (idx, s) in enumerate(zip(mb.indices, mb.samples)):
                 out.append((idx, [0.0] + lp[row, : len(s.token_ids) - 1].tolist()))

@@ -6,12 +6,10 @@ assistant tokens. This warm start gives GRPO a policy that succeeds sometimes; f
 group-normalised advantage is all zeros.
 
 A chat model's demonstrations of one environment start with the same long system prompt (its tool
-schemas as JSON: ~250 of ~290 tokens per stoichiometry episode with the model kit's BPE). A batch
-then runs that prompt once and every demonstration's own tokens on its cached keys and values, when
-that runs at most half the tokens of the padded batch (a packed row with a 4D mask, as the GRPO
-trainer does, was 5x slower here: CPU attention with an arbitrary mask materialises every pair).
-The character-level policy's short system prompt saves less: its batches stay padded, bit for bit
-the computation they always had.
+schemas as JSON: ~260 of ~420 tokens per stoichiometry episode with the model kit's BPE). A batch
+then runs that prompt once and every demonstration's own tokens on its cached keys and values
+(`trainers.batching`, `cache_prompt`), as the GRPO trainer does. The character-level policy's short
+system prompt saves less: its batches stay padded, bit for bit the computation they always had.
 """
 
 from __future__ import annotations
@@ -27,11 +25,10 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 from configs.schema import SFTConfig
-from trainers.batching import MicroBatch, TrainSample, collate, common_prompt_length, shifted_logits
+from trainers.batching import MicroBatch, TrainSample, collate, shifted_logits
 
 logger = logging.getLogger(__name__)
 
-MIN_PREFIX_GAIN = 2.0  # run the shared prompt once only when the padded batch has this many times the tokens
 WARMUP_STEPS = 10  # linear warmup of the SFT learning rate, then a linear decay to 5%
 # Read when torch / MKL / oneDNN load, so they are set on the process that trains (`sft_process_env`):
 # every x86-64 CPU with AVX2 then runs the same code paths (an AVX-512 CPU would otherwise round
@@ -49,29 +46,9 @@ def sft_process_env(sft: SFTConfig) -> dict[str, str]:
 
 def batch_nll(model, batch: Sequence[TrainSample], pad_token_id: int) -> torch.Tensor:
     """Mean NLL of the loss-mask tokens of `batch`; a long shared prompt runs once (module doc)."""
-    shared = common_prompt_length(batch)
-    mb = MicroBatch(list(batch))
-    shared_run = shared + mb.padded_tokens - shared * len(batch)  # the prompt once, the rest padded
-    if mb.padded_tokens < MIN_PREFIX_GAIN * shared_run:
-        b = collate(mb, pad_token_id)
-        logits = shifted_logits(model, b, model.config._attn_implementation, torch.float32)
-        return _mean_nll(logits, b.target_ids, b.mask)
-    # The prompt once, its keys and values repeated for every sample (gradients flow through them),
-    # then each sample's own tokens right-padded: position t of the suffixes predicts token t + 1,
-    # the prompt's last position predicts every suffix's first token.
-    prefix = model(input_ids=torch.tensor([batch[0].token_ids[:shared]]), use_cache=True)
-    cache = prefix.past_key_values
-    cache.batch_repeat_interleave(len(batch))
-    rest = collate(MicroBatch([TrainSample(s.token_ids[shared:], s.loss_mask[shared:], [0.0] * (len(s.token_ids) - shared),
-                                           0.0) for s in batch]), pad_token_id)
-    width = rest.input_ids.shape[1]
-    attention = torch.cat([torch.ones(len(batch), shared, dtype=torch.long), rest.attention_mask], dim=1)
-    logits = model(input_ids=rest.input_ids, attention_mask=attention, past_key_values=cache, use_cache=True,
-                   position_ids=torch.arange(shared, shared + width).expand(len(batch), width)).logits
-    first = prefix.logits[:, -1:].expand(len(batch), 1, -1)
-    targets = rest.input_ids.masked_fill(rest.attention_mask == 0, 0)
-    mask = torch.cat([torch.tensor([[float(s.loss_mask[shared])] for s in batch]), rest.mask], dim=1)
-    return _mean_nll(torch.cat([first, logits[:, :-1]], dim=1), targets, mask)
+    b = collate(MicroBatch(list(batch)), pad_token_id, cache_prompt=True)
+    logits = shifted_logits(model, b, model.config._attn_implementation, torch.float32)
+    return _mean_nll(logits, b.target_ids[:, b.first_logit:], b.mask[:, b.first_logit:])
 
 
 def _mean_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
