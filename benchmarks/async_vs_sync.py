@@ -1,13 +1,16 @@
 """Asynchronous GRPO (`rollout.max_staleness` 1, 2) against synchronous (0): wall clock and success.
 
-    python -m benchmarks.async_vs_sync                       # tiny policy, 4 steps, 2 envs x 3 staleness
+    python -m benchmarks.async_vs_sync                       # 4 steps of 32, 2 envs x 3 staleness
     python -m benchmarks.async_vs_sync --staleness 0 1 --envs latency --steps 3
     python -m benchmarks.async_vs_sync --full                # default-config sizes (long)
 
-Every run is a real `launch.run.TrainingRun` with the same config except `rollout.max_staleness`:
-same start policy, same tasks in the same order, same number of optimizer steps and trajectories
-per step. The start policy is built once (tiny Qwen2, behaviour cloning on reference demos; cached
-under results/cache/) so each run starts from it with SFT disabled. Two environments: plain
+Every run is a real `launch.run.TrainingRun` of `configs/default.yaml` (dynamic sampling on) with
+the same overrides except `rollout.max_staleness`: same start policy, same tasks in the same order,
+same number of optimizer steps and trajectories per step. The start policy is the default run's
+SFT checkpoint (its model and `sft` section: reference and novice demonstrations), built once and
+cached under results/cache/ (~7 minutes here the first time), so each run starts from a policy
+that succeeds sometimes and has something to learn; SFT is off in the runs. A run that trained no
+trajectory measured nothing: the benchmark says so and exits non-zero. Two environments: plain
 stoichiometry (tools answer at once) and `benchmarks.latency_env:SPEC` (each tool call waits
 100-500 ms). Runs of one environment go in alternating order (0,1,2 then 2,1,0) to spread load drift.
 
@@ -42,21 +45,20 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
             f"eval.num_tasks={args.eval_tasks}", f"env.num_heldout_tasks={args.eval_tasks}",
             f"env.num_train_tasks={args.train_tasks}", f"env.max_turns={args.max_turns}",
             f"generation.max_new_tokens={args.max_new_tokens}", f"seed={args.seed}",
-            f"model.hidden_size={args.hidden}", f"model.num_layers={args.layers}",
-            f"model.intermediate_size={4 * args.hidden}",
             f"logging.runs_root={RUNS_ROOT}", "logging.wandb_mode=disabled", "logging.progress_bar=false",
             "logging.sample_every=0", "checkpoint.every_steps=0",
             "checkpoint.every_minutes=0"]
 
 
 def start_policy(args: argparse.Namespace) -> str:
-    """The shared start policy: tiny model + SFT on reference demos (cached by its settings)."""
-    from launch import components as C
+    """The shared start policy: the default config's model after its SFT recipe (cached by its settings)."""
     from configs.loading import load_config
+    from envs.registry import get_env_spec
+    from launch import components as C
+    from launch.preflight import novice_fraction
     from models.loading import load_tokenizer
-    from rollout.play import run_tasks
 
-    cfg = load_config(None, base_overrides(args) + [f"sft.num_demos={args.sft_demos}", f"sft.steps={args.sft_steps}"])
+    cfg = load_config(None, base_overrides(args))
     key = json.dumps({"model": cfg.model.model_dump(), "sft": cfg.sft.model_dump(), "env": ENVS["plain"],
                       "difficulties": cfg.env.difficulties, "seed": cfg.seed}, sort_keys=True)
     out = CACHE_DIR / f"async_start_policy-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
@@ -64,26 +66,20 @@ def start_policy(args: argparse.Namespace) -> str:
         logger.info("start policy from cache: %s", out / "sft")
         return str(out / "sft")
     t0 = time.perf_counter()
+    spec = get_env_spec(cfg.env.name, cfg.env.options)
     init_dir = C.prepare_model(cfg, out)
     pool = C.make_env_pool(cfg, init_dir, router=None)
     try:
         pool.wait_ready()
-        spec_tasks = _train_tasks(cfg)[: cfg.sft.num_demos]
-        demos = [t for t in run_tasks(pool, spec_tasks, solver="reference", desc="demos", progress=False) if t.success]
+        tasks = spec.make_dataset(cfg.env.num_train_tasks, cfg.env.num_heldout_tasks, cfg.env.difficulties,
+                                  cfg.seed).tasks("train")[: cfg.sft.num_demos]
+        demos, _ = C.demonstrations(pool, tasks, round(novice_fraction(cfg, spec) * len(tasks)), progress=False)
     finally:
         pool.shutdown()
     C.run_sft(cfg, init_dir, out / "sft", C.demonstration_samples(demos),
               pad_token_id=load_tokenizer(init_dir).pad_token_id)
     logger.info("start policy built in %.0f s (%d demos): %s", time.perf_counter() - t0, len(demos), out / "sft")
     return str(out / "sft")
-
-
-def _train_tasks(cfg: Any) -> list[Any]:
-    from envs.registry import get_env_spec
-
-    spec = get_env_spec(cfg.env.name, cfg.env.options)
-    return spec.make_dataset(cfg.env.num_train_tasks, cfg.env.num_heldout_tasks, cfg.env.difficulties,
-                             cfg.seed).tasks("train")
 
 
 def grpo_timings(run_dir: Path) -> dict[str, float]:
@@ -148,19 +144,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--eval-tasks", type=int, default=32)
-    p.add_argument("--train-tasks", type=int, default=400)
+    p.add_argument("--train-tasks", type=int, default=4000,
+                   help="the default's: its SFT demonstrations play them, and the held-out tasks stay unseen")
     p.add_argument("--max-turns", type=int, default=6)
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--sft-demos", type=int, default=300)
-    p.add_argument("--sft-steps", type=int, default=60)
+    p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--full", action="store_true", help="default-config sizes: 20 steps x 64, 200 eval tasks")
     args = p.parse_args(argv)
     if args.full:
-        args.steps, args.batch_size, args.eval_tasks, args.train_tasks = 20, 64, 200, 4000
-        args.max_new_tokens, args.sft_demos, args.sft_steps = 128, 1000, 150
+        args.steps, args.batch_size, args.eval_tasks = 20, 64, 200
     return args
 
 
@@ -183,6 +175,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_ratios(rows)
     emit("async_vs_sync", {"config": vars(args), "start_policy": policy_dir, "results": rows},
          format_table(rows, COLUMNS))
+    untrained = [f"{r['env']} staleness {r['staleness']}" for r in rows if not r["trained"] > 0]
+    if untrained:  # the speed-up of runs that trained nothing is not a measurement
+        raise SystemExit(f"async_vs_sync measured nothing: no trajectory was trained in {', '.join(untrained)} "
+                         "(every group dropped? see accounting/dropped/* in the runs' metrics.jsonl)")
     return {"results": rows}
 
 

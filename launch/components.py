@@ -7,6 +7,7 @@ and benchmarks build the same actors the same way.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +16,20 @@ from actors.router import GenerationRouter
 from actors.types import EngineSpec
 from cluster.placement import Placement
 from configs.schema import LabrlConfig
-from envs.dataset import TaskDataset
+from envs.dataset import Task, TaskDataset
 from envs.registry import EnvSpec
 from models.loading import resolve_model_path
 from models.tiny import TinyModelSpec, save_tiny_model
 from rollout.env_worker import EnvWorkerSpec
+from rollout.play import run_tasks
 from rollout.pool import EnvWorkerPool
 from rollout.trajectory import Trajectory
 from trainers.batching import TrainSample
 from trainers.group import PolicyTrainerGroup
 from trainers.sft import sft_process_env, train_sft
 from trainers.spec import TrainerSpec
+
+logger = logging.getLogger("labrl")
 
 
 def prepare_model(cfg: LabrlConfig, run_dir: Path) -> str:
@@ -106,6 +110,22 @@ def run_sft(cfg: LabrlConfig, policy_dir: str, out_dir: Path, samples: list[Trai
                       runtime_env={"env_vars": sft_process_env(cfg.sft)})(train_sft)
     return ray.get(task.remote(policy_dir, str(out_dir), samples, cfg.sft, seed=cfg.seed, pad_token_id=pad_token_id,
                                progress_bar=cfg.logging.progress_bar))
+
+
+def demonstrations(pool: EnvWorkerPool, tasks: list[Task], num_novice: int,
+                   progress: bool = True) -> tuple[list[Trajectory], dict[str, float]]:
+    """Scripted-solver episodes for behaviour cloning: the first `num_novice` tasks played by the
+    environment's novice solver, the rest by its reference solver; returns the usable ones and stats."""
+    expert = run_tasks(pool, tasks[num_novice:], solver="reference", desc="demos", progress=progress)
+    novice = run_tasks(pool, tasks[:num_novice], solver="novice", desc="novice demos",
+                       progress=progress) if num_novice else []
+    # Reference demos that fail are solver bugs, not teaching material; novice ones are the point.
+    good_expert = [t for t in expert if t.success]
+    kept_novice = [t for t in novice if t.finish_reason == "env_done"]
+    logger.info("demonstrations: %d/%d reference succeeded; %d/%d novice submitted, %d of them correct",
+                len(good_expert), len(expert), len(kept_novice), len(novice), sum(t.success for t in novice))
+    return good_expert + kept_novice, {"sft/novice_demos": float(len(kept_novice)),
+                                       "sft/novice_demo_success": sum(t.success for t in novice) / max(1, len(novice))}
 
 
 def demonstration_samples(demos: list[Trajectory]) -> list[TrainSample]:

@@ -144,19 +144,9 @@ class TrainingRun:
         cfg = self.cfg
         levels = set(cfg.sft.difficulties or cfg.env.difficulties)
         tasks = [t for t in self.training_tasks() if t.difficulty in levels][: cfg.sft.num_demos]
-        num_novice = round(novice_fraction(cfg, self.spec) * len(tasks))
-        progress = cfg.logging.progress_bar
-        expert = run_tasks(self.pool, tasks[num_novice:], solver="reference", desc="demos", progress=progress)
-        novice = run_tasks(self.pool, tasks[:num_novice], solver="novice", desc="novice demos",
-                           progress=progress) if num_novice else []
-        # Reference demos that fail are solver bugs, not teaching material; novice ones are the point.
-        good_expert = [t for t in expert if t.success]
-        kept_novice = [t for t in novice if t.finish_reason == "env_done"]
-        usable = good_expert + kept_novice
-        logger.info("demonstrations: %d/%d reference succeeded; %d/%d novice submitted, %d of them correct",
-                    len(good_expert), len(expert), len(kept_novice), len(novice), sum(t.success for t in novice))
-        self.summary.update({"sft/novice_demos": float(len(kept_novice)),
-                             "sft/novice_demo_success": sum(t.success for t in novice) / max(1, len(novice))})
+        usable, stats = C.demonstrations(self.pool, tasks, round(novice_fraction(cfg, self.spec) * len(tasks)),
+                                         cfg.logging.progress_bar)
+        self.summary.update(stats)
         out_dir = self.run_dir / "sft_model"
         self.summary.update(C.run_sft(cfg, policy_dir, out_dir, C.demonstration_samples(usable),
                                       pad_token_id=load_tokenizer(policy_dir).pad_token_id))
