@@ -95,41 +95,50 @@ def grpo_timings(run_dir: Path) -> dict[str, float]:
             "train_s": sum(m["timing/train_s"] for m in steps), "sync_s": sum(m["timing/sync_s"] for m in steps),
             "steps": len(steps), "trained": last.get("accounting/trained", float("nan")),
             "dropped": sum(v for k, v in last.items() if k.startswith("accounting/dropped/")),
-            "staleness_mean": sum(m.get("rollout/staleness_mean", 0.0) for m in steps) / len(steps)}
+            "staleness_mean": sum(m.get("rollout/staleness_mean", 0.0) for m in steps) / len(steps),
+            "refill_rounds": sum(m.get("rollout/refill_rounds", 0.0) for m in steps),
+            "surplus": last.get("accounting/dropped/surplus", 0.0)}
 
 
-def one_run(env_key: str, staleness: int, policy_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+def one_run(env_key: str, staleness: int, oversample: int, policy_dir: str, args: argparse.Namespace) -> dict[str, Any]:
     from configs.loading import load_config
     from launch.run import TrainingRun
 
-    overrides = base_overrides(args) + [f"run_name=async-{env_key}-s{staleness}", f"env.name={ENVS[env_key]}",
+    overrides = base_overrides(args) + [f"run_name=async-{env_key}-s{staleness}-o{oversample}",
+                                        f"grpo.oversample_groups={oversample}", f"env.name={ENVS[env_key]}",
                                         f"rollout.max_staleness={staleness}", f"model.path={policy_dir}",
                                         "sft.enabled=false"]
     run = TrainingRun(load_config(None, overrides))
     t0 = time.perf_counter()
     summary = run.execute()
     total = time.perf_counter() - t0
-    row = {"env": env_key, "staleness": staleness, "run_total_s": total, "run_dir": str(run.run_dir),
+    row = {"env": env_key, "staleness": staleness, "oversample": oversample, "run_total_s": total, "run_dir": str(run.run_dir),
            **grpo_timings(run.run_dir),
            "pass_at_1_before": summary.get("eval_sft/pass@1"), "pass_at_1_after": summary.get("eval_grpo/pass@1"),
            "ci95_after": summary.get("eval_grpo/ci95")}
-    logger.info("%s staleness %d: GRPO %.1f s (run %.0f s), trained %s, pass@1 %.3f -> %.3f", env_key, staleness,
-                row["grpo_wall_s"], total, row["trained"], row["pass_at_1_before"] or 0, row["pass_at_1_after"] or 0)
+    logger.info("%s staleness %d oversample %d: GRPO %.1f s (run %.0f s), trained %s, pass@1 %.3f -> %.3f", env_key,
+                staleness, oversample, row["grpo_wall_s"], total, row["trained"], row["pass_at_1_before"] or 0, row["pass_at_1_after"] or 0)
     return row
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """speedup = sync GRPO wall time / this run's (one environment at a time)."""
+    """speedup = sync GRPO wall time / this run's (one environment at a time): against the synchronous
+    run with the same over-sampling, and against the first one listed (`--oversample`'s first value)."""
     for row in rows:
-        sync = [r for r in rows if r["env"] == row["env"] and r["staleness"] == 0]
-        row["speedup_vs_sync"] = ratio(sync[0]["grpo_wall_s"], row["grpo_wall_s"]) if sync else float("nan")
+        def sync_time(oversample: int) -> float:
+            sync = [r for r in rows if r["env"] == row["env"] and r["staleness"] == 0 and r["oversample"] == oversample]
+            return sync[0]["grpo_wall_s"] if sync else float("nan")
+        row["speedup_vs_sync"] = ratio(sync_time(row["oversample"]), row["grpo_wall_s"])
+        row["speedup_vs_first_sync"] = ratio(sync_time(rows[0]["oversample"]), row["grpo_wall_s"])
         # Share of the loop the trainer sat idle waiting for rollouts: less sensitive to load drift
         # than wall time, since a uniformly slower machine stretches waiting and training alike.
         row["wait_frac"] = ratio(row["wait_rollout_s"], row["grpo_wall_s"])
 
 
-COLUMNS = [("env", "env", ""), ("staleness", "staleness", "d"), ("GRPO s", "grpo_wall_s", ".1f"),
-           ("x vs sync", "speedup_vs_sync", ".2f"), ("wait s", "wait_rollout_s", ".1f"),
+COLUMNS = [("env", "env", ""), ("staleness", "staleness", "d"), ("oversample", "oversample", "d"),
+           ("refill rounds", "refill_rounds", ".0f"),
+           ("surplus", "surplus", ".0f"), ("GRPO s", "grpo_wall_s", ".1f"),
+           ("x vs sync", "speedup_vs_sync", ".2f"), ("x vs first sync", "speedup_vs_first_sync", ".2f"), ("wait s", "wait_rollout_s", ".1f"),
            ("wait frac", "wait_frac", ".2f"), ("train s", "train_s", ".1f"),
            ("sync s", "sync_s", ".1f"), ("trained", "trained", ".0f"), ("stale mean", "staleness_mean", ".2f"),
            ("pass@1 before", "pass_at_1_before", ".3f"), ("pass@1 after", "pass_at_1_after", ".3f"),
@@ -148,6 +157,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the default's: its SFT demonstrations play them, and the held-out tasks stay unseen")
     p.add_argument("--max-turns", type=int, default=6)
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--oversample", type=int, nargs="+", default=[0],
+                   help="grpo.oversample_groups values, each run at every staleness: extra groups drawn with "
+                        "each batch (dynamic sampling); the first is the baseline of 'x vs first sync'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--full", action="store_true", help="default-config sizes: 20 steps x 64, 200 eval tasks")
     args = p.parse_args(argv)
@@ -167,19 +179,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         policy_dir = start_policy(args)
         rows = []
         for i, env_key in enumerate(args.envs):
-            order = args.staleness if i % 2 == 0 else list(reversed(args.staleness))
-            rows += [one_run(env_key, s, policy_dir, args) for s in order]
+            for j, oversample in enumerate(args.oversample):
+                order = args.staleness if (i + j) % 2 == 0 else list(reversed(args.staleness))
+                rows += [one_run(env_key, s, oversample, policy_dir, args) for s in order]
     finally:
         ray.shutdown()
-    rows.sort(key=lambda r: (args.envs.index(r["env"]), r["staleness"]))
+    rows.sort(key=lambda r: (args.envs.index(r["env"]), args.oversample.index(r["oversample"]), r["staleness"]))
     add_ratios(rows)
     emit("async_vs_sync", {"config": vars(args), "start_policy": policy_dir, "results": rows},
          format_table(rows, COLUMNS))
-    untrained = [f"{r['env']} staleness {r['staleness']}" for r in rows if not r["trained"] > 0]
-    if untrained:  # the speed-up of runs that trained nothing is not a measurement
+    check_measured(rows)
+    return {"results": rows}
+
+
+def check_measured(rows: list[dict[str, Any]]) -> None:
+    """Exit non-zero when a run trained no trajectory: its speed-up is not a measurement."""
+    untrained = [f"{r['env']} staleness {r['staleness']} oversample {r['oversample']}" for r in rows
+                 if not r["trained"] > 0]
+    if untrained:
         raise SystemExit(f"async_vs_sync measured nothing: no trajectory was trained in {', '.join(untrained)} "
                          "(every group dropped? see accounting/dropped/* in the runs' metrics.jsonl)")
-    return {"results": rows}
 
 
 if __name__ == "__main__":

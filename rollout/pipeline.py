@@ -17,7 +17,12 @@ submitted again, in the same task order.
 
 Dynamic sampling (DAPO): groups whose rewards are all equal teach nothing (every advantage is 0);
 they are dropped (counted) and the batch is refilled with fresh groups played by the current
-policy, up to `max_refill_rounds` times, so each step trains on a full batch of signal.
+policy, up to `max_refill_rounds` times, so each step trains on a full batch of signal. A refill
+round runs inside the step: the trainer waits for its episodes, tool latency included, which is
+what asynchrony was meant to hide. `grpo.oversample_groups` draws that many extra groups with every
+batch instead: they are played with it (ahead of the step when asynchronous), the first
+groups with signal in submission order make the batch, and any beyond it are dropped, counted as
+`surplus`; refill rounds remain for a batch still short.
 """
 
 from __future__ import annotations
@@ -136,19 +141,24 @@ class GRPOPipeline:
         """Step k trains from policy version k. At version k the task stream starts exactly where
         batch k begins, so a resumed or restored run trains on the same tasks in the same order."""
         self.version = self.submitted_batches = version
-        self.tasks.position = version * self.groups_per_batch
+        self.tasks.position = version * self.groups_drawn_per_batch
         self._batch_tasks: dict[int, list[str]] = {}  # batch -> task ids in submission order
 
     @property
     def groups_per_batch(self) -> int:
         return self.grpo.batch_size // self.grpo.group_size
 
+    @property
+    def groups_drawn_per_batch(self) -> int:
+        """Groups submitted per batch: the batch, plus the over-sampled ones under dynamic sampling."""
+        return self.groups_per_batch + (self.grpo.oversample_groups if self.grpo.dynamic_sampling else 0)
+
     def _submit_ahead(self) -> None:
         while (self.submitted_batches < self.grpo.num_steps
                and self.submitted_batches <= self.version + self.max_staleness):
             k = self.submitted_batches
             self._batch_tasks[k] = []
-            for g in range(self.groups_per_batch):
+            for g in range(self.groups_drawn_per_batch):
                 task = self.tasks.next()
                 self._batch_tasks[k].append(task.id)
                 self.pool.submit(task, self.grpo.group_size, f"b{k}-g{g}-{task.id}", batch_index=k)
@@ -163,7 +173,7 @@ class GRPOPipeline:
     def step(self, step: int) -> StepReport:
         t0 = time.monotonic()
         self._submit_ahead()
-        self._collect(step, self.groups_per_batch)
+        self._collect(step, self.groups_drawn_per_batch)
         drawn = self._take_ordered(step, self._batch_tasks.pop(step))
         metrics: dict[str, float] = {}
         groups = self._refill_flat_groups(step, drawn, metrics) if self.grpo.dynamic_sampling else drawn
@@ -198,6 +208,9 @@ class GRPOPipeline:
                             metrics: dict[str, float]) -> list[list[Trajectory]]:
         """Drop zero-variance groups and play replacements, at most `max_refill_rounds` times."""
         kept = self._drop_flat(groups)
+        surplus = kept[self.groups_per_batch:]  # over-sampled groups with signal beyond the batch
+        self.buffer.drop([t for g in surplus for t in g], "surplus")
+        kept = kept[: self.groups_per_batch]
         rounds = 0
         while len(kept) < self.groups_per_batch and rounds < self.grpo.max_refill_rounds:
             tasks = self.tasks.refill(step, rounds, self.groups_per_batch - len(kept))
@@ -209,7 +222,8 @@ class GRPOPipeline:
             rounds += 1
         metrics.update({"rollout/refill_rounds": float(rounds),
                         "rollout/groups_with_signal": float(len(kept)),
-                        "rollout/groups_short": float(self.groups_per_batch - len(kept))})
+                        "rollout/groups_short": float(self.groups_per_batch - len(kept)),
+                        "rollout/groups_surplus": float(len(surplus))})
         return kept
 
     def _drop_flat(self, groups: list[list[Trajectory]]) -> list[list[Trajectory]]:

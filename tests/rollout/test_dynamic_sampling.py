@@ -20,10 +20,10 @@ def play(job):
             for i in range(job.group_size)]
 
 
-def run(dynamic: bool, num_tasks: int = 30, rounds: int = 4):
+def run(dynamic: bool, num_tasks: int = 30, rounds: int = 4, oversample: int = 0):
     trainer, reports = RecordingTrainer(), Reports()
     grpo = GRPOConfig(num_steps=4, batch_size=4 * GROUP, group_size=GROUP, dynamic_sampling=dynamic,
-                      max_refill_rounds=rounds)
+                      max_refill_rounds=rounds, oversample_groups=oversample)
     pipeline = GRPOPipeline(grpo, 0, ScriptedPool(play), TaskStream(tasks(num_tasks), 0), trainer, NullPublisher(),
                             [reports])
     pipeline.run()
@@ -50,6 +50,22 @@ def test_refills_are_reproducible_and_bounded():
     _, trained, logged, _ = run(dynamic=True, num_tasks=3, rounds=1)  # t0 flat: a refill can't always help
     assert all(m["rollout/refill_rounds"] <= 1 for m in logged)
     assert [len(s) for s in trained] == [GROUP * int(m["rollout/groups_with_signal"]) for m in logged]
+
+
+def test_oversampled_groups_replace_flat_ones_without_refill_rounds_and_the_surplus_is_counted():
+    pipeline, trained, logged, reports = run(dynamic=True, oversample=3)
+    assert all(len(samples) == 4 * GROUP for samples in trained)
+    assert all(m["rollout/refill_rounds"] == 0 for m in logged)  # 7 drawn, at most 3 flat here
+    assert all(len(r.drawn) == 7 for r in reports)
+    acc = pipeline.buffer.accounting
+    assert acc.dropped["surplus"] == GROUP * sum(m["rollout/groups_surplus"] for m in logged) > 0
+    assert acc.produced == acc.trained + sum(acc.dropped.values()) + pipeline.buffer.num_buffered
+    # The batch is the first groups with signal in submission order: the same on every run.
+    for r in reports:
+        with_signal = [g[0].task_id for g in r.drawn if len({t.reward for t in g}) > 1]
+        assert r.trained_task_ids == with_signal[:4]
+    assert [r.trained_task_ids for r in run(dynamic=True, oversample=3)[3]] == [r.trained_task_ids for r in reports]
+    assert pipeline.tasks.position == 4 * 7  # a resumed run starts batch k at task k x 7
 
 
 def test_without_dynamic_sampling_flat_groups_are_trained():
