@@ -51,6 +51,13 @@ class GRPOConfig(Section):
     collect_timeout_s: float = Field(600.0, gt=0, description="Wait for a batch's groups before failing, "
                                                               "naming how many arrived.")
 
+    @model_validator(mode="after")
+    def _check_oversampling(self) -> "GRPOConfig":
+        if self.oversample_groups and not self.dynamic_sampling:
+            raise ValueError(f"grpo.oversample_groups ({self.oversample_groups}) draws groups to replace the ones "
+                             "dynamic sampling drops; set grpo.dynamic_sampling=true or oversample_groups=0")
+        return self
+
 
 # Seen on an H200 with DeepSpeed 0.19.8: stage 0 in bf16 either fails at initialize (fp32 gradient
 # accumulation) or keeps no fp32 master weights (bf16 accumulation), so Adam would lose small updates.

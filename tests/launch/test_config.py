@@ -201,3 +201,9 @@ def test_autoscale_settings_that_cannot_work_fail_before_ray(overrides, message)
         preflight(load_config(None, overrides))
     assert main(overrides) == 2
     assert not ray.is_initialized()
+
+
+def test_oversampling_without_dynamic_sampling_is_refused():
+    with pytest.raises(ConfigError, match=r"grpo.oversample_groups \(4\) draws groups.*dynamic_sampling=true"):
+        load_config(None, ["grpo.dynamic_sampling=false", "grpo.oversample_groups=4"])
+    assert load_config(None, ["grpo.oversample_groups=4"]).grpo.oversample_groups == 4
