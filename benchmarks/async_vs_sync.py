@@ -71,8 +71,7 @@ def start_policy(args: argparse.Namespace) -> str:
     pool = C.make_env_pool(cfg, init_dir, router=None)
     try:
         pool.wait_ready()
-        tasks = spec.make_dataset(cfg.env.num_train_tasks, cfg.env.num_heldout_tasks, cfg.env.difficulties,
-                                  cfg.seed).tasks("train")[: cfg.sft.num_demos]
+        tasks = C.make_dataset(cfg, spec).tasks("train")[: cfg.sft.num_demos]
         demos, _ = C.demonstrations(pool, tasks, round(novice_fraction(cfg, spec) * len(tasks)), progress=False)
     finally:
         pool.shutdown()

@@ -250,6 +250,10 @@ class Collated:
         b, width = self.input_ids.shape
         return self.cached_prefix + b * (width - self.cached_prefix) if self.cached_prefix else self.input_ids.numel()
 
+    def from_first_logit(self, t: Tensor) -> Tensor:
+        """The columns of a per-token [B, L-1] tensor that the logits cover."""
+        return t[:, self.first_logit:]
+
     def full_width(self, t: Tensor) -> Tensor:
         """A per-token tensor computed from `first_logit` on, zero-filled back to [B, L-1]."""
         return torch.nn.functional.pad(t, (self.first_logit, 0)) if self.first_logit else t

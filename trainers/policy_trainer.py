@@ -148,7 +148,7 @@ class PolicyTrainerRank:
         """Per-token logprobs [B, L-1] (and entropy: "none", "no_grad" or "grad")."""
         logits = self._logits(self.engine, b)
         temperature = self.spec.temperature
-        logprobs = b.full_width(gather_logprobs(logits, b.target_ids[:, b.first_logit:], temperature=temperature))
+        logprobs = b.full_width(gather_logprobs(logits, b.from_first_logit(b.target_ids), temperature=temperature))
         ent = None
         if entropy == "grad":
             ent = b.full_width(token_entropy(logits, temperature=temperature))
@@ -178,7 +178,7 @@ class PolicyTrainerRank:
         with torch.no_grad():
             for b in batches:
                 logits = self._logits(self.ref_model, b)
-                out.append(b.full_width(gather_logprobs(logits, b.target_ids[:, b.first_logit:],
+                out.append(b.full_width(gather_logprobs(logits, b.from_first_logit(b.target_ids),
                                                         temperature=self.spec.temperature)))
         return out
 

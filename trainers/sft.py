@@ -48,7 +48,7 @@ def batch_nll(model, batch: Sequence[TrainSample], pad_token_id: int) -> torch.T
     """Mean NLL of the loss-mask tokens of `batch`; a long shared prompt runs once (module doc)."""
     b = collate(MicroBatch(list(batch)), pad_token_id, cache_prompt=True)
     logits = shifted_logits(model, b, model.config._attn_implementation, torch.float32)
-    return _mean_nll(logits, b.target_ids[:, b.first_logit:], b.mask[:, b.first_logit:])
+    return _mean_nll(logits, b.from_first_logit(b.target_ids), b.from_first_logit(b.mask))
 
 
 def _mean_nll(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -95,7 +95,7 @@ def test_cached_prompt_logprobs_and_gradients_match_padded(tiny_model_dir, attn)
         assert bool(b.cached_prefix) == cache
         model.zero_grad()
         lp = b.full_width(gather_logprobs(shifted_logits(model, b, attn, torch.float32),
-                                          b.target_ids[:, b.first_logit:]))
+                                          b.from_first_logit(b.target_ids)))
         (-(lp * b.mask * b.advantages[:, None]).sum()).backward()
         results.append((lp.detach() * b.mask, [p.grad.clone() for p in model.parameters()]))
     (lp0, g0), (lp1, g1) = results
