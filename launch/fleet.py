@@ -65,6 +65,7 @@ class EngineFleet:
         self.retiring: list[_Retiring] = []
         self.free_slots: list[int] = []  # planned bundles whose engine was retired
         self._next_index = len(self.workers)
+        self.replacements = 0  # engines replaced since the run started
 
     def wait_ready(self, what: str = "generation workers") -> None:
         wait_all(self._labelled("ready"), self.cfg.placement.ready_timeout_s, f"{what} start-up")
@@ -80,6 +81,7 @@ class EngineFleet:
             logger.warning("generation worker %d is gone or unhealthy; starting a replacement", i)
             ray.kill(self.workers[i], no_restart=True)  # an unhealthy one still holds its resources
             self.workers[i] = self._start(self.slots[i])
+        self.replacements += len(dead)
         if dead:
             wait_all({f"gen{i}": self.workers[i].ready.remote() for i in dead},
                      self.cfg.placement.ready_timeout_s, "replacement generation worker start-up")
@@ -257,6 +259,7 @@ class FleetPublisher:
 
     def __init__(self, cfg: LabrlConfig, trainer: PolicyTrainerGroup, fleet: EngineFleet, pool: EnvWorkerPool):
         self.cfg, self.trainer, self.fleet, self.pool = cfg, trainer, fleet, pool
+        self.replacements_reported = 0
 
     def publish(self, version: int) -> dict[str, float]:
         fleet = self.fleet
@@ -270,6 +273,10 @@ class FleetPublisher:
         if sleeping:
             metrics.update(fleet.wake(sleeping, ["kv_cache"]))
         fleet.reap_retired()
+        # Counted by the fleet, not by this call: an engine replaced during a trainer restore (or
+        # in a publish the restore cut short) is reported with the next step.
+        metrics["fault/generation_workers_replaced"] = float(fleet.replacements - self.replacements_reported)
+        self.replacements_reported = fleet.replacements
         return metrics
 
     def sync(self, version: int, replaced: list[int] | None = None, joined: list[int] | None = None,
@@ -298,7 +305,6 @@ class FleetPublisher:
         if replaced or joined:
             self.pool.set_router(self.fleet.router())
         metrics = {f"sync/{k}": float(v) for k, v in asdict(stats).items() if isinstance(v, (int, float))}
-        metrics["fault/generation_workers_replaced"] = float(len(replaced))
         metrics["elastic/engines_joined"] = float(len(joined or []))
         return metrics
 
