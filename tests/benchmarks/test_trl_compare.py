@@ -1,0 +1,37 @@
+"""`benchmarks.trl_compare`'s run plan, ratio names and its refusal to report runs that measured
+nothing (the runs themselves are minutes of CPU: `make bench`)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from benchmarks.trl_compare import check_measured, run_order, trl_keys
+
+
+def args(**kw) -> argparse.Namespace:
+    base = {"labrl_staleness": [0, 1], "labrl_dense": False, "skip_trl": False, "trl_threads": [2], "trl_vllm": False}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_trl_with_vllm_runs_once_per_thread_count_interleaved_with_labrl():
+    assert run_order(True, args(trl_vllm=True)) == [("labrl", 0), ("trl", 2), ("labrl", 1), ("trl vllm", 2)]
+    assert run_order(False, args(trl_threads=[1, 2], trl_vllm=True, labrl_staleness=[1])) == [
+        ("trl", 1), ("labrl", 1), ("trl", 2), ("trl vllm", 1), ("trl vllm", 2)]
+    assert run_order(True, args(skip_trl=True, trl_vllm=True)) == [("labrl", 0), ("labrl", 1)]
+
+
+def test_every_trl_run_has_its_own_ratio_column():
+    assert trl_keys(args(trl_threads=[1, 2], trl_vllm=True)) == ["TRL 1t", "TRL 2t", "TRL vLLM 1t", "TRL vLLM 2t"]
+    assert trl_keys(args(skip_trl=True, trl_vllm=True)) == []
+
+
+def test_a_failed_or_untimed_run_fails_the_benchmark():
+    ok = {"size": "tiny", "label": "labrl staleness 1", "steps_timed": 3}
+    check_measured([ok])
+    failed = {"size": "tiny", "label": "TRL + vLLM colocate, 2 threads", "error": "TRL run failed (exit 1):\nboom"}
+    with pytest.raises(SystemExit, match=r"tiny TRL \+ vLLM colocate, 2 threads \(TRL run failed \(exit 1\):\)"):
+        check_measured([ok, failed])
+    with pytest.raises(SystemExit, match="tiny labrl staleness 0"):
+        check_measured([ok, {"size": "tiny", "label": "labrl staleness 0", "steps_timed": 0}])
