@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vllm", action="store_true", help=f"install {VLLM_PIN} in it too")
     args = p.parse_args(argv)
     setup_logging()
-    print(ensure_trl_venv(args.venv, with_vllm=args.vllm))
+    sys.stdout.write(f"{ensure_trl_venv(args.venv, with_vllm=args.vllm)}\n")  # the CLI's output: its python
 
 
 if __name__ == "__main__":
