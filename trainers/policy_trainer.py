@@ -30,6 +30,7 @@ from configs.schema import GRPOConfig, SyncConfig
 from trainers.batching import Collated, MicroBatch, MiniBatchShard, collate, shifted_logits
 from trainers.checkpoint import (copy_model_files, iter_full_parameters, load_training_state,
                                  save_training_state, write_safetensors_shards)
+from trainers.core_lending import CoreLending
 from trainers.grpo.losses import gather_logprobs, policy_loss, token_entropy
 from trainers.metrics import MetricState, kind_for
 from trainers.spec import TrainerSpec, deepspeed_config, make_optimizer, make_scheduler
@@ -64,6 +65,7 @@ class PolicyTrainerRank:
         self.ref_model: torch.nn.Module | None = None
         self.pad_id = 0
         self._senders: dict[tuple, Any] = {}
+        self.lending: CoreLending | None = None
         if self.cfg.use_gpu:
             torch.cuda.set_device(0)  # Ray exposes exactly this rank's GPU(s)
             self.device = torch.device("cuda", 0)
@@ -102,6 +104,10 @@ class PolicyTrainerRank:
                                                      attn_implementation=t.attn_implementation)
         model.config.use_cache = False
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        if not t.use_gpu and t.use_idle_engine_cpus:
+            self.lending = CoreLending.create(self.rank, max(1, int(t.cpus_per_rank)))
+            if self.lending is not None and not self.lending.attach(model):
+                self.lending = None  # no decoder layer to hook: the rank keeps its own threads
         if t.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         n_params = sum(p.numel() for p in model.parameters())
@@ -191,6 +197,8 @@ class PolicyTrainerRank:
         forward are used instead (one forward saved; the first ratio is exactly 1).
         """
         t0 = time.perf_counter()
+        if self.lending is not None:
+            self.lending.begin_step()
         self.engine.train()
         batches = [[self._collate(mb) for mb in sh.micro_batches] for sh in shards]
         ppo_epochs = grpo.ppo_epochs
@@ -233,6 +241,8 @@ class PolicyTrainerRank:
                     # Adam step on it would still move the weights along the old momentum.
                     skipped += 1
                     continue
+                if self.lending is not None:
+                    self.lending.adjust()
                 self.engine.step()
                 self.step += 1
                 grad_norm = self.engine.get_global_grad_norm()
@@ -243,6 +253,9 @@ class PolicyTrainerRank:
         if flat:
             state.add("train/skipped_no_signal_updates", float(flat), "max")
         elapsed = time.perf_counter() - t0
+        if self.lending is not None:
+            for key, value in self.lending.end_step().items():
+                state.add(key, value, "max")
         mbs = [mb for sh in shards for mb in sh.micro_batches]
         state.add("train/num_tokens", sum(mb.num_tokens for mb in mbs), "sum")
         state.add("train/num_padded_tokens", sum(mb.padded_tokens for mb in mbs), "sum")

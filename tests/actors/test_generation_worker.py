@@ -13,6 +13,7 @@ import pytest
 import ray
 import torch
 
+from actors.core_board import current_board_dir, read_entry
 from actors.generation import GenerationWorker
 from actors.types import EngineSpec, SamplingSpec
 from actors.weight_sync import WeightSyncError, make_sender
@@ -105,6 +106,24 @@ def test_concurrent_generate_batches(worker, tokenizer):
         assert all(lp <= 0.0 for lp in out.logprobs)
     # batched: far less than running the requests one after another
     assert batch_s < 0.5 * n * single_s, (batch_s, single_s)
+
+
+def test_the_engine_posts_on_the_core_board_while_requests_are_in_flight(worker, tokenizer):
+    """trainers/core_lending.py lends an engine's CPUs to the trainer only while this says idle."""
+    board = current_board_dir()
+    entries = list(board.glob("engine-test-gen-0-*"))
+    assert len(entries) == 1, entries
+    assert read_entry(entries[0])[:2] == (False, 1.0)
+    spec = SamplingSpec(max_tokens=160, min_tokens=160, temperature=1.0)
+    pending = [worker.generate.remote(sample_ids(tokenizer), spec) for _ in range(8)]
+    seen_busy = False
+    deadline = time.monotonic() + TIMEOUT
+    while not seen_busy and time.monotonic() < deadline:
+        seen_busy = read_entry(entries[0])[0]
+        time.sleep(0.005)
+    ray.get(pending, timeout=TIMEOUT)
+    assert seen_busy
+    assert read_entry(entries[0])[:2] == (False, 1.0)
 
 
 def test_a_group_prefills_its_shared_prompt_once(worker):
