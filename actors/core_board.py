@@ -43,6 +43,19 @@ def current_board_dir() -> Path | None:
         return None
 
 
+def engine_entry(name: str) -> BoardEntry | None:
+    """The calling engine actor's entry on its node's board (CPU engines in a Ray job only)."""
+    directory = current_board_dir()
+    if directory is None:
+        return None
+    import ray
+
+    resources = ray.get_runtime_context().get_assigned_resources()
+    if resources.get("GPU", 0.0) > 0 or resources.get("CPU", 0.0) <= 0:
+        return None
+    return BoardEntry(directory, "engine", name, resources["CPU"])
+
+
 def remove_board() -> None:
     """Delete this job's board on this node (the driver, once the run's actors are stopped; an
     actor killed elsewhere leaves a few bytes in its node's /dev/shm, ignored by later readers)."""

@@ -38,7 +38,7 @@ from typing import Any, get_args
 import ray
 
 from actors import vllm_plugin
-from actors.core_board import BoardEntry, current_board_dir
+from actors.core_board import engine_entry
 from actors.generation_control import (
     EngineGate,
     UpdateState,
@@ -58,17 +58,6 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 EXTENSION = "actors.vllm_extension.LabrlWorkerExtension"
-
-
-def _engine_busy_flag(name: str) -> BoardEntry | None:
-    """This engine's entry on the node's core board (CPU engines in a Ray job only)."""
-    directory = current_board_dir()
-    if directory is None:
-        return None
-    resources = ray.get_runtime_context().get_assigned_resources()
-    if resources.get("GPU", 0.0) > 0 or resources.get("CPU", 0.0) <= 0:
-        return None
-    return BoardEntry(directory, "engine", name, resources["CPU"])
 
 
 class GenerationWorker:
@@ -92,7 +81,7 @@ class GenerationWorker:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
         self.cpu_direct_reload = cpu_direct_reload
         self.engine: Any = None
-        self.busy_flag = _engine_busy_flag(self.name)
+        self.busy_flag = engine_entry(self.name)
         self.gate = EngineGate(self.name, spec.pause_mode,
                                on_busy=self.busy_flag.set if self.busy_flag is not None else None)
         self.update = UpdateState(self.name)
