@@ -45,6 +45,8 @@ SUITE = (
           description="GRPO wall clock and held-out success, max_staleness 0 / 1 / 2"),
     Bench("trl_compare", "benchmarks.trl_compare", ("--sizes", "30M", "--steps", "6", "--labrl-dense"),
           description="end-to-end GRPO throughput, labrl vs TRL GRPOTrainer"),
+    Bench("trainer_profile", "benchmarks.trainer_profile", (), (),
+          description="one trainer step at 30M by operator group (GEMM, attention, element-wise, optimizer)"),
     Bench("env_server_load", "benchmarks.env_server_load", ("--levels", "2000"), ("--levels", "2000,8000,16000"),
           description="one env HTTP server, concurrent episodes: p50/p99 latency, leaked sessions, RSS"),
     Bench("env_adapters", "benchmarks.env_adapters", ("--episodes", "128", "--rounds", "2"), (),
