@@ -15,10 +15,13 @@ engine is ignored once that process is gone.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 SHM_ROOT = Path("/dev/shm")
 _RECORD = "{busy:d} {cpus:>6.2f} {pid:>10d}\n"  # fixed width: rewritten in place with one pwrite
@@ -53,7 +56,16 @@ def engine_entry(name: str) -> BoardEntry | None:
     resources = ray.get_runtime_context().get_assigned_resources()
     if resources.get("GPU", 0.0) > 0 or resources.get("CPU", 0.0) <= 0:
         return None
-    return BoardEntry(directory, "engine", name, resources["CPU"])
+    return open_entry(directory, "engine", name, resources["CPU"])
+
+
+def open_entry(directory: Path, kind: str, name: str, cpus: float) -> BoardEntry | None:
+    """A board entry, or None (logged) where /dev/shm cannot take it: nothing is lent then."""
+    try:
+        return BoardEntry(directory, kind, name, cpus)
+    except OSError as err:
+        logger.warning("core board %s unavailable (%s): no CPUs will be lent on this node", directory, err)
+        return None
 
 
 def remove_board() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from actors.core_board import BoardEntry, IdleEngineCpus, current_board_dir
+from actors.core_board import BoardEntry, IdleEngineCpus, current_board_dir, open_entry
 
 
 class CoreLending:
@@ -34,9 +34,10 @@ class CoreLending:
     @classmethod
     def create(cls, rank: int, own_threads: int) -> CoreLending | None:
         directory = current_board_dir()
-        if directory is None:
+        entry = open_entry(directory, "rank", str(rank), own_threads) if directory is not None else None
+        if entry is None:
             return None
-        return cls(IdleEngineCpus(directory), BoardEntry(directory, "rank", str(rank), own_threads), own_threads)
+        return cls(IdleEngineCpus(directory), entry, own_threads)
 
     def attach(self, model: torch.nn.Module) -> int:
         """Hook every decoder layer (modules named `*DecoderLayer`); returns how many."""
