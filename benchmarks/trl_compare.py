@@ -119,6 +119,15 @@ def side_summary(step_s: list[float], tokens: list[float], completion_tokens: li
             "reward_last": rewards[-1] if rewards else None}
 
 
+def labrl_timed_steps(steps: list[dict[str, Any]]) -> list[bool]:
+    """Which of a labrl run's steps count. Not the first (warm-up). Not one whose rewards were all
+    equal (common at random init: every reward 0): it has no learning signal, labrl skips its update
+    while TRL still runs one. Nor the last when more than two ran: nothing is generated beside it, so
+    it trains alone (on both cores, trainer.use_idle_engine_cpus), unlike any step of a longer run."""
+    last = len(steps) - 1 if len(steps) > 2 else len(steps)
+    return [0 < i < last and not m.get("train/skipped_no_signal") for i, m in enumerate(steps)]
+
+
 def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespace,
               dense: bool = False) -> dict[str, Any]:
     from configs.loading import load_config
@@ -148,12 +157,7 @@ def run_labrl(size: str, model_dir: str, staleness: int, args: argparse.Namespac
     steps = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [m for m in steps if "timing/step_s" in m]
     step_s = [m["timing/step_s"] for m in steps]
-    # A batch whose rewards are all equal (common at random init: every reward 0) has no learning
-    # signal and labrl skips its update; TRL still runs one. Such steps do less work: not timed.
-    # Nor is the last step when more than two ran: nothing is generated beside it, so it trains
-    # alone (on both cores, trainer.use_idle_engine_cpus) unlike any step of a longer run.
-    last = len(steps) - 1 if len(steps) > 2 else len(steps)
-    timed = [0 < i < last and not m.get("train/skipped_no_signal") for i, m in enumerate(steps)]
+    timed = labrl_timed_steps(steps)
     out = side_summary(step_s, [m.get("train/batch_tokens", 0.0) for m in steps],
                        [m.get("rollout/num_generated_tokens", 0.0) for m in steps], total - sum(step_s),
                        [m.get("rollout/reward_mean", float("nan")) for m in steps], timed)

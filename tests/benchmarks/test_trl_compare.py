@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from benchmarks.trl_compare import check_measured, run_order, trl_keys
+from benchmarks.trl_compare import check_measured, labrl_timed_steps, run_order, trl_keys
 
 
 def args(**kw) -> argparse.Namespace:
@@ -35,3 +35,9 @@ def test_a_failed_or_untimed_run_fails_the_benchmark():
         check_measured([ok, failed])
     with pytest.raises(SystemExit, match="tiny labrl staleness 0"):
         check_measured([ok, {"size": "tiny", "label": "labrl staleness 0", "steps_timed": 0}])
+
+
+def test_labrl_times_neither_warm_up_nor_flat_steps_nor_the_last_one():
+    steps = [{}, {"train/skipped_no_signal": 1.0}, {}, {}, {}]
+    assert labrl_timed_steps(steps) == [False, False, True, True, False]
+    assert labrl_timed_steps([{}, {}]) == [False, True]  # two steps: the second is all there is
