@@ -96,8 +96,8 @@ def _sft_checkpoint_hash(model_dir: str, out: Path, portable: bool, cores: str, 
 
 
 @pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2
-                    or torch.backends.cpu.get_cpu_capability() != "AVX2",
-                    reason="needs taskset, 2 CPUs and an AVX2 CPU (pinned kernels) to stand in for two machines")
+                    or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="needs taskset, 2 CPUs and an AVX2 or AVX-512 CPU (pinned kernels) to stand in for two machines")
 def test_portable_sft_gives_the_same_checkpoint_on_another_machine(tiny_model_dir, tmp_path):
     """Machine A: this CPU's kernels, 2 cores. Machine B: 1 core and torch's scalar kernels
     (ATEN_CPU_CAPABILITY=default, as a CPU with other vector units would run other code paths).
