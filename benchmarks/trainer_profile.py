@@ -21,7 +21,7 @@ import random
 import time
 from typing import Any
 
-from benchmarks.common import emit, setup_logging
+from benchmarks.common import emit, median, setup_logging
 from benchmarks.flop_floor import gemm_gflops, matmul_params
 from monitor.text_table import format_table
 
@@ -90,7 +90,7 @@ def profile_threads(rank: Any, cfg: Any, samples: list[Any], threads: int, warmu
         category = CATEGORIES.get(event.key, "other")
         by_category[category] = by_category.get(category, 0.0) + event.self_cpu_time_total / 1e6
     positions = int(metrics["train/num_model_tokens"])
-    return {"threads": threads, "step_s": sorted(step_s[1:] or step_s)[len(step_s[1:] or step_s) // 2],
+    return {"threads": threads, "step_s": median(step_s[1:] or step_s),
             "profiled_s": profiled_s, "positions": positions, "seconds": by_category}
 
 
