@@ -103,8 +103,8 @@ class SFTConfig(Section):
         "guarantee it); the kernels' instruction set and the thread count decide how sums are rounded. "
         "Measured otherwise: commit 6ecabdf, seed 0 reached 0.305 held-out after SFT on an AMD EPYC and "
         "0.058 on an Intel Xeon (AVX-512), so something outside these pins still differs (README).")
-    num_threads: int = Field(2, gt=0, description="torch threads of the SFT process when portable_numerics: "
-                             "fixed, not the machine's core count, because the split of sums follows it.")
+    num_threads: int = Field(2, gt=0, description="torch threads of the SFT process; fixed, not the machine's "
+                             "core count, because with portable_numerics the split of sums follows it.")
 
 
 class GenerationConfig(Section):

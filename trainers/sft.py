@@ -38,10 +38,9 @@ PORTABLE_NUMERICS_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT
 
 def sft_process_env(sft: SFTConfig) -> dict[str, str]:
     """Environment variables of the process that runs `train_sft`."""
-    if not sft.portable_numerics:
-        return {}
-    threads = str(sft.num_threads)
-    return {**PORTABLE_NUMERICS_ENV, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    threads = str(sft.num_threads)  # else Ray's default for a task without CPUs: one thread
+    pinned = PORTABLE_NUMERICS_ENV if sft.portable_numerics else {}
+    return {**pinned, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
 def batch_nll(model, batch: Sequence[TrainSample], pad_token_id: int) -> torch.Tensor:
@@ -66,8 +65,8 @@ def train_sft(policy_dir: str, out_dir: str | Path, samples: Sequence[TrainSampl
     pool = list(samples)
     if not pool:
         raise ValueError("SFT needs at least one demonstration")
+    torch.set_num_threads(sft.num_threads)
     if sft.portable_numerics:
-        torch.set_num_threads(sft.num_threads)
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(seed)
     rng = random.Random(seed)

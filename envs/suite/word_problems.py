@@ -5,11 +5,15 @@ number; only the exact value is correct. Numbers are chosen so every division is
 
 Difficulty 1: one operation ("Ann has 23 pens and buys 14 more. How many now?").
 Difficulty 2: two operations. Difficulty 3: three operations.
+
+The novice solver is the student who adds up every number in the story: right only on "buys N
+more" problems, so behaviour cloning on a mix leaves the choice of operations to RL.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from typing import Any, Callable, Sequence
 
 from envs.core import Environment, Message, Reward
@@ -127,6 +131,13 @@ async def reference_policy(env: Environment, history: list[Message]) -> Message:
     return calc_then_submit(history, env.task.data["expr"])
 
 
+async def novice_policy(env: Environment, history: list[Message]) -> Message:
+    """Add up every number in the question with `calc`, then submit what `calc` returned."""
+    if not isinstance(env, WordProblemEnv):
+        raise TypeError(f"{NAME} novice policy needs a WordProblemEnv, got {type(env).__name__}")
+    return calc_then_submit(history, "+".join(re.findall(r"\d+", env.task.data["question"])))
+
+
 def make_dataset(num_train: int, num_heldout: int, difficulties: Sequence[int] = DIFFICULTIES,
                  seed: int = 0) -> TaskDataset:
     return TaskDataset.generate(NAME, generate_task, num_train, num_heldout, difficulties, seed,
@@ -135,5 +146,5 @@ def make_dataset(num_train: int, num_heldout: int, difficulties: Sequence[int] =
 
 SPEC = register_env(EnvSpec(
     name=NAME, make_dataset=make_dataset, make_env=WordProblemEnv,
-    reference_policy=reference_policy, difficulties=DIFFICULTIES,
+    reference_policy=reference_policy, novice_policy=novice_policy, difficulties=DIFFICULTIES,
     description="GSM8K-calculator style word problems with a safe calculator; exact answers"))

@@ -22,7 +22,7 @@ def test_default_config_loads_and_is_consistent():
     assert cfg.model.path is None and cfg.env.num_heldout_tasks >= 200
 
 
-@pytest.mark.parametrize("name", ["default", "long-cpu"])
+@pytest.mark.parametrize("name", ["default", "long-cpu", "chat-cpu"])
 def test_bundled_cpu_recipes_pass_preflight(name):
     """A bundled CPU recipe loads and its environment, difficulties and solvers check out before Ray."""
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")

@@ -124,7 +124,7 @@ def test_what_fits_passes_and_only_the_impossible_is_refused(caplog):
     assert "To fit, lower" in caplog.text
 
 
-@pytest.mark.parametrize("name", ["default", "long-cpu"])
+@pytest.mark.parametrize("name", ["default", "long-cpu", "chat-cpu"])
 def test_bundled_cpu_configs_fit_this_machine_class(name):
     """24 GB, shared: they must fit in well under what a busy 24 GB machine has free."""
     pred = check_memory_fit(load_config(CONFIGS / f"{name}.yaml"), host=(12.0, 24.0))

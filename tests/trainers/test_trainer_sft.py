@@ -70,6 +70,14 @@ def test_sft_needs_a_demonstration(tmp_path):
         train_sft("unused", tmp_path, [], SFTConfig(), seed=0, pad_token_id=0, progress_bar=False)
 
 
+def test_the_sft_process_gets_its_threads_with_or_without_pinned_kernels():
+    """Ray starts a task that reserves no CPU with one thread; SFT asks for `num_threads` either way."""
+    assert sft_process_env(SFTConfig(portable_numerics=False, num_threads=3)) == {
+        "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
+    pinned = sft_process_env(SFTConfig(portable_numerics=True, num_threads=2))
+    assert pinned["ATEN_CPU_CAPABILITY"] == "avx2" and pinned["OMP_NUM_THREADS"] == "2"
+
+
 _SFT_IN_A_FRESH_PROCESS = """
 import hashlib, sys
 from pathlib import Path
