@@ -17,6 +17,7 @@ verdict: machines differ in floating point, and the record is the comparison of 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -52,7 +53,27 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "sft": summary.get("eval_sft/pass@1"), "grpo": summary.get("eval_grpo/pass@1"),
             "gain": summary.get("grpo/improvement"), "gain_ci95": summary.get("grpo/improvement_ci95"),
             "trained": steps[-1].get("accounting/trained", 0.0) if steps else 0.0, "steps": len(steps),
-            "curve": sorted(curve)}
+            "curve": sorted(curve), "sft_sha256": weights_sha256(run_dir / "sft_model") if run_dir else None}
+
+
+def weights_sha256(model_dir: Path) -> str | None:
+    """Digest of a checkpoint's weight files: two runs that agree here trained the same SFT model
+    (the cross-CPU question of `sft.portable_numerics` asked of the weights, not of a score)."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def same_sft_checkpoint(run: dict[str, Any], record: dict[str, Any] | None) -> str:
+    if record is None or not run.get("sft_sha256") or not record.get("sft_sha256"):
+        return "SFT checkpoint: no recorded digest to compare with"
+    same = run["sft_sha256"] == record["sft_sha256"]
+    return (f"SFT checkpoint: {'the same weights as' if same else 'different weights from'} the record's "
+            f"(sha256 {run['sft_sha256'][:12]} vs {record['sft_sha256'][:12]})")
 
 
 def last_record(history: list[dict[str, Any]], seed: int, overrides: list[str]) -> dict[str, Any] | None:
@@ -89,6 +110,8 @@ def table(run: dict[str, Any], record: dict[str, Any] | None, cpu: str) -> str:
     if run["gain"] is not None:
         lines.append(row("this run", run))
         lines.append("held-out curve (updates: pass@1): " + ", ".join(f"{u:.0f}: {p:.3f}" for u, p in run["curve"]))
+    if run["gain"] is not None:
+        lines.append(same_sft_checkpoint(run, record))
     if record is not None and record.get("cpu_model") != cpu:
         lines.append(f"note: the record ran on {record.get('cpu_model')}, this run on {cpu}: not like for like")
     return "\n".join(lines)

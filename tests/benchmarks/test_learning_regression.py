@@ -3,7 +3,7 @@ significant, or learnt significantly less than the record fails; noise within th
 
 from __future__ import annotations
 
-from benchmarks.learning_regression import last_record, verdict
+from benchmarks.learning_regression import last_record, same_sft_checkpoint, verdict, weights_sha256
 
 
 def _run(gain: float, ci: float, trained: float = 512.0, exit_code: int = 0) -> dict:
@@ -33,3 +33,16 @@ def test_the_record_compared_is_the_newest_of_the_same_seed_and_overrides():
     assert last_record(history, 0, [])["gain"] == 0.3
     assert last_record(history, 0, ["grpo.num_steps=4"])["gain"] == 0.4
     assert last_record(history, 2, []) is None
+
+
+def test_the_sft_checkpoints_are_compared_by_the_digest_of_their_weights(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, data in ((a, b"\x00\x01"), (b, b"\x00\x02")):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(data)
+        (d / "config.json").write_text("{}")  # not weights: left out of the digest
+    assert weights_sha256(a) != weights_sha256(b) and weights_sha256(tmp_path) is None
+    run, same, other = ({"sft_sha256": weights_sha256(d)} for d in (a, a, b))
+    assert "the same weights as" in same_sft_checkpoint(run, same)
+    assert "different weights from" in same_sft_checkpoint(run, other)
+    assert "no recorded digest" in same_sft_checkpoint(run, {"gain": 0.3})
