@@ -110,7 +110,6 @@ def table(run: dict[str, Any], record: dict[str, Any] | None, cpu: str) -> str:
     if run["gain"] is not None:
         lines.append(row("this run", run))
         lines.append("held-out curve (updates: pass@1): " + ", ".join(f"{u:.0f}: {p:.3f}" for u, p in run["curve"]))
-    if run["gain"] is not None:
         lines.append(same_sft_checkpoint(run, record))
     if record is not None and record.get("cpu_model") != cpu:
         lines.append(f"note: the record ran on {record.get('cpu_model')}, this run on {cpu}: not like for like")
