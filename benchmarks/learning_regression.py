@@ -58,7 +58,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def weights_sha256(model_dir: Path) -> str | None:
     """Digest of a checkpoint's weight files: two runs that agree here trained the same SFT model
-    (the cross-CPU question of `sft.portable_numerics` asked of the weights, not of a score)."""
+    (the cross-CPU question of `sft.numerics` asked of the weights, not of a score)."""
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         return None

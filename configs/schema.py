@@ -96,15 +96,17 @@ class SFTConfig(Section):
     steps: int = Field(150, ge=0)
     batch_size: int = Field(32, gt=0)
     lr: float = Field(3e-3, gt=0)
-    portable_numerics: bool = Field(
-        True, description="Train in a process whose arithmetic does not depend on the machine: torch's "
-        "and MKL's kernels pinned to their AVX2 code paths, `num_threads` threads, deterministic "
-        "algorithms. Same seed, same checkpoint on any x86-64 CPU with AVX2 (as far as the libraries "
-        "guarantee it); the kernels' instruction set and the thread count decide how sums are rounded. "
-        "Measured otherwise: commit 6ecabdf, seed 0 reached 0.305 held-out after SFT on an AMD EPYC and "
-        "0.058 on an Intel Xeon (AVX-512), so something outside these pins still differs (README).")
+    numerics: Literal["any_x86", "intel_x86", "this_machine"] = Field(
+        "intel_x86", description="What the SFT process's arithmetic may depend on (the kernels' instruction "
+        "set and the thread count decide how sums are rounded, and SFT amplifies a rounding difference into "
+        "another checkpoint). `any_x86`: the same checkpoint for a seed on any x86-64 CPU with AVX2, Intel or "
+        "AMD: torch's kernels pinned to AVX2, MKL's reproducibility mode on its COMPATIBLE (SSE2) branch, the "
+        "only one MKL honours on non-Intel CPUs; its GEMMs run 2.5x slower than the AVX2 branch (README). "
+        "`intel_x86`: the same on any Intel CPU with AVX2 (MKL's AVX2 branch; on an AMD CPU MKL ignores it "
+        "and dispatches as it likes, so the checkpoint differs). `this_machine`: the CPU's fastest kernels; "
+        "the same checkpoint only on this machine. The pinned modes also run deterministic algorithms.")
     num_threads: int = Field(2, gt=0, description="torch threads of the SFT process; fixed, not the machine's "
-                             "core count, because with portable_numerics the split of sums follows it.")
+                             "core count, because with pinned numerics the split of sums follows it.")
 
 
 class GenerationConfig(Section):

@@ -151,8 +151,8 @@ class TrainingRun:
         out_dir = self.run_dir / "sft_model"
         self.summary.update(C.run_sft(cfg, policy_dir, out_dir, C.demonstration_samples(usable),
                                       pad_token_id=load_tokenizer(policy_dir).pad_token_id))
-        logger.info("SFT: %d steps on %d demonstrations, final loss %.4f (portable numerics: %s)", cfg.sft.steps,
-                    len(usable), self.summary["sft/final_loss"], cfg.sft.portable_numerics)
+        logger.info("SFT: %d steps on %d demonstrations, final loss %.4f (numerics: %s)", cfg.sft.steps,
+                    len(usable), self.summary["sft/final_loss"], cfg.sft.numerics)
         return str(out_dir)
 
     def start_policy(self, policy_dir: str) -> None:

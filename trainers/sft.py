@@ -30,17 +30,23 @@ from trainers.batching import MicroBatch, TrainSample, collate, shifted_logits
 logger = logging.getLogger(__name__)
 
 WARMUP_STEPS = 10  # linear warmup of the SFT learning rate, then a linear decay to 5%
-# Read when torch / MKL / oneDNN load, so they are set on the process that trains (`sft_process_env`):
-# every x86-64 CPU with AVX2 then runs the same code paths (an AVX-512 CPU would otherwise round
-# its sums differently, and SFT amplifies such differences into a different checkpoint).
-PORTABLE_NUMERICS_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# Read when torch / MKL / oneDNN load, so they are set on the process that trains (`sft_process_env`).
+# ATen's AVX2 kernels are its own code: the same on every AVX2 CPU. MKL's reproducibility branches
+# other than COMPATIBLE are honoured on Intel CPUs only (elsewhere MKL falls back to its automatic
+# dispatch), so only COMPATIBLE gives AMD and Intel the same GEMMs (MKL developer guide, "Specifying
+# Code Branches"; measured stand-in: tests/trainers/test_trainer_sft.py).
+_PINNED = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+NUMERICS_ENV: dict[str, dict[str, str]] = {
+    "any_x86": {**_PINNED, "MKL_CBWR": "COMPATIBLE"},
+    "intel_x86": {**_PINNED, "MKL_CBWR": "AVX2,STRICT"},
+    "this_machine": {},
+}
 
 
 def sft_process_env(sft: SFTConfig) -> dict[str, str]:
     """Environment variables of the process that runs `train_sft`."""
     threads = str(sft.num_threads)  # else Ray's default for a task without CPUs: one thread
-    pinned = PORTABLE_NUMERICS_ENV if sft.portable_numerics else {}
-    return {**pinned, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    return {**NUMERICS_ENV[sft.numerics], "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
 def batch_nll(model, batch: Sequence[TrainSample], pad_token_id: int) -> torch.Tensor:
@@ -66,7 +72,7 @@ def train_sft(policy_dir: str, out_dir: str | Path, samples: Sequence[TrainSampl
     if not pool:
         raise ValueError("SFT needs at least one demonstration")
     torch.set_num_threads(sft.num_threads)
-    if sft.portable_numerics:
+    if sft.numerics != "this_machine":
         torch.use_deterministic_algorithms(True)
     torch.manual_seed(seed)
     rng = random.Random(seed)

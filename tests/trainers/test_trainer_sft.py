@@ -72,10 +72,11 @@ def test_sft_needs_a_demonstration(tmp_path):
 
 def test_the_sft_process_gets_its_threads_with_or_without_pinned_kernels():
     """Ray starts a task that reserves no CPU with one thread; SFT asks for `num_threads` either way."""
-    assert sft_process_env(SFTConfig(portable_numerics=False, num_threads=3)) == {
+    assert sft_process_env(SFTConfig(numerics="this_machine", num_threads=3)) == {
         "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
-    pinned = sft_process_env(SFTConfig(portable_numerics=True, num_threads=2))
+    pinned = sft_process_env(SFTConfig(numerics="any_x86", num_threads=2))
     assert pinned["ATEN_CPU_CAPABILITY"] == "avx2" and pinned["OMP_NUM_THREADS"] == "2"
+    assert pinned["MKL_CBWR"] == "COMPATIBLE"  # the one MKL branch honoured on AMD CPUs too
 
 
 _SFT_IN_A_FRESH_PROCESS = """
@@ -84,19 +85,18 @@ from pathlib import Path
 from configs.schema import SFTConfig
 from tests.trainers.conftest import make_samples
 from trainers.sft import train_sft
-portable = sys.argv[3] == "1"
-sft = SFTConfig(steps=15, batch_size=8, lr=3e-3, portable_numerics=portable, num_threads=2)
+sft = SFTConfig(steps=15, batch_size=8, lr=3e-3, numerics=sys.argv[3], num_threads=2)
 train_sft(sys.argv[1], sys.argv[2], make_samples(0, 32, vocab=100, min_len=20, max_len=120), sft, seed=0,
           pad_token_id=0, progress_bar=False)
 print(hashlib.sha256((Path(sys.argv[2]) / "model.safetensors").read_bytes()).hexdigest())
 """
 
 
-def _sft_checkpoint_hash(model_dir: str, out: Path, portable: bool, cores: str, machine: dict[str, str]) -> str:
+def _sft_checkpoint_hash(model_dir: str, out: Path, numerics: str, cores: str, machine: dict[str, str]) -> str:
     """SFT in a fresh process that sees only `cores` and whose environment has `machine` (a stand-in
     for another CPU), then `sft_process_env` on top, as `launch.components.run_sft` starts it."""
-    env = {**os.environ, **machine, **sft_process_env(SFTConfig(portable_numerics=portable, num_threads=2))}
-    cmd = ["taskset", "-c", cores, sys.executable, "-c", _SFT_IN_A_FRESH_PROCESS, model_dir, str(out), str(int(portable))]
+    env = {**os.environ, **machine, **sft_process_env(SFTConfig(numerics=numerics, num_threads=2))}
+    cmd = ["taskset", "-c", cores, sys.executable, "-c", _SFT_IN_A_FRESH_PROCESS, model_dir, str(out), numerics]
     done = subprocess.run(cmd, env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -106,13 +106,17 @@ def _sft_checkpoint_hash(model_dir: str, out: Path, portable: bool, cores: str, 
 @pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2
                     or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
                     reason="needs taskset, 2 CPUs and an AVX2 or AVX-512 CPU (pinned kernels) to stand in for two machines")
-def test_portable_sft_gives_the_same_checkpoint_on_another_machine(tiny_model_dir, tmp_path):
-    """Machine A: this CPU's kernels, 2 cores. Machine B: 1 core and torch's scalar kernels
-    (ATEN_CPU_CAPABILITY=default, as a CPU with other vector units would run other code paths).
-    Unpinned they train different checkpoints; with portable numerics the same, bit for bit."""
-    other_cpu = {"ATEN_CPU_CAPABILITY": "default"}
-    runs = {(portable, machine): _sft_checkpoint_hash(tiny_model_dir, tmp_path / f"{portable}{machine}", portable,
-                                                      *(("0,1", {}) if machine == "A" else ("0", other_cpu)))
-            for portable in (False, True) for machine in "AB"}
-    assert runs[False, "A"] != runs[False, "B"]
-    assert runs[True, "A"] == runs[True, "B"]
+def test_sft_numerics_decide_which_other_machines_train_the_same_checkpoint(tiny_model_dir, tmp_path):
+    """Machine A: this CPU, 2 cores. Another Intel CPU: 1 core and torch's scalar kernels (other
+    vector units run other code paths). An AMD CPU: that, and MKL allowed no more than SSE4.2
+    (`MKL_ENABLE_INSTRUCTIONS`), so it cannot run its AVX2 branch: what MKL does on AMD, where it
+    honours no reproducibility branch but COMPATIBLE and falls back to its automatic dispatch."""
+    machines = {"A": ("0,1", {}), "intel": ("0", {"ATEN_CPU_CAPABILITY": "default"}),
+                "amd": ("0", {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"})}
+    wanted = {"this_machine": "A intel", "intel_x86": "A intel amd", "any_x86": "A intel amd"}
+    runs = {(n, m): _sft_checkpoint_hash(tiny_model_dir, tmp_path / f"{n}-{m}", n, *machines[m])
+            for n, ms in wanted.items() for m in ms.split()}
+    assert runs["this_machine", "A"] != runs["this_machine", "intel"]
+    assert runs["intel_x86", "A"] == runs["intel_x86", "intel"] != runs["intel_x86", "amd"]
+    assert runs["any_x86", "A"] == runs["any_x86", "intel"] == runs["any_x86", "amd"]
+    assert len({runs[n, "A"] for n in wanted}) == 3  # three kinds of rounding
