@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from actors.core_board import BoardEntry, IdleEngineCpus, current_board_dir, open_entry
+from trainers.compile import decoder_layers
 
 
 class CoreLending:
@@ -41,7 +42,7 @@ class CoreLending:
 
     def attach(self, model: torch.nn.Module) -> int:
         """Hook every decoder layer (modules named `*DecoderLayer`); returns how many."""
-        layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+        layers = decoder_layers(model)
         for layer in layers:
             layer.register_forward_pre_hook(self._before_forward)
             layer.register_forward_hook(self._after_forward)
