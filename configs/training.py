@@ -93,11 +93,6 @@ class TrainerConfig(Section):
                                 "on cached keys and values (not with gradient checkpointing), else packed into "
                                 "rows of at most this many tokens (eager/SDPA attention); 0: off.")
     gradient_checkpointing: bool = False
-    torch_compile: bool = Field(
-        False, description="Compile each decoder layer's forward with torch.compile (inductor, dynamic shapes): "
-                           "fuses the element-wise work (norms, rotary, activations) around the GEMMs. On CPU the "
-                           "kernels follow the thread count set at run time, so idle-core lending still applies. "
-                           "The first steps pay the compilation (~20 s for a 30M model on 2 cores).")
     skip_zero_advantage: bool = Field(
         True, description="Do not run samples whose advantage is 0 through the model when the loss has "
                           "no KL or entropy term: their gradient is exactly zero (they still count in "

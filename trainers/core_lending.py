@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from actors.core_board import BoardEntry, IdleEngineCpus, current_board_dir, open_entry
-from trainers.compile import decoder_layers
 
 
 class CoreLending:
@@ -42,7 +41,7 @@ class CoreLending:
 
     def attach(self, model: torch.nn.Module) -> int:
         """Hook every decoder layer (modules named `*DecoderLayer`); returns how many."""
-        layers = decoder_layers(model)
+        layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
         for layer in layers:
             layer.register_forward_pre_hook(self._before_forward)
             layer.register_forward_hook(self._after_forward)

@@ -30,7 +30,6 @@ from configs.schema import GRPOConfig, SyncConfig
 from trainers.batching import Collated, MicroBatch, MiniBatchShard, collate, shifted_logits
 from trainers.checkpoint import (copy_model_files, iter_full_parameters, load_training_state,
                                  save_training_state, write_safetensors_shards)
-from trainers.compile import compile_decoder_layers
 from trainers.core_lending import CoreLending
 from trainers.grpo.losses import gather_logprobs, policy_loss, token_entropy
 from trainers.metrics import MetricState, kind_for
@@ -111,7 +110,6 @@ class PolicyTrainerRank:
                 self.lending = None  # no decoder layer to hook: the rank keeps its own threads
         if t.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        compiled = compile_decoder_layers(model) if t.torch_compile else 0
         n_params = sum(p.numel() for p in model.parameters())
         # Packed shared prompts need a 4D mask: the eager and SDPA attentions take one.
         self.attn_implementation = model.config._attn_implementation
@@ -127,7 +125,7 @@ class PolicyTrainerRank:
             self._record_fp32_grad_norm()
         logger.info("rank %d/%d ready: %.1fM params, ZeRO-%d, %s, %s", self.rank, self.world_size,
                     n_params / 1e6, t.zero_stage, s.torch_dtype, self.device)
-        return {"num_params": n_params, "device": str(self.device), "compiled_layers": compiled}
+        return {"num_params": n_params, "device": str(self.device)}
 
     def _record_fp32_grad_norm(self) -> None:
         """DeepSpeed's plain fp32 path (ZeRO-0) clips but drops the norm it computed; keep it

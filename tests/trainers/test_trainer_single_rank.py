@@ -54,25 +54,6 @@ def test_on_policy_first_step_and_full_batch_equivalence(group, tiny_model_dir, 
     th.assert_params_close(group.gather_parameters(), want)
 
 
-def test_compiled_layers_train_like_the_eager_model(ray_cluster, tiny_model_dir, th):
-    """`trainer.torch_compile`: the same two on-policy steps as plain PyTorch, to fused-kernel rounding."""
-    trainer = TRAINER.model_copy(update={"torch_compile": True})
-    compiled = PolicyTrainerGroup(TrainerSpec(tiny_model_dir, trainer))
-    try:
-        assert compiled.info["compiled_layers"] == 2
-        batches = [th.make_samples(10, 12), th.make_samples(11, 12)]
-        for samples in batches:
-            th.set_on_policy(compiled, samples)
-        metrics = [compiled.train_step(batch, CFG) for batch in batches]
-        assert metrics[0]["train/token_mult_prob_error"] == pytest.approx(1.0, abs=1e-5)
-        want, norms, losses = th.reference_steps(tiny_model_dir, batches, CFG, trainer)
-        assert [m["train/grad_norm"] for m in metrics] == pytest.approx(norms, rel=1e-4)
-        assert [m["train/loss"] for m in metrics] == pytest.approx(losses, rel=1e-4, abs=1e-6)
-        th.assert_params_close(compiled.gather_parameters(), want)
-    finally:
-        compiled.shutdown()
-
-
 def test_mini_batches_recompute_old_logprobs(group, th):
     samples = th.make_samples(12, 8)
     th.set_on_policy(group, samples)
