@@ -135,6 +135,7 @@ class GenerationWorker:
             self.cpu_direct_reload = False
         if self.cpu_direct_reload:
             os.environ[vllm_plugin.PLAIN_WEIGHTS_ENV] = "1"  # actors/vllm_plugin.py: weights stay plain
+            os.environ[vllm_plugin.PACKED_GEMM_ENV] = "1" if self.generation.cpu_gemm == "packed" else "0"
             # A cached compiled graph may have been traced over repacked weights (its key does not
             # know the plugin); on CPU vLLM failed to load its cache anyway (recompiled every start).
             os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"

@@ -93,9 +93,17 @@ class EngineWeights:
                 from actors.cpu_direct_reload import direct_load
 
                 direct_load(self.model, iter(weights))
+                self.weights_changed()
             else:
                 self.worker.model_runner.reload_weights(weights_iterator=iter(weights))
                 refresh_tied_layers(self.model)
+
+    def weights_changed(self) -> None:
+        """Direct updates wrote the plain weights in place: rebuild the packed copies that CPU
+        layers compute through (`generation.cpu_gemm=packed`, actors/vllm_plugin.py)."""
+        from actors.vllm_plugin import repack
+
+        repack(self.model)
 
     def begin(self) -> None:
         """Put every layer back into its loadable (checkpoint) layout; loads are buffered per layer
@@ -120,6 +128,7 @@ class EngineWeights:
         """Process layers still pending and drop caches derived from the old weights."""
         self.streaming = False
         if self.direct:
+            self.weights_changed()
             return
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 

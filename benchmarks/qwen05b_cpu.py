@@ -45,6 +45,7 @@ CPU_OVERRIDES: list[tuple[str, str]] = [
     ("generation.max_new_tokens=32", "time: a random-weight model rarely stops; 512 tokens x turns on 2 cores"),
     ("generation.max_model_len=512", "time (the GPU config: 4096)"),
     ("generation.enforce_eager=true", "vLLM CPU: no CUDA graphs"),
+    ("generation.cpu_gemm=plain", "memory: no packed copy of the 2 GB of weights beside two ranks in 23.5 GB"),
     ("trainer.gpus_per_rank=0", "no GPU"),
     ("trainer.cpus_per_rank=1", "2 cores for the whole run"),
     ("trainer.num_ranks=2", "the issue's 2-rank ZeRO layout (the GPU config: 1 rank)"),

@@ -132,6 +132,10 @@ class GenerationConfig(Section):
                                 "32 on CPU (vLLM's 128 shares nothing below 128 prompt tokens), vLLM's own on GPU.")
     gpu_memory_utilization: float = Field(0.5, gt=0, lt=1)
     enforce_eager: bool = True
+    cpu_gemm: Literal["packed", "plain"] = Field(
+        "packed", description="CPU engines (direct reload): packed: linear layers compute through oneDNN copies of "
+                              "the weights, rebuilt after every sync (decode GEMMs ~20% faster; one more copy of "
+                              "the weights in memory); plain: F.linear on the synced weights (actors/vllm_plugin.py).")
     sleep_level: Literal[0, 1, 2] = Field(
         0, description="placement.mode=colocated: engines sleep while the trainer steps, giving it their "
                        "GPU memory. 1: weights to host memory, KV cache dropped; 2: weights dropped too "

@@ -199,7 +199,10 @@ def engine(cfg: LabrlConfig, shape: ModelShape, gpu_memory_gb: float | None, tra
     # One step's activations (no backward: about one layer's) and its sequences' fp32 logits.
     step = (ENGINE_BATCH_TOKENS * (ACT_HIDDEN * shape.hidden + ACT_INTERMEDIATE * shape.intermediate) * w
             + ENGINE_MAX_SEQS * shape.vocab * 4)
-    parts = {"weights": shape.params * w / GB, "kv cache": g.kv_cache_gb * GIB / GB, "activations": step / GB,
+    # generation.cpu_gemm=packed: a oneDNN copy of every linear weight and the lm_head (at most all of them).
+    packed = shape.params * w / GB if g.cpu_gemm == "packed" else 0.0
+    parts = {"weights": shape.params * w / GB, "packed copies": packed, "kv cache": g.kv_cache_gb * GIB / GB,
+             "activations": step / GB,
              "sync staging": sync_staging(cfg, shape) if training else 0.0, "runtime": ENGINE_RUNTIME_GB}
     return RolePeak("engine", parts, g.num_workers)
 

@@ -156,7 +156,8 @@ class InplaceSender(WeightSender):
 
 class InplaceReceiver(Receiver):
     """Engine half: share the weights once; afterwards the trainer writes them while the worker
-    holds generation paused, so begin, apply and finish have nothing to do in the engine."""
+    holds generation paused, so begin and apply have nothing to do in the engine and finish only
+    rebuilds the packed copies CPU layers compute through (generation.cpu_gemm=packed)."""
 
     def connect(self, engine: Any, setup: dict[str, Any]) -> dict[str, Any]:
         if not engine.direct:
@@ -172,4 +173,4 @@ class InplaceReceiver(Receiver):
         pass
 
     def finish(self, engine: Any) -> None:
-        pass
+        engine.weights_changed()  # the trainer wrote the plain weights: rebuild packed copies
