@@ -52,15 +52,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from trainers.prompt_groups import GroupedPrompts, group_prompts, grouped_prompt_logits
-
 logger = logging.getLogger(__name__)
 
 MIN_PREFIX_GAIN = 2.0  # cache a common prompt only when the padded layout runs this many times the tokens
-# Grouped prompts pad every prompt to the longest and every sample's own tokens to the longest; they
-# are still chosen over packed rows running up to this many times fewer positions, for their far
-# smaller attention (measured: SDPA 10% of the packed 30M trl_compare step on 1 thread).
-GROUPED_MAX_POSITIONS = 1.25
 
 
 @dataclass
@@ -245,8 +239,6 @@ class Collated:
     # A prompt common to every row, run once on cached keys and values (module doc): the logits
     # then start at column `first_logit`, the column that predicts the first token after it.
     cached_prefix: int = 0
-    # Each group's prompt run once on cached keys and values (trainers/prompt_groups.py).
-    grouped: GroupedPrompts | None = None
 
     @property
     def first_logit(self) -> int:
@@ -255,8 +247,6 @@ class Collated:
     @property
     def model_tokens(self) -> int:
         """Positions the model runs (padding included)."""
-        if self.grouped is not None:
-            return self.grouped.model_tokens
         b, width = self.input_ids.shape
         return self.cached_prefix + b * (width - self.cached_prefix) if self.cached_prefix else self.input_ids.numel()
 
@@ -274,8 +264,7 @@ class Collated:
         return Collated(move(self.input_ids), move(self.attention_mask), move(self.target_ids),
                         move(self.mask), move(self.sampler_logprobs), move(self.advantages),
                         move(self.ref_logprobs), self.is_placeholder, move(self.position_ids),
-                        move(self.logit_index), self.cached_prefix,
-                        None if self.grouped is None else self.grouped.to(device))
+                        move(self.logit_index), self.cached_prefix)
 
 
 def prompt_length(s: TrainSample) -> int:
@@ -356,8 +345,6 @@ def shifted_logits(model: Any, b: Collated, attn_implementation: str, dtype: tor
     for columns k = `b.first_logit` on."""
     if b.cached_prefix:
         return _cached_prefix_logits(model, b)
-    if b.grouped is not None:
-        return grouped_prompt_logits(model, b.grouped)
     if b.logit_index is None:
         return model(input_ids=b.input_ids, attention_mask=b.attention_mask,
                      use_cache=False).logits[:, :-1]
@@ -376,16 +363,13 @@ def _row_width(samples: list[TrainSample], row: tuple[tuple[int, ...], list[int]
 
 
 def collate(mb: MicroBatch, pad_id: int, share_prefix_tokens: int = 0,
-            prefix_length: Callable[[TrainSample], int] = prompt_length, cache_prompt: bool = False,
-            group_prompts_on_cache: bool = False) -> Collated:
+            prefix_length: Callable[[TrainSample], int] = prompt_length, cache_prompt: bool = False) -> Collated:
     """Right-pad a micro-batch into tensors; an empty micro-batch becomes one fully masked row.
 
     `cache_prompt`: a prompt common to every sample runs once on cached keys and values when that
     runs at most 1 / MIN_PREFIX_GAIN of the padded tokens (module doc). Otherwise
-    `share_prefix_tokens > 0` runs each prompt shared by several samples (or `prefix_length`) once:
-    packed into rows of at most that many tokens (module doc) when that runs fewer tokens than the
-    padded layout, or, with `group_prompts_on_cache` (the model's cache is usable), as grouped
-    prompts (trainers/prompt_groups.py) unless they run over GROUPED_MAX_POSITIONS times as many."""
+    `share_prefix_tokens > 0` packs samples with a common prompt (or `prefix_length`) into rows of
+    at most that many tokens (module doc) when that runs fewer tokens than the padded layout."""
     samples = mb.samples or [TrainSample([pad_id, pad_id], [0, 0], [0.0, 0.0], 0.0)]
     width = max(2, max(len(s.token_ids) for s in samples))
     b = len(samples)
@@ -411,14 +395,9 @@ def collate(mb: MicroBatch, pad_id: int, share_prefix_tokens: int = 0,
         out.cached_prefix = cached_prompt_length(mb.samples)
         if out.cached_prefix:
             return out
-    if share_prefix_tokens <= 0 or not mb.samples:
-        return out
-    packed = pack_shared_prefixes(mb.samples, pad_id, share_prefix_tokens, prefix_length)
-    grouped = group_prompts(mb.samples, pad_id, prefix_length, width) if group_prompts_on_cache else None
-    rival = packed[0].numel() if packed is not None else ids.numel()
-    if grouped is not None and grouped.model_tokens <= GROUPED_MAX_POSITIONS * rival:
-        out.grouped = grouped
-    elif packed is not None:
+    packed = pack_shared_prefixes(mb.samples, pad_id, share_prefix_tokens, prefix_length) if (
+        share_prefix_tokens > 0 and mb.samples) else None
+    if packed is not None:
         out.input_ids, out.attention_mask, out.position_ids, out.logit_index = packed
     return out
 

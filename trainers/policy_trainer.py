@@ -144,8 +144,8 @@ class PolicyTrainerRank:
     # --------------------------------------------------------------- forward
     def _collate(self, mb: MicroBatch, every_position: bool = False) -> Collated:
         """`every_position`: logprobs wanted at prompt positions too (no cached prompt)."""
-        return collate(mb, self.pad_id, self.share_prefix_tokens, cache_prompt=self.cache_prompt and not every_position,
-                       group_prompts_on_cache=self.cache_prompt).to(self.device)
+        return collate(mb, self.pad_id, self.share_prefix_tokens,
+                       cache_prompt=self.cache_prompt and not every_position).to(self.device)
 
     def _logits(self, model: Any, b: Collated) -> Tensor:
         return shifted_logits(model, b, self.attn_implementation, self.spec.torch_dtype)
