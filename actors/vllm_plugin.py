@@ -41,6 +41,7 @@ def installed() -> bool:
 def packing_available() -> bool:
     """Whether this vLLM build has its oneDNN GEMM kernels (x86 CPU builds do)."""
     import torch
+    import vllm._custom_ops  # noqa: F401 - loads vLLM's kernel library into torch.ops._C
 
     return hasattr(torch.ops._C, "create_onednn_mm_handler")
 

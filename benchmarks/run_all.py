@@ -47,6 +47,8 @@ SUITE = (
           description="end-to-end GRPO throughput, labrl vs TRL GRPOTrainer"),
     Bench("trainer_profile", "benchmarks.trainer_profile", (), (),
           description="one trainer step at 30M by operator group (GEMM, attention, element-wise, optimizer)"),
+    Bench("decode_gemm", "benchmarks.decode_gemm", (), ("--sizes", "tiny", "30M", "100M", "--rows", "1", "64", "128"),
+          description="one decoder layer's GEMMs at decode batch sizes: plain F.linear vs packed (oneDNN, MKL)"),
     Bench("env_server_load", "benchmarks.env_server_load", ("--levels", "2000"), ("--levels", "2000,8000,16000"),
           description="one env HTTP server, concurrent episodes: p50/p99 latency, leaked sessions, RSS"),
     Bench("env_adapters", "benchmarks.env_adapters", ("--episodes", "128", "--rounds", "2"), (),
