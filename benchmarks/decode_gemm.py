@@ -14,15 +14,12 @@ GFLOP/s; exits 1 when this vLLM build has no oneDNN kernels (nothing to compare)
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from benchmarks.common import emit, setup_logging
 from benchmarks.trl_compare import SIZES
-
-logger = logging.getLogger("benchmarks.decode_gemm")
 
 
 def layer_shapes(size: str) -> list[tuple[int, int]]:
@@ -46,10 +43,12 @@ def time_layer(size: str, rows: int) -> dict[str, float]:
     import torch
     from vllm import _custom_ops as ops
 
+    from actors.vllm_plugin import ONEDNN_CACHE
+
     out: dict[str, float] = {"F.linear": 0.0, "oneDNN": 0.0, "MKL packed": 0.0}
     for n, k in layer_shapes(size):
         x, w = torch.randn(rows, k), torch.randn(n, k)
-        handle = ops.create_onednn_mm(w.t(), 32)
+        handle = ops.create_onednn_mm(w.t(), ONEDNN_CACHE)
         mkl = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
         out["F.linear"] += seconds_per_call(lambda: torch.nn.functional.linear(x, w))
         out["oneDNN"] += seconds_per_call(lambda: ops.onednn_mm(handle, x, None))
