@@ -121,6 +121,11 @@ class PolicyTrainerRank:
         self.engine, *_ = deepspeed.initialize(
             model=model, optimizer=make_optimizer(model, t),
             lr_scheduler=lambda opt: make_scheduler(opt, s), config=ds_config)
+        if self.world_size == 1 and t.zero_stage == 0:
+            # Alone there is nothing to average with, yet ZeRO-0 would still flatten every
+            # gradient into a fresh buffer and copy it back after backward: twice the model's
+            # size in memory traffic a step (0.09 s of a 0.7 s step at 30M on 1 CPU thread).
+            self.engine.enable_backward_allreduce = False
         if t.zero_stage == 0 and s.torch_dtype == torch.float32:
             self._record_fp32_grad_norm()
         logger.info("rank %d/%d ready: %.1fM params, ZeRO-%d, %s, %s", self.rank, self.world_size,

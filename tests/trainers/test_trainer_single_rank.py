@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
 
 import pytest
@@ -124,6 +126,37 @@ def test_export_reloads_in_transformers(group, tmp_path, th):
     tok = load_tokenizer(out)
     assert tok.decode(tok("a b\nc")["input_ids"]) == "a b\nc"
     th.assert_logprobs_match_hf(group, out, [s.token_ids for s in th.make_samples(30, 4)])
+
+
+ALLREDUCE_PROBE = """
+import sys
+from deepspeed.runtime.engine import DeepSpeedEngine
+from benchmarks.trainer_profile import batch, make_rank
+from models.tiny import save_tiny_model
+from trainers.batching import plan_train_step
+calls, real = [], DeepSpeedEngine.allreduce_bucket
+def counted(self, *args, **kwargs):
+    calls.append(1)
+    return real(self, *args, **kwargs)
+DeepSpeedEngine.allreduce_bucket = counted
+rank, cfg = make_rank(str(save_tiny_model(sys.argv[1])), port=int(sys.argv[2]))
+plan = plan_train_step(batch(1, rank.engine.module.config.vocab_size), 1, 1, cfg.trainer.micro_batch_tokens)[0]
+metrics = rank.train_step(plan, cfg.grpo)
+sys.stdout.write(f"RESULT {len(calls)} {metrics.result()['train/grad_norm']}\\n")
+"""
+
+
+def test_a_lone_rank_skips_the_gradient_allreduce(tmp_path):
+    """ZeRO-0 would flatten and copy back every gradient after backward even with no peer; one
+    rank skips that (the update itself is checked against plain PyTorch above)."""
+    from actors.calls import free_port
+    from benchmarks.common import REPO_ROOT
+
+    proc = subprocess.run([sys.executable, "-c", ALLREDUCE_PROBE, str(tmp_path / "model"), str(free_port())],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    calls, grad_norm = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT ")).split()[1:]
+    assert int(calls) == 0 and float(grad_norm) > 0
 
 
 @ray.remote(num_cpus=0)
