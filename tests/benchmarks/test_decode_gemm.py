@@ -10,7 +10,8 @@ def test_layer_shapes_are_the_qwen2_layer_of_each_size():
     assert layer_shapes("30M") == [(768, 512), (512, 512), (4096, 512), (512, 2048)]
 
 
-def test_every_kernel_is_timed():
-    secs = time_layer("tiny", rows=8)
-    assert set(secs) == {"F.linear", "oneDNN", "MKL packed"}
-    assert all(0 < s < 1.0 for s in secs.values())
+def test_every_kernel_is_timed_per_layer():
+    for layers in (1, 2):  # one layer's weights, or several layers' in turn (--whole-model)
+        secs = time_layer("tiny", rows=8, layers=layers)
+        assert set(secs) == {"F.linear", "oneDNN", "MKL packed"}
+        assert all(0 < s < 1.0 for s in secs.values())
