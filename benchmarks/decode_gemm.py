@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         layers = SIZES[size][2] if args.whole_model else 1
         for m in args.rows:
             secs = time_layer(size, m, layers)
-            rows.append({"size": size, "rows": m, "layers": layers, "ms_per_layer": {k: v * 1e3 for k, v in secs.items()},
+            rows.append({"size": size, "rows": m, "layers": layers,
+                         "ms_per_layer": {k: v * 1e3 for k, v in secs.items()},
                          "gflops": {k: flop * m / v / 1e9 for k, v in secs.items()},
                          "plain_over_onednn": secs["F.linear"] / secs["oneDNN"]})
             lines.append(f"{size:>5} {m:>5} " + " ".join(f"{v * 1e3:>10.3f} ({flop * m / v / 1e9:>4.0f})"

@@ -153,7 +153,7 @@ def test_a_lone_rank_skips_the_gradient_allreduce(tmp_path):
     from benchmarks.common import REPO_ROOT
 
     proc = subprocess.run([sys.executable, "-c", ALLREDUCE_PROBE, str(tmp_path / "model"), str(free_port())],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     calls, grad_norm = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT ")).split()[1:]
     assert int(calls) == 0 and float(grad_norm) > 0
