@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from actors.calls import free_port
+from actors.host_malloc import keep_freed_memory
 from configs.schema import GRPOConfig, SyncConfig
 from trainers.batching import Collated, MicroBatch, MiniBatchShard, collate, shifted_logits
 from trainers.checkpoint import (copy_model_files, iter_full_parameters, load_training_state,
@@ -72,6 +73,8 @@ class PolicyTrainerRank:
         else:
             torch.set_num_threads(max(1, int(self.cfg.cpus_per_rank)))
             self.device = torch.device("cpu")
+            if self.cfg.keep_freed_memory:
+                keep_freed_memory()
 
     def master_endpoint(self) -> tuple[str, int]:
         """Rank 0's node IP and a free port, for the torch.distributed rendezvous."""
