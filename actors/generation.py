@@ -45,7 +45,6 @@ from actors.generation_control import (
     check_bucket,
     check_full_manifest,
 )
-from actors.host_malloc import keep_freed_memory
 from actors.types import (
     CPU_KV_BLOCK_SIZE,
     EngineSpec,
@@ -122,8 +121,6 @@ class GenerationWorker:
 
     def _prepare_cpu_engine(self, in_process: bool) -> None:
         """Set what vLLM's engine process must inherit on CPU (it is spawned from this process)."""
-        if self.generation.keep_freed_memory:
-            keep_freed_memory()  # this process (the front end) and, through the environment, the engine's
         if in_process:
             # vLLM's default on CPU puts the model in a worker process of its own and has the engine
             # core busy-wait (sched_yield) for each step's result, pinning the worker to one core

@@ -136,10 +136,6 @@ class GenerationConfig(Section):
         "packed", description="CPU engines (direct reload): packed: linear layers compute through oneDNN copies of "
                               "the weights, rebuilt after every sync (decode GEMMs ~20% faster; one more copy of "
                               "the weights in memory); plain: F.linear on the synced weights (actors/vllm_plugin.py).")
-    keep_freed_memory: bool = Field(
-        True, description="CPU engines: glibc malloc in the engine's processes keeps freed memory mapped instead "
-                          "of unmapping it (no page faults on reused buffers; resident memory stays at its "
-                          "peak; actors/host_malloc.py).")
     sleep_level: Literal[0, 1, 2] = Field(
         0, description="placement.mode=colocated: engines sleep while the trainer steps, giving it their "
                        "GPU memory. 1: weights to host memory, KV cache dropped; 2: weights dropped too "

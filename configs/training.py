@@ -105,7 +105,7 @@ class TrainerConfig(Section):
     keep_freed_memory: bool = Field(
         True, description="CPU ranks: glibc malloc keeps freed memory mapped instead of unmapping it, so a step "
                           "reuses the last step's pages rather than faulting them in again (resident memory "
-                          "stays at its peak; actors/host_malloc.py).")
+                          "stays at its peak; trainers/host_malloc.py).")
     log_entropy: bool = Field(True, description="Compute train/entropy (no gradient) when entropy_coef is 0.")
     ref_model_path: str | None = Field(None, description="KL reference policy; null: the initial policy.")
     num_nodes: int | None = Field(

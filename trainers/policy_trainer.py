@@ -26,12 +26,12 @@ import torch
 from torch import Tensor
 
 from actors.calls import free_port
-from actors.host_malloc import keep_freed_memory
 from configs.schema import GRPOConfig, SyncConfig
 from trainers.batching import Collated, MicroBatch, MiniBatchShard, collate, shifted_logits
 from trainers.checkpoint import (copy_model_files, iter_full_parameters, load_training_state,
                                  save_training_state, write_safetensors_shards)
 from trainers.core_lending import CoreLending
+from trainers.host_malloc import keep_freed_memory
 from trainers.grpo.losses import gather_logprobs, policy_loss, token_entropy
 from trainers.metrics import MetricState, kind_for
 from trainers.spec import TrainerSpec, deepspeed_config, make_optimizer, make_scheduler

@@ -1,4 +1,4 @@
-"""glibc keeps freed memory mapped for CPU trainer ranks (actors/host_malloc.py): buffers freed by one
+"""glibc keeps freed memory mapped for CPU trainer ranks (trainers/host_malloc.py): buffers freed by one
 step are reused by the next without page faults. Each case runs in a fresh interpreter, since the
 setting is process-wide."""
 
@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Builds a CPU trainer rank (its constructor applies trainer.keep_freed_memory), then counts the
 # minor page faults of a second round of 38 MB activations allocated and freed, as a step makes them.
 PROBE = """
-import json, os, resource, sys
+import json, resource, sys
 import torch
 from configs.schema import TrainerConfig
 from trainers.policy_trainer import PolicyTrainerRank
@@ -34,8 +34,7 @@ def step():
 step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 step()
-print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before,
-                  "env": os.environ.get("MALLOC_MMAP_MAX_")}))
+print(json.dumps({"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
 """
 
 
@@ -47,9 +46,8 @@ def _probe(keep: bool) -> dict:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux-only")
-def test_a_cpu_rank_reuses_freed_pages_and_passes_the_setting_to_its_children():
+def test_a_cpu_rank_reuses_freed_pages():
     plain, kept = _probe(False), _probe(True)
     # Five 38 MB buffers (and their SiLU outputs) unmapped and faulted in again: ~93,000 faults.
-    assert plain["faults"] > 50_000 and plain["env"] is None
+    assert plain["faults"] > 50_000
     assert kept["faults"] < plain["faults"] / 20
-    assert kept["env"] == "0"  # vLLM's engine core, spawned later, starts with the same setting
