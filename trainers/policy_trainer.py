@@ -31,8 +31,8 @@ from trainers.batching import Collated, MicroBatch, MiniBatchShard, collate, shi
 from trainers.checkpoint import (copy_model_files, iter_full_parameters, load_training_state,
                                  save_training_state, write_safetensors_shards)
 from trainers.core_lending import CoreLending
-from trainers.host_malloc import keep_freed_memory
 from trainers.grpo.losses import gather_logprobs, policy_loss, token_entropy
+from trainers.host_malloc import keep_freed_memory
 from trainers.metrics import MetricState, kind_for
 from trainers.spec import TrainerSpec, deepspeed_config, make_optimizer, make_scheduler
 
