@@ -89,9 +89,10 @@ class TrainerConfig(Section):
     grad_clip: float = Field(1.0, ge=0, description="Global gradient-norm clip; 0: off.")
     micro_batch_tokens: int = Field(8192, gt=0, description="Token budget of one packed micro-batch.")
     share_prefix_tokens: int = Field(
-        1024, ge=0, description="Samples sharing a prompt run it once: a prompt common to the whole micro-batch "
-                                "on cached keys and values (not with gradient checkpointing), else packed into "
-                                "rows of at most this many tokens (eager/SDPA attention); 0: off.")
+        1024, ge=0, description="Samples sharing a prompt run it once: each distinct prompt of a micro-batch on "
+                                "cached keys and values (trainers/prompt_cache.py), or with gradient checkpointing "
+                                "(which turns the cache off) packed into rows of at most this many tokens "
+                                "(eager/SDPA attention); 0: off.")
     gradient_checkpointing: bool = False
     skip_zero_advantage: bool = Field(
         True, description="Do not run samples whose advantage is 0 through the model when the loss has "

@@ -30,32 +30,26 @@ growing at N tokens (several rows per group if needed), which bounds the attenti
 wastes on masked-out pairs. The per-sample tensors (targets, masks, advantages) keep the unpacked
 [B, L-1] layout; `logit_index` maps each of their positions to its row position in the packed logits.
 
-A prompt common to a whole micro-batch (`collate(..., cache_prompt=True)`): a chat model's system
-turn declares every tool as a JSON schema, ~200-300 BPE tokens that every episode of one environment
-starts with (64% of a protein_stability episode with the model kit's tokenizer). That prompt runs
-once with `use_cache`; its keys and values are repeated for every row and each row's own tokens run
-on them, right-padded, at their own positions. No 4D mask is needed (on CPU, attention with an
-arbitrary mask materialises every pair: a packed row of 16 such episodes ran 5x slower than the
-padded batch), and the prompt's gradient is again the sum over the rows. Used only where it saves
-at least half the tokens, so the character model's micro-batches (short system prompt) keep their
-layout bit for bit; not with gradient checkpointing, which turns the cache off.
+Prompts on cached keys and values (`collate(..., cache_prompt=True)`, `trainers.prompt_cache`):
+each distinct prompt of the micro-batch runs once with `use_cache` and every sample's own tokens run
+on its prompt's keys and values, without a 4D mask. The trainer's layout whenever the model's cache
+is on (not with gradient checkpointing); packing remains for the rest.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from trainers.prompt_cache import PromptCache, cache_prompts, cached_prompt_logits, prompt_length
+
 logger = logging.getLogger(__name__)
-
-MIN_PREFIX_GAIN = 2.0  # cache a common prompt only when the padded layout runs this many times the tokens
-
 
 @dataclass
 class TrainSample:
@@ -224,7 +218,7 @@ def plan_train_step(samples: list[TrainSample], num_ranks: int, num_mini_batches
 class Collated:
     """Tensors of one micro-batch. Per-token tensors are shifted: column t is about token t+1."""
 
-    input_ids: Tensor        # [B, L]
+    input_ids: Tensor        # [B, L] (other layouts below)
     attention_mask: Tensor   # [B, L]
     target_ids: Tensor       # [B, L-1]
     mask: Tensor             # [B, L-1] float, loss tokens
@@ -236,19 +230,20 @@ class Collated:
     # (True = may attend), position_ids [R, W]; logit_index [B, L-1] into the flattened [R * W].
     position_ids: Tensor | None = None
     logit_index: Tensor | None = None
-    # A prompt common to every row, run once on cached keys and values (module doc): the logits
-    # then start at column `first_logit`, the column that predicts the first token after it.
-    cached_prefix: int = 0
+    # Prompts run once on cached keys and values (`trainers.prompt_cache`): input_ids [B, S] are
+    # each sample's tokens after its prompt, attention_mask [B, P + S], position_ids [B, S]; the
+    # logits start at column `first_logit`.
+    prompt_cache: PromptCache | None = None
 
     @property
     def first_logit(self) -> int:
-        return max(self.cached_prefix - 1, 0)
+        return self.prompt_cache.first_logit if self.prompt_cache is not None else 0
 
     @property
     def model_tokens(self) -> int:
         """Positions the model runs (padding included)."""
-        b, width = self.input_ids.shape
-        return self.cached_prefix + b * (width - self.cached_prefix) if self.cached_prefix else self.input_ids.numel()
+        prompts = self.prompt_cache.model_tokens if self.prompt_cache is not None else 0
+        return prompts + self.input_ids.numel()
 
     def from_first_logit(self, t: Tensor) -> Tensor:
         """The columns of a per-token [B, L-1] tensor that the logits cover."""
@@ -264,32 +259,7 @@ class Collated:
         return Collated(move(self.input_ids), move(self.attention_mask), move(self.target_ids),
                         move(self.mask), move(self.sampler_logprobs), move(self.advantages),
                         move(self.ref_logprobs), self.is_placeholder, move(self.position_ids),
-                        move(self.logit_index), self.cached_prefix)
-
-
-def prompt_length(s: TrainSample) -> int:
-    """Tokens before the first loss token (the prompt all samples of a group share)."""
-    return next((t for t, m in enumerate(s.loss_mask) if m), len(s.token_ids))
-
-
-def common_prompt_length(samples: Sequence[TrainSample]) -> int:
-    """Tokens that every sample's prompt starts with: in SFT batches of different tasks of one
-    environment, the system prompt (with a chat model's tool schemas, most of each prompt)."""
-    shortest = min(prompt_length(s) for s in samples)
-    first = samples[0].token_ids
-    for t in range(shortest):
-        if any(s.token_ids[t] != first[t] for s in samples):
-            return t
-    return shortest
-
-
-def cached_prompt_length(samples: Sequence[TrainSample]) -> int:
-    """The prompt common to all `samples` when running it once saves enough (`MIN_PREFIX_GAIN`), else 0."""
-    shared = common_prompt_length(samples)
-    if shared < 2 or shared >= min(len(s.token_ids) for s in samples):
-        return 0
-    padded = max(len(s.token_ids) for s in samples) * len(samples)
-    return shared if padded >= MIN_PREFIX_GAIN * (padded - shared * (len(samples) - 1)) else 0
+                        move(self.logit_index), None if self.prompt_cache is None else self.prompt_cache.to(device))
 
 
 def pack_shared_prefixes(samples: list[TrainSample], pad_id: int, max_row_tokens: int,
@@ -341,10 +311,10 @@ def pack_shared_prefixes(samples: list[TrainSample], pad_id: int, max_row_tokens
 
 def shifted_logits(model: Any, b: Collated, attn_implementation: str, dtype: torch.dtype) -> Tensor:
     """Logits [B, L-1, V] in the per-sample layout (position t predicts token t+1), from the padded
-    rows or from the packed shared-prefix rows (module doc); with a cached prefix, [B, L-1-k, V]
+    rows or from the packed shared-prefix rows (module doc); with cached prompts, [B, L-1-k, V]
     for columns k = `b.first_logit` on."""
-    if b.cached_prefix:
-        return _cached_prefix_logits(model, b)
+    if b.prompt_cache is not None:
+        return cached_prompt_logits(model, b.input_ids, b.attention_mask, b.position_ids, b.prompt_cache)
     if b.logit_index is None:
         return model(input_ids=b.input_ids, attention_mask=b.attention_mask,
                      use_cache=False).logits[:, :-1]
@@ -366,10 +336,11 @@ def collate(mb: MicroBatch, pad_id: int, share_prefix_tokens: int = 0,
             prefix_length: Callable[[TrainSample], int] = prompt_length, cache_prompt: bool = False) -> Collated:
     """Right-pad a micro-batch into tensors; an empty micro-batch becomes one fully masked row.
 
-    `cache_prompt`: a prompt common to every sample runs once on cached keys and values when that
-    runs at most 1 / MIN_PREFIX_GAIN of the padded tokens (module doc). Otherwise
-    `share_prefix_tokens > 0` packs samples with a common prompt (or `prefix_length`) into rows of
-    at most that many tokens (module doc) when that runs fewer tokens than the padded layout."""
+    `cache_prompt`: prompts run once on cached keys and values (`trainers.prompt_cache`): a prompt
+    common to every sample; with `share_prefix_tokens > 0` also each group's own prompt (or
+    `prefix_length`). Otherwise `share_prefix_tokens > 0` packs samples with a common prompt into
+    rows of at most that many tokens (module doc). Either only where it runs fewer tokens than the
+    padded layout."""
     samples = mb.samples or [TrainSample([pad_id, pad_id], [0, 0], [0.0, 0.0], 0.0)]
     width = max(2, max(len(s.token_ids) for s in samples))
     b = len(samples)
@@ -391,25 +362,13 @@ def collate(mb: MicroBatch, pad_id: int, share_prefix_tokens: int = 0,
     out = Collated(ids, attn, ids[:, 1:].contiguous(), mask[:, 1:].contiguous(),
                    slp[:, 1:].contiguous(), adv,
                    None if ref is None else ref[:, 1:].contiguous(), not mb.samples)
-    if cache_prompt and mb.samples:
-        out.cached_prefix = cached_prompt_length(mb.samples)
-        if out.cached_prefix:
-            return out
+    cached = cache_prompts(mb.samples, pad_id, share_prefix_tokens > 0, prefix_length) if (
+        cache_prompt and mb.samples) else None
+    if cached is not None:
+        out.prompt_cache, out.input_ids, out.attention_mask, out.position_ids = cached
+        return out
     packed = pack_shared_prefixes(mb.samples, pad_id, share_prefix_tokens, prefix_length) if (
         share_prefix_tokens > 0 and mb.samples) else None
     if packed is not None:
         out.input_ids, out.attention_mask, out.position_ids, out.logit_index = packed
     return out
-
-
-def _cached_prefix_logits(model: Any, b: Collated) -> Tensor:
-    """The common prompt once, its keys and values repeated for every row (gradients flow through
-    them), then each row's own tokens: column t of the result predicts token `first_logit` + t + 1."""
-    n, (rows, width) = b.cached_prefix, b.input_ids.shape
-    prefix = model(input_ids=b.input_ids[:1, :n], use_cache=True)
-    cache = prefix.past_key_values
-    cache.batch_repeat_interleave(rows)
-    position_ids = torch.arange(n, width, device=b.input_ids.device).expand(rows, width - n)
-    logits = model(input_ids=b.input_ids[:, n:], attention_mask=b.attention_mask, past_key_values=cache,
-                   use_cache=True, position_ids=position_ids).logits
-    return torch.cat([prefix.logits[:, -1:].expand(rows, 1, -1), logits[:, :-1]], dim=1)

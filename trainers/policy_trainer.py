@@ -118,8 +118,8 @@ class PolicyTrainerRank:
         self.attn_implementation = model.config._attn_implementation
         self.share_prefix_tokens = (t.share_prefix_tokens if self.attn_implementation in ("sdpa", "eager")
                                     else 0)
-        # A prompt common to a micro-batch runs once on cached keys and values (trainers/batching);
-        # gradient checkpointing turns the model's cache off.
+        # Prompts run once on cached keys and values (trainers/prompt_cache: a micro-batch's common
+        # prompt; each group's own where packing is allowed); gradient checkpointing turns the cache off.
         self.cache_prompt = t.share_prefix_tokens > 0 and not t.gradient_checkpointing
         self.engine, *_ = deepspeed.initialize(
             model=model, optimizer=make_optimizer(model, t),

@@ -8,7 +8,7 @@ group-normalised advantage is all zeros.
 A chat model's demonstrations of one environment start with the same long system prompt (its tool
 schemas as JSON: ~260 of ~420 tokens per stoichiometry episode with the model kit's BPE). A batch
 then runs that prompt once and every demonstration's own tokens on its cached keys and values
-(`trainers.batching`, `cache_prompt`), as the GRPO trainer does. The character-level policy's short
+(`trainers.prompt_cache`), as the GRPO trainer does. The character-level policy's short
 system prompt saves less: its batches stay padded, bit for bit the computation they always had.
 """
 

@@ -1,5 +1,6 @@
-"""Packed shared prompts (`collate(..., share_prefix_tokens=N)`) give the padded layout's logprobs
-and gradients: each suffix sees its prompt and itself, at its own positions."""
+"""Shared prompts run once, packed into rows (`collate(..., share_prefix_tokens=N)`) or on cached keys
+and values (`cache_prompt=True`), give the padded layout's logprobs and gradients: each sample's own
+tokens see its prompt and themselves, at their own positions."""
 
 from __future__ import annotations
 
@@ -24,6 +25,22 @@ def group_samples(seed: int, groups: int, size: int) -> list[TrainSample]:
                                    [0] * len(prompt) + [1] * n, [0.0] * (len(prompt) + n), rng.gauss(0, 1)))
     rng.shuffle(out)
     return out
+
+
+def logprobs_and_grads(model, b, attn):
+    """The sample-layout logprobs (loss tokens) of one collated batch and the gradients of a GRPO-shaped loss."""
+    model.zero_grad()
+    lp = b.full_width(gather_logprobs(shifted_logits(model, b, attn, torch.float32), b.from_first_logit(b.target_ids)))
+    (-(lp * b.mask * b.advantages[:, None]).sum()).backward()
+    return lp.detach() * b.mask, [p.grad.clone() for p in model.parameters()]
+
+
+def assert_same_logprobs_and_grads(results):
+    (lp0, g0), (lp1, g1) = results
+    assert lp0.abs().sum() > 0
+    torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=1e-5)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_packing_layout_and_fallbacks():
@@ -52,14 +69,8 @@ def test_packed_logprobs_and_gradients_match_padded(tiny_model_dir, attn, row_ca
     for cap in (0, row_cap):
         b = collate(MicroBatch(samples), model.config.pad_token_id, share_prefix_tokens=cap)
         assert (b.logit_index is None) == (cap == 0)
-        model.zero_grad()
-        lp = gather_logprobs(shifted_logits(model, b, attn, torch.float32), b.target_ids)
-        (-(lp * b.mask * b.advantages[:, None]).sum()).backward()
-        results.append((lp.detach() * b.mask, [p.grad.clone() for p in model.parameters()]))
-    (lp0, g0), (lp1, g1) = results
-    torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=1e-5)
-    for a, b in zip(g1, g0):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        results.append(logprobs_and_grads(model, b, attn))
+    assert_same_logprobs_and_grads(results)
 
 
 def system_prompted(seed: int, groups: int, size: int, system_tokens: int = 40) -> list[TrainSample]:
@@ -73,13 +84,15 @@ def system_prompted(seed: int, groups: int, size: int, system_tokens: int = 40) 
 def test_a_prompt_common_to_the_micro_batch_is_cached_only_where_it_halves_the_tokens():
     samples = system_prompted(3, 3, 4)
     c = collate(MicroBatch(samples), 0, share_prefix_tokens=1024, cache_prompt=True)
-    assert c.cached_prefix >= 40 and c.logit_index is None and c.first_logit == c.cached_prefix - 1
-    assert 2 * c.model_tokens <= c.input_ids.numel()
-    wide = torch.randn(len(samples), c.input_ids.shape[1] - 1 - c.first_logit)
+    pc = c.prompt_cache
+    assert pc is not None and pc.prompt_ids.shape[0] == 1 and pc.prompt_ids.shape[1] >= 40
+    assert pc.logit_index is None and c.first_logit == pc.prompt_ids.shape[1] - 1
+    assert 2 * c.model_tokens <= len(samples) * max(len(s.token_ids) for s in samples)
+    wide = torch.randn(len(samples), c.target_ids.shape[1] - c.first_logit)
     assert c.full_width(wide).shape == c.target_ids.shape and not c.full_width(wide)[:, : c.first_logit].any()
-    # A short common prompt saves too little: the packed (or padded) layout, as before.
-    assert collate(MicroBatch(group_samples(3, 3, 4)), 0, cache_prompt=True).cached_prefix == 0
-    assert collate(MicroBatch(samples), 0).cached_prefix == 0  # only when asked
+    # A short common prompt saves too little: the padded layout, unless groups may share theirs.
+    assert collate(MicroBatch(group_samples(3, 3, 4)), 0, cache_prompt=True).prompt_cache is None
+    assert collate(MicroBatch(samples), 0).prompt_cache is None  # only when asked
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -92,14 +105,45 @@ def test_cached_prompt_logprobs_and_gradients_match_padded(tiny_model_dir, attn)
     results = []
     for cache in (False, True):
         b = collate(MicroBatch(samples), model.config.pad_token_id, cache_prompt=cache)
-        assert bool(b.cached_prefix) == cache
-        model.zero_grad()
-        lp = b.full_width(gather_logprobs(shifted_logits(model, b, attn, torch.float32),
-                                          b.from_first_logit(b.target_ids)))
-        (-(lp * b.mask * b.advantages[:, None]).sum()).backward()
-        results.append((lp.detach() * b.mask, [p.grad.clone() for p in model.parameters()]))
-    (lp0, g0), (lp1, g1) = results
-    assert lp0.abs().sum() > 0
-    torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=1e-5)
-    for a, b in zip(g1, g0):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        assert (b.prompt_cache is not None) == cache
+        results.append(logprobs_and_grads(model, b, attn))
+    assert_same_logprobs_and_grads(results)
+
+
+def test_each_groups_prompt_is_cached_once():
+    samples = group_samples(5, 3, 4)  # prompts of 3-9 tokens: rows start at different columns
+    c = collate(MicroBatch(samples), 0, share_prefix_tokens=1024, cache_prompt=True)
+    pc = c.prompt_cache
+    assert pc is not None and pc.prompt_ids.shape[0] == 3 and pc.logit_index is not None
+    assert c.model_tokens < len(samples) * max(len(s.token_ids) for s in samples)
+    assert c.first_logit == min(int(n) for n in pc.last)  # the shortest prompt's last column
+    # Every sample's prompt is its group's: same tokens, and it is where the sample begins.
+    for s, g in zip(samples, pc.row_prompt.tolist()):
+        n = int(pc.last[g]) + 1
+        assert pc.prompt_ids[g, :n].tolist() == s.token_ids[:n] and s.loss_mask[n] == 1 and not any(s.loss_mask[:n])
+    # No two samples share a prompt: nothing to save, the padded layout.
+    distinct = group_samples(6, 4, 1)
+    assert collate(MicroBatch(distinct), 0, share_prefix_tokens=1024, cache_prompt=True).prompt_cache is None
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("equal_prompts", [False, True])
+def test_group_prompt_cache_logprobs_and_gradients_match_padded(tiny_model_dir, attn, equal_prompts):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attn)
+    samples = group_samples(7, 3, 5)
+    if equal_prompts:  # every prompt cut to the shortest: rows all start at one column
+        shortest = min(s.loss_mask.index(1) for s in samples)
+        samples = [TrainSample(s.token_ids[s.loss_mask.index(1) - shortest:], s.loss_mask[s.loss_mask.index(1) - shortest:],
+                               s.sampler_logprobs[s.loss_mask.index(1) - shortest:], s.advantage) for s in samples]
+    results = []
+    for cache in (False, True):
+        b = collate(MicroBatch(samples), model.config.pad_token_id, share_prefix_tokens=1024 if cache else 0,
+                    cache_prompt=cache)
+        assert (b.prompt_cache is not None) == cache
+        if cache:
+            assert (b.prompt_cache.logit_index is None) == equal_prompts
+        results.append(logprobs_and_grads(model, b, attn))
+    assert_same_logprobs_and_grads(results)

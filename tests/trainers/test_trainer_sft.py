@@ -43,7 +43,7 @@ def test_a_long_shared_system_prompt_runs_once_with_the_padded_loss(tiny_model_d
     on cached keys and values, and the loss is the padded batch's loss, gradients included."""
     from transformers import AutoModelForCausalLM
 
-    import trainers.batching as batching
+    import trainers.prompt_cache as prompt_cache
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     system = [(7 * i) % 90 + 5 for i in range(60)]
@@ -58,7 +58,7 @@ def test_a_long_shared_system_prompt_runs_once_with_the_padded_loss(tiny_model_d
         return loss.item(), model.get_input_embeddings().weight.grad.clone()
 
     shared, shared_grad = loss_and_grad()
-    monkeypatch.setattr(batching, "MIN_PREFIX_GAIN", 1e9)
+    monkeypatch.setattr(prompt_cache, "MIN_PREFIX_GAIN", 1e9)
     padded, padded_grad = loss_and_grad()
     assert ran == [60, 6 * 11, 6 * len(demos[-1].token_ids)]  # prompt, suffixes; then the padded batch
     assert shared == pytest.approx(padded, rel=1e-5)
