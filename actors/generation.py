@@ -33,6 +33,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, get_args
 
 import ray
@@ -52,6 +53,7 @@ from actors.types import (
     PauseMode,
     SamplingSpec,
 )
+from actors.process_memory import process_tree_peak_bytes
 from actors.weight_sync.spec import read_weight_spec
 
 logger = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ class GenerationWorker:
         self._weights_discarded = False  # by a level-2 sleep, until a weight update refills them
         self._start_lock = asyncio.Lock()
         self._update_lock = asyncio.Lock()
+        self._reloading: asyncio.Task | None = None  # a one-shot reload left running (`background`)
 
     @classmethod
     def as_actor(cls, spec: EngineSpec, *, name: str | None = None, cpu_direct_reload: bool = True,
@@ -340,13 +343,15 @@ class GenerationWorker:
             self.update.start(transport, version)
 
     async def apply_update(self, transport: str, payload: dict[str, Any], timeout_s: float = 300.0,
-                           version: int | None = None) -> Any:
+                           version: int | None = None, background: bool = False) -> Any:
         """Step 2, per bucket: check its entries (`payload["entries"]`, `BucketEntry`s) against the
         served spec, then load it; a failure is fatal (weights partly replaced). With `version`:
         a one-shot update, the payload the whole model; it is checked whole before generation
-        pauses, and a refusal before any weight changed leaves the old version serving."""
+        pauses, and a refusal before any weight changed leaves the old version serving.
+        `background` (one-shot only): return once generation is paused and drained; the reload
+        goes on, requests wait at the closed gate, and `await_update` gives its result."""
         if version is not None:
-            return await self._apply_whole(transport, payload, version, timeout_s)
+            return await self._apply_whole(transport, payload, version, timeout_s, background)
         self.update.expect_open("apply_update", transport)
         entries = payload["entries"]
         problem = check_bucket(entries, self.weight_spec, self.optional)
@@ -358,31 +363,57 @@ class GenerationWorker:
         self.update.loaded.update(e.name for e in entries)
 
     async def _apply_whole(self, transport: str, payload: dict[str, Any], version: int,
-                           timeout_s: float) -> dict[str, Any]:
+                           timeout_s: float, background: bool) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
 
         def left() -> float:  # one deadline for all phases, so the sender's timeout stays meaningful
             return max(0.1, deadline - time.monotonic())
 
-        async with self._update_lock:
+        await self._update_lock.acquire()  # released by the reload, which may outlive this call
+        try:
             self.update.check_can_update(self.version, version)
             check_full_manifest(self.name, payload["entries"], self.weight_spec, self.optional)
             drain_s = await self._pause_for_update(left())
-            t0 = time.perf_counter()
+        except BaseException:
+            self._update_lock.release()
+            raise
+        reload = self._reload_whole(transport, payload, version, left, drain_s)
+        if not background:
+            return await reload
+        self._reloading = asyncio.create_task(reload)
+        return {"version": version, "drain_s": drain_s, "background": True}
+
+    async def _reload_whole(self, transport: str, payload: dict[str, Any], version: int,
+                            left: Callable[[], float], drain_s: float) -> dict[str, Any]:
+        """Reload the drained engine from `payload`, reopen it, release the update lock."""
+        t0 = time.perf_counter()
+        try:
+            result = (await self.update.run(self.engine, "labrl_apply", (transport, _engine_payload(payload)),
+                                            left(), f"reload to version {version} ({transport})", fatal=True))[0]
+            if result.get("refused"):  # failed before any weight was touched: not fatal
+                raise RuntimeError(f"{self.name} refused the weight update (still serving version "
+                                   f"{self.version}): {result['refused']}")
+            self.version, self._weights_discarded = version, False
+        finally:
+            reload_rpc_s = time.perf_counter() - t0
             try:
-                result = (await self.update.run(self.engine, "labrl_apply", (transport, _engine_payload(payload)),
-                                                left(), f"reload to version {version} ({transport})",
-                                                fatal=True))[0]
-                if result.get("refused"):  # failed before any weight was touched: not fatal
-                    raise RuntimeError(f"{self.name} refused the weight update (still serving version "
-                                       f"{self.version}): {result['refused']}")
-                self.version, self._weights_discarded = version, False
-            finally:
-                reload_rpc_s = time.perf_counter() - t0
                 pause_s = await self._reopen(weights_changed=True)
+            finally:
+                self._update_lock.release()
         logger.info("%s: now serving version %d (paused %.3f s)", self.name, version, pause_s)
         return {"version": version, "pause_s": pause_s, "drain_s": drain_s, "reload_rpc_s": reload_rpc_s,
                 "reload_s": result["reload_s"]}
+
+    async def await_update(self, version: int) -> dict[str, Any]:
+        """The result of the reload to `version` that `apply_update(..., background=True)` left
+        running (raises its error)."""
+        task = self._reloading
+        if task is None:
+            raise RuntimeError(f"{self.name}: no reload was left running (serving version {self.version})")
+        result = await asyncio.shield(task)
+        if result["version"] != version:
+            raise RuntimeError(f"{self.name}: the last reload was to version {result['version']}, not {version}")
+        return result
 
     async def finish_update(self, version: int, timeout_s: float = 300.0) -> dict[str, Any]:
         """Step 3: let the transport finalize, check completeness, advance the version, resume."""
@@ -465,24 +496,6 @@ class GenerationWorker:
                                                "weights were discarded")
                 paused_s = await self.gate.resume(self.engine)
         return {"wake_s": time.perf_counter() - t0, "paused_s": paused_s}
-
-
-def process_tree_peak_bytes(pid: int | None = None) -> int:
-    """Peak resident memory of a process and its live children (vLLM's engine core runs in one),
-    summed: each one's VmHWM, the kernel's high-water mark, so a peak between two reads counts."""
-    import psutil
-
-    root = psutil.Process(pid)
-    return sum(process_peak_bytes(proc.pid) for proc in [root, *root.children(recursive=True)])
-
-
-def process_peak_bytes(pid: int) -> int:
-    """One process's VmHWM in bytes; 0 once it has exited."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), 0)
-    except OSError:  # exited since it was listed
-        return 0
 
 
 def _engine_payload(payload: dict[str, Any]) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def demonstrations(cfg: Any, vocab: int, seed: int = 1) -> list[Any]:
 
 
 def _sft_peak(policy_dir: str, out_dir: str, samples: list[Any], sft: Any, pad: int) -> int:
-    from actors.generation import process_tree_peak_bytes
+    from actors.process_memory import process_tree_peak_bytes
     from trainers.sft import train_sft
 
     train_sft(policy_dir, out_dir, samples, sft, seed=0, pad_token_id=pad, progress_bar=False)
@@ -107,7 +107,8 @@ def measure(cfg: Any, model_dir: str, hf: dict[str, Any], args: argparse.Namespa
     "trainer rank 1+" (max over the other ranks)."""
     import ray
 
-    from actors.generation import GenerationWorker, process_tree_peak_bytes
+    from actors.generation import GenerationWorker
+    from actors.process_memory import process_tree_peak_bytes
     from actors.types import EngineSpec
     from trainers.group import PolicyTrainerGroup
     from trainers.spec import TrainerSpec

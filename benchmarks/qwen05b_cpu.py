@@ -30,7 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from actors.generation import process_peak_bytes
+from actors.process_memory import process_peak_bytes
 from benchmarks.common import REPO_ROOT, emit, setup_logging
 
 logger = logging.getLogger("benchmarks.qwen05b_cpu")

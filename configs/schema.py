@@ -230,6 +230,12 @@ class SyncConfig(Section):
                                               "fits the placement is checked before Ray starts.")
     bucket_mb: float = Field(64, gt=0, description="Bucket size of the streaming transports (MiB).")
     timeout_s: float = Field(120.0, gt=0)
+    background_reload: bool = Field(
+        True, description="shm: a sync returns once every engine has drained and closed its gate to requests; "
+                          "the trainer computes its next step while the engines reload, requests wait at the "
+                          "gate (none is served by the old weights after the sync), a failed reload surfaces at "
+                          "the next sync (the engine marks itself unhealthy meanwhile). false: wait for the "
+                          "reloads. Other transports always wait.")
     pause_mode: Literal["wait", "abort", "keep", "recompute"] = Field(
         "wait", description="What a sync does to requests running on an engine (actors/generation.py). "
                             "wait: finish them first (one version per turn); abort: rerun them from scratch "

@@ -334,16 +334,17 @@ class PolicyTrainerRank:
             for _ in params:
                 pass
             return None
-        from actors.weight_sync import make_sender
+        from actors.weight_sync import make_sender, sender_options
 
+        options = sender_options(sync)
         key = (sync.transport, tuple(getattr(r, "_actor_id", id(r)) for r in receivers), bucket_bytes,
-               sync.timeout_s)
+               sync.timeout_s, tuple(sorted(options.items())))
         if key not in self._senders:
             # The engines changed (replaced, added or retired): the old sender's shared memory or
             # process group serves nobody now.
             for old in self._senders.values():
                 old.close()
-            self._senders = {key: make_sender(sync.transport, receivers, bucket_bytes, sync.timeout_s)}
+            self._senders = {key: make_sender(sync.transport, receivers, bucket_bytes, sync.timeout_s, **options)}
         try:
             return self._senders[key].send(params, version)
         finally:

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from actors.weight_sync.base import Receiver, WeightSender
-    from configs.schema import LabrlConfig
+    from configs.schema import LabrlConfig, SyncConfig
 
 
 @dataclass(frozen=True)
 class Transport:
     """`device`: where the weights it moves live ("gpu": GPU engines and GPU trainer ranks;
     "cpu": CPU engines only; "any"). `one_node`: the trainer and every engine on one node (shared
-    memory). `colocated`: engines share the trainer's GPU (placement.mode=colocated)."""
+    memory). `colocated`: engines share the trainer's GPU (placement.mode=colocated). `options`:
+    the `sync` config fields its sender takes as keyword arguments."""
 
     name: str
     module: str
@@ -31,13 +32,15 @@ class Transport:
     device: Literal["cpu", "gpu", "any"] = "any"
     one_node: bool = False
     colocated: bool = False
+    options: tuple[str, ...] = ()
 
     def load(self, attribute: str) -> Any:
         return getattr(importlib.import_module(self.module), attribute)
 
 
 TRANSPORTS: dict[str, Transport] = {t.name: t for t in (
-    Transport("shm", "actors.weight_sync.shm", "ShmSender", "ShmReceiver", one_node=True),
+    Transport("shm", "actors.weight_sync.shm", "ShmSender", "ShmReceiver", one_node=True,
+              options=("background_reload",)),
     Transport("shm_inplace", "actors.weight_sync.inplace", "InplaceSender", "InplaceReceiver", device="cpu",
               one_node=True),
     Transport("gloo", "actors.weight_sync.broadcast", "GlooSender", "BroadcastReceiver", device="cpu"),
@@ -85,6 +88,11 @@ def make_sender(transport: str, receivers: list[Any], bucket_bytes: int = 256 <<
     """
     t = get_transport(transport)
     return t.load(t.sender)(receivers, bucket_bytes, timeout_s, **options)
+
+
+def sender_options(sync: SyncConfig) -> dict[str, Any]:
+    """The `sync` settings that `sync.transport`'s sender takes (`Transport.options`)."""
+    return {name: getattr(sync, name) for name in get_transport(sync.transport).options}
 
 
 def receiver_class(transport: str) -> type[Receiver]:

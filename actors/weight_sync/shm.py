@@ -88,15 +88,26 @@ def require_one_node(sender: WeightSender) -> None:
 
 
 class ShmSender(WeightSender):
-    """Stage in /dev/shm, then one one-shot `apply_update("shm", manifest)` RPC per worker, in parallel."""
+    """Stage in /dev/shm, then one one-shot `apply_update("shm", manifest)` RPC per worker, in parallel.
+
+    `background_reload`: `send` returns once every worker has stopped generating (drained, gate
+    closed) and started its reload, so the trainer computes its next step while the engines load;
+    requests wait at the closed gates, so none is served by the old weights after `send` returns.
+    The next `send` first waits for those reloads (the staging area is rewritten then) and raises
+    their errors; a failed reload marks its worker unhealthy meanwhile. The pause and reload
+    figures in `SyncStats` are then those of the previous version's reload.
+    """
 
     transport = "shm"
 
     def __init__(self, receivers: Sequence[Any], bucket_bytes: int, timeout_s: float,
-                 keep_segments: bool = True, shm_dir: str = "/dev/shm") -> None:
+                 keep_segments: bool = True, shm_dir: str = "/dev/shm", background_reload: bool = False) -> None:
         super().__init__(receivers, bucket_bytes, timeout_s)
         require_one_node(self)
         self.keep_segments = keep_segments
+        self.background_reload = background_reload and keep_segments
+        self._reloading: tuple[int, dict[str, Any]] | None = None  # (version, await_update refs)
+        self._last_reload: dict[str, Any] = {}
         self.shm_dir = shm_dir
         self._tag = f"labrl-ws-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._segments: list[_Segment] = []
@@ -116,7 +127,16 @@ class ShmSender(WeightSender):
             self._segments.append(segment)
         return segment.tensor
 
+    def settle(self) -> dict[str, Any]:
+        """Wait for the reloads a background `send` left running; their results by worker."""
+        if self._reloading is not None:
+            version, refs = self._reloading
+            self._reloading = None
+            self._last_reload = self.wait(refs, f"reload to version {version} (left running by the previous sync)")
+        return self._last_reload
+
     def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> SyncStats:
+        previous = self.settle()
         start = time.perf_counter()
         entries: list[BucketEntry] = []
         used: list[int] = []
@@ -131,13 +151,18 @@ class ShmSender(WeightSender):
             stage_s = time.perf_counter() - start
             segments = [{"path": self._segments[i].path, "nbytes": self._segments[i].nbytes} for i in used]
             payload = {"segments": segments, "entries": entries}
-            results = self.wait(self.call_all("apply_update", self.transport, payload, self.timeout_s, version),
+            background = (True,) if self.background_reload else ()
+            results = self.wait(self.call_all("apply_update", self.transport, payload, self.timeout_s, version,
+                                              *background),
                                 f"apply_update to version {version} (drain -> reload -> resume)")
+            if self.background_reload:
+                self._reloading = (version, self.call_all("await_update", version))
+                results = previous or results  # this version's pause is known at the next send
         finally:
             if not self.keep_segments:
                 self.close()
         seconds = time.perf_counter() - start
-        pause = max(r["pause_s"] for r in results.values())
+        pause = max(r["pause_s"] if "pause_s" in r else r["drain_s"] for r in results.values())
         stats = SyncStats(version=version, seconds=seconds, bytes=total, gb_per_s=total / seconds / 1e9,
                           num_buckets=num_buckets, generation_pause_s=pause, stage_s=stage_s,
                           apply_s=seconds - stage_s)

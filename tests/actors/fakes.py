@@ -22,11 +22,19 @@ class FakeWorker:
                 "version": 0, "healthy": True, "weight_spec": self.spec, "optional_names": [],
                 "tensor_parallel_size": 1}
 
-    async def apply_update(self, transport, payload, timeout_s=300.0, version=None) -> dict:
+    async def apply_update(self, transport, payload, timeout_s=300.0, version=None, background=False) -> dict:
         assert version is not None, "FakeWorker takes one-shot (shm) updates only"
         if self.behaviour == "hang":
             await asyncio.sleep(3600)
+        if background:
+            return {"version": version, "drain_s": 0.01, "background": True}
         return {"version": version, "pause_s": 0.0, "reload_s": 0.0}
+
+    async def await_update(self, version: int) -> dict:
+        """The reload a background `apply_update` left running; behaviour "reload-fails": its error."""
+        if self.behaviour == "reload-fails":
+            raise RuntimeError(f"{self.name}: reload to version {version} failed (test)")
+        return {"version": version, "pause_s": 0.02, "reload_s": 0.01}
 
     async def generate(self, prompt_token_ids: list[int], spec: SamplingSpec) -> GenerationOutput:
         self.calls += 1

@@ -338,6 +338,33 @@ def test_inplace_sync_writes_into_the_engine_weights(worker, hf_model, tokenizer
     assert_serves(worker, hf_model, ids, version=8)
 
 
+
+def test_a_background_reload_keeps_requests_at_the_gate_until_the_new_weights_serve(worker, hf_model, tokenizer):
+    """sync.background_reload: the send returns once the engine has drained and closed its gate;
+    requests sent right after are served by the new weights, never the old; a reload refused in the
+    background is an error of `await_update` and leaves the engine serving and healthy."""
+    ids = sample_ids(tokenizer)
+    sender = make_sender("shm", [worker], bucket_bytes=256 << 10, timeout_s=TIMEOUT, background_reload=True)
+    try:
+        perturb(hf_model, seed=9)
+        sender.send(hf_model.named_parameters(), version=9)
+        outs = ray.get([worker.generate.remote(ids, SamplingSpec(max_tokens=4, seed=i)) for i in range(4)],
+                       timeout=TIMEOUT)
+        assert {o.policy_version for o in outs} == {9}
+        assert_serves(worker, hf_model, ids, version=9)
+        assert sender.settle()  # version 9's reload, collected
+    finally:
+        sender.close()
+    info = ray.get(worker.describe.remote())
+    entries = [BucketEntry(n, list(shape), dt, 0, 4 * int(torch.tensor(shape).prod()))
+               for n, (shape, dt) in info["weight_spec"].items()]
+    gone = {"segments": [{"path": "/dev/shm/labrl-ws-does-not-exist", "nbytes": 64}], "entries": entries}
+    assert ray.get(worker.apply_update.remote("shm", gone, TIMEOUT, 10, True), timeout=TIMEOUT)["background"]
+    with pytest.raises(RuntimeError, match="refused the weight update.*FileNotFoundError"):
+        ray.get(worker.await_update.remote(10), timeout=TIMEOUT)
+    assert ray.get(worker.health.remote())["healthy"]
+    assert_serves(worker, hf_model, ids, version=9)
+
 def test_level2_sleep_without_weight_update_marks_unhealthy(worker, tokenizer):
     """Level 2 discards the weights: waking without a sync must not serve them silently."""
     ray.get(worker.sleep.remote(2), timeout=TIMEOUT)

@@ -108,6 +108,25 @@ def test_sender_to_killed_worker_and_dead_at_handshake(ray_local):
     ray.kill(ok)
 
 
+
+def test_a_background_reload_is_collected_and_its_failure_raised_by_the_next_send(ray_local):
+    """`background_reload`: a send returns after the drain; the next one waits for that reload first,
+    reports its pause, and raises its failure naming the worker and the version."""
+    ok, failing = FakeWorker.remote("fine", SPEC), FakeWorker.remote("flaky", SPEC, behaviour="reload-fails")
+    started(ok, failing)
+    sender = make_sender("shm", [ok], bucket_bytes=1 << 20, timeout_s=30.0, background_reload=True)
+    assert sender.send(tensors(), version=1).generation_pause_s == pytest.approx(0.01)  # the drain only
+    assert sender.send(tensors(), version=2).generation_pause_s == pytest.approx(0.02)  # version 1's reload
+    assert [r["version"] for r in sender.settle().values()] == [2]
+    sender.close()
+    sender = make_sender("shm", [failing], bucket_bytes=1 << 20, timeout_s=30.0, background_reload=True)
+    sender.send(tensors(), version=1)
+    with pytest.raises(WeightSyncError, match=r"worker\[0\].*flaky.*reload to version 1 \(left running"):
+        sender.send(tensors(), version=2)
+    sender.close()
+    ray.kill(ok)
+    ray.kill(failing)
+
 def test_gloo_broadcast_delivers_and_a_receiver_killed_mid_stream_raises_in_time(ray_local):
     """Two receivers in one gloo group: a sync delivers every tensor exactly; then one dies when
     its second bucket arrives, and the sender raises within the timeout, naming it."""

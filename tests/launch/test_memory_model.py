@@ -180,7 +180,7 @@ SFT_PROBE = """
 import json, sys
 from configs.loading import load_config
 from launch.components import prepare_model
-from actors.generation import process_tree_peak_bytes
+from actors.process_memory import process_tree_peak_bytes
 from trainers.batching import TrainSample
 from trainers.sft import train_sft
 cfg = load_config(None, ["sft.steps=2", "sft.batch_size=4", "generation.max_model_len=256"])
@@ -209,7 +209,7 @@ def test_tiny_sft_process_peak_matches_the_prediction(tmp_path):
 
 def test_process_tree_peak_counts_children():
     """A child's high-water mark counts in its parent's tree (vLLM's engine core is such a child)."""
-    from actors.generation import process_tree_peak_bytes
+    from actors.process_memory import process_tree_peak_bytes
 
     alone = process_tree_peak_bytes()
     child = subprocess.Popen([sys.executable, "-c", "import sys, time; b = b'x' * (300 * 2**20); "

@@ -43,10 +43,13 @@ class RecordingReceiver:
                 "tensor_parallel_size": 1}
 
     def apply_update(self, transport: str, payload: dict, timeout_s: float = 300.0,
-                     version: int | None = None) -> dict:
+                     version: int | None = None, background: bool = False) -> dict:
         from actors.weight_sync.shm import ShmReceiver
 
         self.received = {n: t.clone() for n, t in ShmReceiver().weights(payload)}
+        return {"version": version, "pause_s": 0.0, "reload_s": 0.0}
+
+    def await_update(self, version: int) -> dict:  # the copy above was made before apply_update returned
         return {"version": version, "pause_s": 0.0, "reload_s": 0.0}
 
     def get(self) -> dict[str, torch.Tensor]:
