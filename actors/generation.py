@@ -191,6 +191,9 @@ class GenerationWorker:
                 "gpu_uuids": [w["gpu_uuid"] for w in self.engine_workers if w.get("gpu_uuid")]}
 
     async def policy_version(self) -> int:
+        """The version a request sent now is served by: after a reload left running (`background`)."""
+        if self._reloading is not None and not self._reloading.done():
+            await asyncio.wait({self._reloading})  # its error is `await_update`'s to report
         return self.version
 
     async def accept_version(self, version: int) -> None:
