@@ -45,6 +45,7 @@ from actors.generation_control import (
     UpdateState,
     check_bucket,
     check_full_manifest,
+    engine_payload,
 )
 from actors.types import (
     CPU_KV_BLOCK_SIZE,
@@ -347,12 +348,11 @@ class GenerationWorker:
 
     async def apply_update(self, transport: str, payload: dict[str, Any], timeout_s: float = 300.0,
                            version: int | None = None, background: bool = False) -> Any:
-        """Step 2, per bucket: check its entries (`payload["entries"]`, `BucketEntry`s) against the
-        served spec, then load it; a failure is fatal (weights partly replaced). With `version`:
-        a one-shot update, the payload the whole model; it is checked whole before generation
-        pauses, and a refusal before any weight changed leaves the old version serving.
-        `background` (one-shot only): return once generation is paused and drained; the reload
-        goes on, requests wait at the closed gate, and `await_update` gives its result."""
+        """Step 2, per bucket: check its entries (`payload["entries"]`, `BucketEntry`s) against the served spec,
+        then load it; a failure is fatal (weights partly replaced). With `version`: a one-shot update, the payload
+        the whole model; it is checked whole before generation pauses, and a refusal before any weight changed
+        leaves the old version serving. `background` (one-shot only): return once generation is paused and
+        drained; the reload goes on, requests wait at the closed gate, and `await_update` gives its result."""
         if version is not None:
             return await self._apply_whole(transport, payload, version, timeout_s, background)
         self.update.expect_open("apply_update", transport)
@@ -361,7 +361,7 @@ class GenerationWorker:
         if problem:
             await self.abort_update(problem)
             raise RuntimeError(f"{self.name}: {problem}; worker marked unhealthy")
-        await self.update.run(self.engine, "labrl_apply", (transport, _engine_payload(payload)), timeout_s,
+        await self.update.run(self.engine, "labrl_apply", (transport, engine_payload(payload)), timeout_s,
                               f"apply bucket ({transport})", fatal=True)
         self.update.loaded.update(e.name for e in entries)
 
@@ -391,7 +391,7 @@ class GenerationWorker:
         """Reload the drained engine from `payload`, reopen it, release the update lock."""
         t0 = time.perf_counter()
         try:
-            result = (await self.update.run(self.engine, "labrl_apply", (transport, _engine_payload(payload)),
+            result = (await self.update.run(self.engine, "labrl_apply", (transport, engine_payload(payload)),
                                             left(), f"reload to version {version} ({transport})", fatal=True))[0]
             if result.get("refused"):  # failed before any weight was touched: not fatal
                 raise RuntimeError(f"{self.name} refused the weight update (still serving version "
@@ -408,8 +408,7 @@ class GenerationWorker:
                 "reload_s": result["reload_s"]}
 
     async def await_update(self, version: int) -> dict[str, Any]:
-        """The result of the reload to `version` that `apply_update(..., background=True)` left
-        running (raises its error)."""
+        """The result (or error) of the reload to `version` that `apply_update(..., background=True)` left."""
         task = self._reloading
         if task is None:
             raise RuntimeError(f"{self.name}: no reload was left running (serving version {self.version})")
@@ -499,8 +498,3 @@ class GenerationWorker:
                                                "weights were discarded")
                 paused_s = await self.gate.resume(self.engine)
         return {"wake_s": time.perf_counter() - t0, "paused_s": paused_s}
-
-
-def _engine_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    """Entries as plain lists: vLLM's collective_rpc serialises no dataclasses."""
-    return {**payload, "entries": [e.to_wire() for e in payload["entries"]]}

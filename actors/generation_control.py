@@ -206,3 +206,8 @@ def check_full_manifest(name: str, entries: Sequence[BucketEntry], spec: WeightS
     if problems:
         raise ValueError(f"{name} refused the weight update (still serving its old version): "
                          + "; ".join(problems[:5]))
+
+
+def engine_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """Entries as plain lists: vLLM's collective_rpc serialises no dataclasses."""
+    return {**payload, "entries": [e.to_wire() for e in payload["entries"]]}
