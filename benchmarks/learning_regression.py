@@ -6,12 +6,14 @@
 One fixed-seed training run of the real entrypoint (`python -m launch.train`, the default config
 plus `--overrides`), then its held-out gain (success after GRPO minus after SFT, paired over the
 same tasks) against the last entry of `benchmarks/results/learning_regression.jsonl` with the same
-seed and overrides, kept in the repository with the commit, CPU and command of each recorded run.
+seed and overrides (on the same CPU model when there is one), kept in the repository with the
+commit, CPU and command of each recorded run.
 
 Exit status 1 when the run trained nothing, when its own gain is not significant (its 95% interval
 reaches 0), or when it is significantly below the record (the difference's interval, from the two
 runs' intervals, lies below 0). A different CPU model than the record's is reported beside the
-verdict: machines differ in floating point, and the record is the comparison of like with like.
+verdict: machines differ in floating point, and a record from the same CPU model is the comparison
+of like with like.
 """
 
 from __future__ import annotations
@@ -76,10 +78,13 @@ def same_sft_checkpoint(run: dict[str, Any], record: dict[str, Any] | None) -> s
             f"(sha256 {run['sft_sha256'][:12]} vs {record['sft_sha256'][:12]})")
 
 
-def last_record(history: list[dict[str, Any]], seed: int, overrides: list[str]) -> dict[str, Any] | None:
-    """The newest recorded run with this seed and these overrides: seeds differ by more than a regression."""
+def last_record(history: list[dict[str, Any]], seed: int, overrides: list[str],
+                cpu_model: str | None = None) -> dict[str, Any] | None:
+    """The newest recorded run with this seed and these overrides (seeds differ by more than a
+    regression), on this CPU model when one was recorded there (CPU models round differently)."""
     same = [r for r in history if r.get("seed") == seed and r.get("overrides", []) == overrides]
-    return same[-1] if same else None
+    here = [r for r in same if r.get("cpu_model") == cpu_model]
+    return (here or same or [None])[-1]
 
 
 def verdict(run: dict[str, Any], record: dict[str, Any] | None) -> list[str]:
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     machine = machine_info()
-    record = last_record(read_jsonl(RECORD), args.seed, args.overrides)
+    record = last_record(read_jsonl(RECORD), args.seed, args.overrides, machine["cpu_model"])
     commit = git_commit(with_changes=True)  # the code the run starts from, not what HEAD is by its end
     run = measure(args)
     run.update(commit=commit, cpu_model=machine["cpu_model"], date=machine["date"])

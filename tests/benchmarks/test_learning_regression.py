@@ -35,6 +35,14 @@ def test_the_record_compared_is_the_newest_of_the_same_seed_and_overrides():
     assert last_record(history, 2, []) is None
 
 
+def test_the_record_compared_is_from_this_cpu_model_when_there_is_one():
+    history = [{"seed": 0, "overrides": [], "gain": 0.1, "cpu_model": "Intel(R) Xeon(R) Processor"},
+               {"seed": 0, "overrides": [], "gain": 0.2, "cpu_model": "AMD EPYC"}]
+    assert last_record(history, 0, [], "Intel(R) Xeon(R) Processor")["gain"] == 0.1
+    assert last_record(history, 0, [], "AMD EPYC")["gain"] == 0.2
+    assert last_record(history, 0, [], "another CPU")["gain"] == 0.2
+
+
 def test_the_sft_checkpoints_are_compared_by_the_digest_of_their_weights(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for d, data in ((a, b"\x00\x01"), (b, b"\x00\x02")):
