@@ -70,6 +70,15 @@ def hf_logprobs(model, token_ids: list[int], temperature: float = 1.0) -> list[f
     return [0.0] + [logp[i, t].item() for i, t in enumerate(token_ids[1:])]
 
 
+def wait_until_running(worker, n: int) -> None:
+    """Until `n` requests are in the engine. A fixed sleep races a compiled engine, which can finish
+    a request before the sync that is meant to catch it running even starts."""
+    deadline = time.monotonic() + TIMEOUT
+    while ray.get(worker.health.remote())["in_flight"] < n:
+        assert time.monotonic() < deadline, f"{n} requests were never in the engine at once"
+        time.sleep(0.005)
+
+
 def assert_serves(worker, model, ids: list[int], version: int) -> list[float]:
     """The worker reports `version` and its logprobs on `ids` are the model's (1e-3); returns them."""
     assert ray.get(worker.policy_version.remote()) == version
@@ -200,7 +209,7 @@ def test_abort_mode_reruns_in_flight_requests(worker, sender, hf_model, tokenize
     ray.get(worker.set_pause_mode.remote("abort"))
     try:
         refs = [worker.generate.remote(prompt, SamplingSpec(max_tokens=180, seed=i)) for i in range(8)]
-        time.sleep(0.3)
+        wait_until_running(worker, 8)
         perturb(hf_model, seed=3)
         sender.send(hf_model.named_parameters(), version=3)
         outs = ray.get(refs, timeout=TIMEOUT)
@@ -291,7 +300,7 @@ def test_inflight_update_continues_running_requests(worker, sender, hf_model, to
     ray.get(worker.set_pause_mode.remote(mode))
     try:
         refs = [worker.generate.remote(prompt, SamplingSpec(max_tokens=180, seed=i)) for i in range(8)]
-        time.sleep(0.3)
+        wait_until_running(worker, 8)
         perturb(hf_model, seed=version)
         sender.send(hf_model.named_parameters(), version=version)
         outs = ray.get(refs, timeout=TIMEOUT)

@@ -117,6 +117,10 @@ def test_sft_numerics_decide_which_other_machines_train_the_same_checkpoint(tiny
     runs = {(n, m): _sft_checkpoint_hash(tiny_model_dir, tmp_path / f"{n}-{m}", n, *machines[m])
             for n, ms in wanted.items() for m in ms.split()}
     assert runs["this_machine", "A"] != runs["this_machine", "intel"]
-    assert runs["intel_x86", "A"] == runs["intel_x86", "intel"] != runs["intel_x86", "amd"]
+    if "GenuineIntel" in Path("/proc/cpuinfo").read_text():
+        assert runs["intel_x86", "A"] == runs["intel_x86", "intel"] != runs["intel_x86", "amd"]
+    else:  # an AMD host ignores MKL's AVX2 branch, so no process here can stand in for an Intel CPU;
+        # it trains what the stand-in for an AMD CPU trains (which checks that stand-in on a real one)
+        assert runs["intel_x86", "A"] == runs["intel_x86", "amd"]
     assert runs["any_x86", "A"] == runs["any_x86", "intel"] == runs["any_x86", "amd"]
     assert len({runs[n, "A"] for n in wanted}) == 3  # three kinds of rounding
