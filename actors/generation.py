@@ -54,6 +54,7 @@ from actors.types import (
     PauseMode,
     SamplingSpec,
 )
+from actors.gc_heap import freeze_startup_heap
 from actors.process_memory import process_tree_peak_bytes
 from actors.weight_sync.spec import read_weight_spec
 
@@ -121,6 +122,7 @@ class GenerationWorker:
                 if self.cpu_direct_reload and current_platform.is_cpu():
                     await engine.collective_rpc("labrl_prepare_direct_reload")
                 self.engine = engine
+                freeze_startup_heap(self.name)
         return self.version
 
     def _prepare_cpu_engine(self, in_process: bool) -> None:

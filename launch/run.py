@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from actors.core_board import remove_board
+from actors.gc_heap import freeze_startup_heap
 from cluster.placement import build_placement
 from cluster.ray_cluster import check_resources, connect, ephemeral_run_dir_warning
 from configs.schema import LabrlConfig
@@ -187,6 +188,7 @@ class TrainingRun:
 
     def grpo(self) -> None:
         cfg = self.cfg
+        freeze_startup_heap("driver")
         monitor = StepMonitor(self.run_log, HealthMonitor(cfg.monitor),
                               SampleRecorder(cfg.logging.sample_every, cfg.logging.num_samples))
         with _ProgressBar(cfg, self.version) as progress:

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from actors.gc_heap import freeze_startup_heap
 from actors.types import SamplingSpec
 from configs.schema import EnvConfig, GenerationConfig, LabrlConfig
 from envs.chat import ChatCodec
@@ -74,6 +75,7 @@ class EnvWorker:
         self._slots = asyncio.Semaphore(spec.max_concurrent_episodes)
         self._endpoint: AgentEndpoint | None = None
         self._endpoint_lock = asyncio.Lock()
+        freeze_startup_heap("env worker")
 
     def _policy(self, solver: Solver, stream: str) -> TurnPolicy:
         if solver != "policy":

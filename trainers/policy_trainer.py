@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from actors.calls import free_port
+from actors.gc_heap import freeze_startup_heap
 from configs.schema import GRPOConfig, SyncConfig
 from trainers.batching import Collated, MicroBatch, MiniBatchShard, collate, shifted_logits
 from trainers.checkpoint import (copy_model_files, iter_full_parameters, load_training_state,
@@ -133,6 +134,7 @@ class PolicyTrainerRank:
             self._record_fp32_grad_norm()
         logger.info("rank %d/%d ready: %.1fM params, ZeRO-%d, %s, %s", self.rank, self.world_size,
                     n_params / 1e6, t.zero_stage, s.torch_dtype, self.device)
+        freeze_startup_heap(f"trainer rank {self.rank}")
         return {"num_params": n_params, "device": str(self.device)}
 
     def _record_fp32_grad_norm(self) -> None:
