@@ -40,21 +40,9 @@ import ray
 
 from actors import vllm_plugin
 from actors.core_board import engine_entry
-from actors.generation_control import (
-    EngineGate,
-    UpdateState,
-    check_bucket,
-    check_full_manifest,
-    engine_payload,
-)
-from actors.types import (
-    CPU_KV_BLOCK_SIZE,
-    EngineSpec,
-    GenerationOutput,
-    PauseMode,
-    SamplingSpec,
-)
 from actors.gc_heap import freeze_startup_heap
+from actors.generation_control import EngineGate, UpdateState, check_bucket, check_full_manifest, engine_payload
+from actors.types import CPU_KV_BLOCK_SIZE, EngineSpec, GenerationOutput, PauseMode, SamplingSpec
 from actors.process_memory import process_tree_peak_bytes
 from actors.weight_sync.spec import read_weight_spec
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
+from collections.abc import Callable
 
 import ray
 import torch
@@ -156,3 +158,17 @@ def started(*handles, timeout: float = 180.0) -> None:
     """Wait until fake actors run: actor start-up on a loaded 2-core VM can take tens of seconds,
     and it is not what the tests time."""
     ray.get([h.describe.remote() for h in handles], timeout=timeout)
+
+
+def dies_within(call: Callable[[], ray.ObjectRef], timeout_s: float) -> bool:
+    """True once `call()` (an actor method's `.remote`) fails with RayActorError. `ray.kill` is
+    asynchronous: a call sent just after it may still be served, so one answer proves nothing;
+    answers until the deadline do."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(call(), timeout=timeout_s)
+        except ray.exceptions.RayActorError:
+            return True
+        time.sleep(0.2)
+    return False

@@ -16,7 +16,7 @@ from actors.types import SamplingSpec
 from actors.weight_sync import WeightSyncError, make_sender
 from actors.weight_sync.buckets import BucketEntry, pack_buckets, unpack_bucket
 from actors.weight_sync.spec import read_weight_spec
-from tests.actors.fakes import FakeWorker, started
+from tests.actors.fakes import FakeWorker, dies_within, started
 
 SPEC = {"a.weight": ((4, 4), "float32"), "b.bias": ((4,), "float32")}
 
@@ -100,6 +100,7 @@ def test_sender_to_killed_worker_and_dead_at_handshake(ray_local):
     sender = make_sender("shm", [ok, victim], bucket_bytes=1 << 20, timeout_s=30.0)
     assert sender.send(tensors(), version=1).num_buckets == 1
     ray.kill(victim)
+    assert dies_within(victim.num_calls.remote, timeout_s=30)  # the kill is asynchronous
     with pytest.raises(WeightSyncError, match=r"(?s)1 of 2.*worker\[1\].*victim.*died"):
         sender.send(tensors(), version=2)
     sender.close()

@@ -22,6 +22,7 @@ from models.loading import TINY_MARKER
 from models.tiny import build_tokenizer
 from rollout.env_worker import EnvWorker, EnvWorkerSpec
 from rollout.pool import EnvWorkerPool
+from tests.actors.fakes import dies_within
 
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
 SLOW_ENV = "test_slow_tool"
@@ -157,19 +158,6 @@ def test_wait_ready_names_the_workers_that_never_started(ray_local, tokenizer_di
         pool.shutdown()
 
 
-def _dies_within(worker, timeout_s: float) -> bool:
-    """True once a call to `worker` fails with RayActorError. `ray.kill` is asynchronous: a call sent
-    just after it may still be served, so one answer proves nothing; answers until the deadline do."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            ray.get(worker.ping.remote(), timeout=timeout_s)
-        except ray.exceptions.RayActorError:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_pool_grows_and_shrinks_while_groups_run_and_every_group_returns_once(ray_local, tokenizer_dir):
     """Elastic capacity: 2 workers join a running pool and take groups; 2 retire while their groups
     run, finish them, and are stopped once those are collected. Nothing is lost or re-run."""
@@ -194,7 +182,7 @@ def test_pool_grows_and_shrinks_while_groups_run_and_every_group_returns_once(ra
         assert all(len(trajs) == 2 and all(t.success for t in trajs) for _, trajs in done)
         assert pool.retiring == [] and pool.rerun_groups == 0 and pool.replaced_workers == 0
         for worker in retired:  # killed once their groups were collected
-            assert _dies_within(worker, timeout_s=30)
+            assert dies_within(worker.ping.remote, timeout_s=30)
         assert pool.retire_workers(5) == 0  # the last worker is never retired
     finally:
         pool.shutdown()
